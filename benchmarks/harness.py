@@ -1,0 +1,99 @@
+"""Shared benchmark machinery: interleaved timing, a memory-bandwidth probe, reports.
+
+Every benchmark runs the stock-PyTorch baseline and ours alternately in one
+process (the machine is shared and noisy, so ratios from interleaved runs are
+what we quote), takes medians, and writes JSON plus a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def progress(i: int, total: int, label: str) -> None:
+    """A one-line progress bar on stderr (no extra dependency)."""
+    width = 30
+    done = int(width * (i + 1) / total)
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i + 1}/{total} {label[:60]:<60}")
+    if i + 1 == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 15, inner: int | None = None,
+                     warmup: int = 3, target_s: float = 0.02) -> dict[str, float]:
+    """Median seconds per call of each fn, measured round-robin in the same process."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    if inner is None:  # calls per sample so that one sample lasts about target_s
+        t0 = time.perf_counter()
+        next(iter(fns.values()))()
+        one = max(time.perf_counter() - t0, 1e-7)
+        inner = max(1, min(1000, int(target_s / one)))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def measure_bandwidth(gib: float = 1.0, rounds: int = 7) -> dict[str, float]:
+    """Read and copy bandwidth in GB/s on buffers far larger than the L3 cache."""
+    n = int(gib * (1 << 30)) // 4
+    src = torch.ones(n, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    read = time_interleaved({"read": lambda: src.sum(), "copy": lambda: dst.copy_(src)}, rounds=rounds, inner=1,
+                            warmup=1)
+    nbytes = n * 4
+    return {"read_gbs": nbytes / read["read"] / 1e9, "copy_gbs": 2 * nbytes / read["copy"] / 1e9}
+
+
+@dataclass
+class Row:
+    case: str
+    baseline_ms: float
+    ours_ms: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_ms / self.ours_ms
+
+
+def report(name: str, rows: Sequence[Row], meta: dict, columns: Sequence[str] = ()) -> str:
+    """Write results/<name>.json and .md; return the markdown table."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    payload = {"benchmark": name, "meta": meta,
+               "rows": [asdict(r) | {"speedup": r.speedup} for r in rows]}
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    head = ["case", "stock ms", "ipex ms", "speedup", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.case, f"{r.baseline_ms:.4f}", f"{r.ours_ms:.4f}", f"{r.speedup:.2f}x"]
+        cells += [f"{r.extra.get(c, ''):.2f}" if isinstance(r.extra.get(c), float) else str(r.extra.get(c, ""))
+                  for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    md = f"## {name}\n\n{json.dumps(meta)}\n\n{table}\n"
+    (RESULTS_DIR / f"{name}.md").write_text(md)
+    return table
+
+
+def machine_meta() -> dict:
+    import ipex_core
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "isa": ipex_core.active_isa()}

@@ -1,0 +1,141 @@
+// CPU implementations of ipex::rms_norm, ipex::add_rms_norm and the in-place
+// ipex::add_rms_norm_: input checks, allocation and threading; the arithmetic
+// is in cpu/kernels/norm.cpp.
+#include "cpu/kernels/norm_kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+namespace ipex::core {
+namespace {
+
+void check_norm_inputs(const char* op, const at::Tensor& input, const at::Tensor& weight) {
+  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least 1 dimension (the hidden "
+              "dimension last); got a 0-d tensor");
+  auto dt = input.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
+              ": input dtype must be float32, bfloat16 or float16; got ", dt,
+              ". Cast it first, e.g. x.to(torch.bfloat16)");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(-1), op,
+              ": weight must be 1-D with as many elements as input's last dimension (",
+              input.size(-1), "); got weight of shape ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == dt || weight.scalar_type() == at::kFloat, op,
+              ": weight dtype must match input (", dt, ") or be float32; got ",
+              weight.scalar_type());
+  TORCH_CHECK(weight.device() == input.device(), op, ": weight is on ", weight.device(),
+              " but input is on ", input.device(), "; move them to the same device");
+}
+
+void check_residual(const char* op, const at::Tensor& input, const at::Tensor& residual) {
+  TORCH_CHECK(residual.sizes() == input.sizes(), op, ": residual shape ", residual.sizes(),
+              " must equal input shape ", input.sizes());
+  TORCH_CHECK(residual.scalar_type() == input.scalar_type(), op, ": residual dtype ",
+              residual.scalar_type(), " must equal input dtype ", input.scalar_type());
+  TORCH_CHECK(residual.device() == input.device(), op, ": residual is on ", residual.device(),
+              " but input is on ", input.device());
+}
+
+// A [rows, n] view with unit stride along n, copying only when it must.
+at::Tensor as_rows(const at::Tensor& t) {
+  auto rows = t.reshape({-1, t.size(-1)});
+  if (t.size(-1) > 1 && rows.stride(1) != 1) rows = rows.contiguous();
+  return rows;
+}
+
+bool is_view_of(const at::Tensor& rows, const at::Tensor& t) {
+  return rows.data_ptr() == t.data_ptr() && (t.size(-1) <= 1 || rows.stride(1) == 1);
+}
+
+at::Tensor empty_rows_like(const at::Tensor& t) {
+  return at::empty({t.numel() / std::max<int64_t>(t.size(-1), 1), t.size(-1)},
+                   t.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+void run_rows(void (*fn)(const kernels::RmsNormArgs&, int64_t, int64_t),
+              const kernels::RmsNormArgs& args, int64_t rows) {
+  // About 16K elements per task: enough work to amortise the fork.
+  int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(args.n, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) { fn(args, b, e); });
+}
+
+kernels::RmsNormArgs make_args(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
+                               double eps) {
+  kernels::RmsNormArgs a{};
+  a.dtype = x.scalar_type();
+  a.weight_dtype = w.scalar_type();
+  a.x = x.data_ptr();
+  a.x_row_stride = x.stride(0);
+  a.weight = w.data_ptr();
+  a.out = out.data_ptr();
+  a.out_row_stride = out.stride(0);
+  a.n = x.size(1);
+  a.eps = static_cast<float>(eps);
+  return a;
+}
+
+at::Tensor rms_norm_cpu(const at::Tensor& input, const at::Tensor& weight, double eps) {
+  check_norm_inputs("ipex::rms_norm", input, weight);
+  auto x = as_rows(input);
+  auto w = weight.contiguous();
+  auto out = empty_rows_like(input);
+  if (out.numel() > 0) {
+    run_rows(IPEX_PICK_ISA_KERNEL(rms_norm_rows), make_args(x, w, out, eps), x.size(0));
+  }
+  return out.view(input.sizes());
+}
+
+// Shared by the functional and in-place forms: residual_out = x + residual,
+// out = rms_norm(residual_out); out/residual_out may alias x/residual.
+void add_rms_norm_into(const at::Tensor& x, const at::Tensor& r, const at::Tensor& w,
+                       at::Tensor& out, at::Tensor& res_out, double eps) {
+  if (out.numel() == 0) return;
+  auto args = make_args(x, w, out, eps);
+  args.residual = r.data_ptr();
+  args.residual_row_stride = r.stride(0);
+  args.residual_out = res_out.data_ptr();
+  args.residual_out_row_stride = res_out.stride(0);
+  run_rows(IPEX_PICK_ISA_KERNEL(add_rms_norm_rows), args, x.size(0));
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& input,
+                                                    const at::Tensor& residual,
+                                                    const at::Tensor& weight, double eps) {
+  check_norm_inputs("ipex::add_rms_norm", input, weight);
+  check_residual("ipex::add_rms_norm", input, residual);
+  auto x = as_rows(input);
+  auto r = as_rows(residual);
+  auto out = empty_rows_like(input);
+  auto res_out = empty_rows_like(input);
+  add_rms_norm_into(x, r, weight.contiguous(), out, res_out, eps);
+  return {out.view(input.sizes()), res_out.view(input.sizes())};
+}
+
+void add_rms_norm_inplace_cpu(const at::Tensor& input, const at::Tensor& residual,
+                              const at::Tensor& weight, double eps) {
+  check_norm_inputs("ipex::add_rms_norm_", input, weight);
+  check_residual("ipex::add_rms_norm_", input, residual);
+  auto x = as_rows(input);
+  auto r = as_rows(residual);
+  auto w = weight.contiguous();
+  if (is_view_of(x, input) && is_view_of(r, residual)) {
+    add_rms_norm_into(x, r, w, x, r, eps);
+    return;
+  }
+  // Layouts a row view cannot express: compute into fresh rows, then copy back.
+  auto out = empty_rows_like(input);
+  auto res_out = empty_rows_like(input);
+  add_rms_norm_into(x, r, w, out, res_out, eps);
+  const_cast<at::Tensor&>(residual).copy_(res_out.view(input.sizes()));
+  const_cast<at::Tensor&>(input).copy_(out.view(input.sizes()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ipex, CPU, m) {
+  m.impl("rms_norm", &rms_norm_cpu);
+  m.impl("add_rms_norm", &add_rms_norm_cpu);
+  m.impl("add_rms_norm_", &add_rms_norm_inplace_cpu);
+}
+
+}  // namespace ipex::core

@@ -1,0 +1,76 @@
+"""Every ``IPEX_*`` environment variable ipex reads, with its default and meaning.
+
+This is the one place they are defined; other modules call :func:`get` with a
+name from :data:`VARIABLES` so that an unknown or mistyped name fails loudly in
+development instead of silently reading nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = ["EnvVar", "VARIABLES", "get", "get_bool", "describe"]
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str
+    meaning: str
+
+
+VARIABLES: dict[str, EnvVar] = {
+    v.name: v
+    for v in (
+        EnvVar(
+            "IPEX_ISA",
+            "",
+            "Force kernels to an ISA level at or below what the CPU supports: "
+            "default, avx2, avx512, avx512_bf16, amx. Empty: the best level cpuid reports.",
+        ),
+        EnvVar(
+            "IPEX_BACKENDS",
+            "",
+            "Comma-separated allow-list of backend plugin names (entry-point group "
+            "'ipex.backends') to load. Empty: every installed backend.",
+        ),
+        EnvVar(
+            "IPEX_BACKEND_AUTOLOAD",
+            "1",
+            "0 disables loading backend plugins altogether (ipex then uses only its CPU kernels).",
+        ),
+        EnvVar(
+            "IPEX_VERBOSE",
+            "0",
+            "Initial oneDNN verbose level for ipex.verbose bookkeeping: 0 off, 1 on, 2 on with "
+            "kernel creation.",
+        ),
+    )
+}
+
+
+def _var(name: str) -> EnvVar:
+    try:
+        return VARIABLES[name]
+    except KeyError:
+        raise KeyError(f"{name} is not an ipex environment variable; known: {sorted(VARIABLES)}") from None
+
+
+def get(name: str) -> str:
+    """The value of ``name`` in the environment, or its documented default."""
+    var = _var(name)
+    return os.environ.get(name, var.default).strip()
+
+
+def get_bool(name: str) -> bool:
+    """``name`` read as a boolean: 0/false/no/off are False, anything else True."""
+    return get(name).lower() not in ("0", "false", "no", "off", "")
+
+
+def describe() -> list[dict[str, str]]:
+    """Name, current value, default and meaning of every variable (for ``ipex doctor``)."""
+    return [
+        {"name": v.name, "value": os.environ.get(v.name, ""), "default": v.default, "meaning": v.meaning}
+        for v in VARIABLES.values()
+    ]

@@ -1,0 +1,24 @@
+"""Plain-PyTorch reference implementations of the ``ipex`` ops.
+
+Tests compare the native kernels against these; backends may also use them as
+the semantic definition of an op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rms_norm", "add_rms_norm"]
+
+
+def rms_norm(input: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x = input.float()
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return y.to(input.dtype)
+
+
+def add_rms_norm(
+    input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    s = input + residual  # rounded to input.dtype, as an unfused model does
+    return rms_norm(s, weight, eps), s

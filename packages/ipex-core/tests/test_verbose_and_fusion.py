@@ -1,0 +1,96 @@
+"""ipex.verbose scoping and the enable_onednn_fusion switch."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import ipex_core
+from ipex_core import verbose
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items() if "VERBOSE" not in k})
+
+
+ONEDNN_WORK = """
+import torch
+a = torch.randn(64, 64, dtype=torch.bfloat16)
+def work(tag):
+    print(tag, flush=True)
+    (a @ a).sum()
+"""
+
+
+def test_messages_only_inside_the_scope():
+    r = _run(ONEDNN_WORK + """
+import ipex_core
+work("BEFORE")
+with ipex_core.verbose(ipex_core.verbose.VERBOSE_ON):
+    work("INSIDE")
+work("AFTER")
+""")
+    assert r.returncode == 0, r.stderr
+    seg = _segments(r.stdout, ["BEFORE", "INSIDE", "AFTER"])
+    assert "onednn_verbose" not in seg["BEFORE"]
+    assert "primitive,exec" in seg["INSIDE"]
+    assert "onednn_verbose" not in seg["AFTER"]
+
+
+def test_decorator_and_restore_on_exception():
+    r = _run(ONEDNN_WORK + """
+import ipex_core
+V = ipex_core.verbose
+@V(V.VERBOSE_ON)
+def decorated():
+    work("DECORATED")
+decorated()
+try:
+    with V(V.VERBOSE_ON):
+        raise KeyError("boom")
+except KeyError:
+    pass
+work("AFTER_EXC")
+with V(V.VERBOSE_ON):
+    with V(V.VERBOSE_OFF):
+        work("NESTED_OFF")
+    work("NESTED_ON")
+""")
+    assert r.returncode == 0, r.stderr
+    seg = _segments(r.stdout, ["DECORATED", "AFTER_EXC", "NESTED_OFF", "NESTED_ON"])
+    assert "primitive,exec" in seg["DECORATED"]
+    assert "primitive,exec" not in seg["AFTER_EXC"]  # restored after the exception
+    assert "primitive,exec" not in seg["NESTED_OFF"]
+    assert "primitive,exec" in seg["NESTED_ON"]  # inner scope restored the outer level
+
+
+def _segments(text: str, markers: list[str]) -> dict[str, str]:
+    """The text printed after each marker line, up to the next marker."""
+    out, current = {}, None
+    for line in text.splitlines():
+        if line in markers:
+            current = line
+            out[current] = ""
+        elif current is not None:
+            out[current] += line + "\n"
+    return out
+
+
+def test_levels_and_bad_level():
+    assert (verbose.VERBOSE_OFF, verbose.VERBOSE_ON, verbose.VERBOSE_ON_CREATION) == (0, 1, 2)
+    with pytest.raises(ValueError, match="VERBOSE_ON"):
+        verbose(7)
+
+
+def test_enable_onednn_fusion_switch():
+    assert ipex_core.is_onednn_fusion_enabled() is True
+    try:
+        ipex_core.enable_onednn_fusion(False)
+        assert ipex_core.is_onednn_fusion_enabled() is False
+    finally:
+        ipex_core.enable_onednn_fusion(True)
+    with pytest.raises(TypeError, match="takes a bool"):
+        ipex_core.enable_onednn_fusion("yes")

@@ -1,0 +1,44 @@
+"""Normalisation modules."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ipex_llm.functional import norm as F
+
+__all__ = ["RMSNorm"]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension on the ``ipex::rms_norm`` kernel.
+
+    Args:
+        hidden_size: size of the last dimension.
+        eps: added to the mean square before the reciprocal square root.
+        weight: initial scale (a tensor or Parameter of ``hidden_size`` elements);
+            ones when omitted.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, weight: torch.Tensor | None = None):
+        super().__init__()
+        if weight is None:
+            weight = torch.ones(hidden_size)
+        if weight.dim() != 1 or weight.shape[0] != hidden_size:
+            raise ValueError(
+                f"RMSNorm: weight must be 1-D with hidden_size={hidden_size} elements; got shape "
+                f"{tuple(weight.shape)}"
+            )
+        self.hidden_size = hidden_size
+        self.eps = eps
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach().clone())
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(hidden_states, self.weight, self.eps)
+
+    @classmethod
+    def apply_function(cls, hidden_states: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return F.rms_norm(hidden_states, weight, eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.hidden_size}, eps={self.eps}"

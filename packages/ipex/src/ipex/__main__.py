@@ -1,0 +1,5 @@
+import sys
+
+from ipex.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""The ``ipex`` command line (``ipex ...`` or ``python -m ipex ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import metadata
+
+__all__ = ["main"]
+
+PIECES = ("ipex", "ipex-core", "ipex-llm", "ipex-quant", "ipex-runtime", "ipex-xpu")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect_doctor_report() -> dict:
+    """Everything ``ipex doctor`` prints, as a dict."""
+    report: dict = {"python": sys.version.split()[0], "warnings": []}
+    versions = {d: _version(d) for d in PIECES}
+    report["pieces"] = versions
+    report["transformers"] = _version("transformers")
+    try:
+        import torch
+    except ImportError:
+        report["torch"] = None
+        report["warnings"].append("torch is not installed: pip install torch==2.13.0")
+        return report
+    report["torch"] = torch.__version__
+    report["omp_threads"] = torch.get_num_threads()
+    report["torch_parallel_info"] = torch.__config__.parallel_info().splitlines()[:6]
+    ipex_version = versions["ipex"]
+    for dist, ver in versions.items():
+        if ver is not None and ipex_version is not None and ver != ipex_version:
+            report["warnings"].append(
+                f"{dist} {ver} does not match ipex {ipex_version}: reinstall the pieces together "
+                f"(pip install 'ipex[all]=={ipex_version}')"
+            )
+    try:
+        import ipex_core
+    except ImportError as exc:
+        report["warnings"].append(f"ipex-core does not import: {exc}")
+    else:
+        report["cpu_features"] = ipex_core.cpu_features()
+        report["isa"] = {"max": ipex_core.max_isa(), "active": ipex_core.active_isa()}
+        report["ipex_core_built_with_torch"] = ipex_core._C.built_with_torch
+        report["env"] = [v for v in ipex_core.env.describe() if v["value"]]
+        from ipex import backends
+
+        report["backends_discovered"] = backends.discovered_backends()
+        try:
+            specs = backends.load_backends()
+            report["backends_active"] = {k: (v.device_type if v else None) for k, v in specs.items()}
+        except backends.BackendLoadError as exc:
+            report["warnings"].append(str(exc))
+    return report
+
+
+def _print_doctor(report: dict) -> None:
+    print(f"python        {report['python']}")
+    print(f"torch         {report.get('torch')}")
+    print(f"transformers  {report.get('transformers') or 'not installed'}")
+    print("ipex pieces:")
+    for dist, ver in report["pieces"].items():
+        print(f"  {dist:<13} {ver or 'not installed'}")
+    if "omp_threads" in report:
+        print(f"OpenMP threads {report['omp_threads']}")
+    if "isa" in report:
+        print(f"ISA           max {report['isa']['max']}, active {report['isa']['active']}")
+        flags = [k for k, v in sorted(report["cpu_features"].items()) if v]
+        print(f"CPU features  {' '.join(flags)}")
+    if "backends_discovered" in report:
+        names = [b["name"] for b in report["backends_discovered"]]
+        print(f"backends      discovered: {', '.join(names) or 'none'}")
+        active = report.get("backends_active", {})
+        print(f"              with hardware: {', '.join(k for k, v in active.items() if v) or 'none'}")
+    for var in report.get("env", []):
+        print(f"env           {var['name']}={var['value']}")
+    for w in report["warnings"]:
+        print(f"WARNING: {w}")
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    report = collect_doctor_report()
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_doctor(report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipex", description="ipex: fast PyTorch on Intel CPUs. Run 'ipex COMMAND --help' for details."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    doctor = sub.add_parser(
+        "doctor", help="report versions, installed pieces, backends and CPU features",
+        description="Report torch/transformers versions, installed ipex pieces, discovered backends, "
+        "CPU features and OpenMP threads; warn about version mismatches.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=_cmd_doctor)
+    for hook in _subcommand_hooks():
+        hook(sub)
+    return parser
+
+
+def _subcommand_hooks():
+    """Sibling packages add subcommands (e.g. ipex-llm's 'generate') through this list."""
+    hooks = []
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="ipex.cli"):
+            hooks.append(ep.load())
+    except Exception as exc:  # a broken sibling must not take the whole CLI down
+        print(f"WARNING: an ipex.cli plugin failed to load: {exc}", file=sys.stderr)
+    return hooks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return args.func(args)

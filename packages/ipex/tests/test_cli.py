@@ -1,0 +1,40 @@
+"""The ipex command line."""
+
+import json
+import subprocess
+import sys
+
+from ipex import cli
+
+
+def test_help_everywhere(capsys):
+    for argv in (["--help"], ["doctor", "--help"]):
+        try:
+            cli.main(argv)
+        except SystemExit as e:
+            assert e.code == 0
+        assert "usage: ipex" in capsys.readouterr().out
+
+
+def test_doctor_text(capsys):
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("torch", "ipex-core", "ISA", "CPU features", "OpenMP threads", "backends"):
+        assert needle in out
+
+
+def test_doctor_json_via_python_m():
+    r = subprocess.run([sys.executable, "-m", "ipex", "doctor", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["pieces"]["ipex"] == "0.1.0" and report["pieces"]["ipex-core"] == "0.1.0"
+    assert report["torch"].startswith("2.13")
+    assert report["cpu_features"]["avx2"] in (True, False)
+    assert isinstance(report["omp_threads"], int)
+
+
+def test_doctor_warns_on_version_mismatch(monkeypatch):
+    real = cli._version
+    monkeypatch.setattr(cli, "_version", lambda d: "9.9.9" if d == "ipex-core" else real(d))
+    report = cli.collect_doctor_report()
+    assert any("ipex-core 9.9.9 does not match ipex" in w for w in report["warnings"])
