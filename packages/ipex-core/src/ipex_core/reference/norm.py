@@ -1,8 +1,4 @@
-"""Plain-PyTorch reference implementations of the ``ipex`` ops.
-
-Tests compare the native kernels against these; backends may also use them as
-the semantic definition of an op.
-"""
+"""RMSNorm references."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Python entry points and fake (meta) implementations of the ``torch.ops.ipex`` ops.
-
-The schemas and CPU kernels are native (``csrc/ops``); the fake implementations
-here let ``torch.compile`` trace the ops without a graph break.
-"""
+"""RMSNorm ops: Python wrappers and fake implementations."""
 
 from __future__ import annotations
 

@@ -1,0 +1,10 @@
+"""Python entry points and fake (meta) implementations of the ``torch.ops.ipex`` ops.
+
+The schemas and CPU kernels are native (``csrc/ops``); the fake implementations
+in the modules here let ``torch.compile`` trace the ops without a graph break.
+One module per op family; importing this package registers them all.
+"""
+
+from ipex_core.ops.norm import add_rms_norm, add_rms_norm_, rms_norm
+
+__all__ = ["add_rms_norm", "add_rms_norm_", "rms_norm"]
