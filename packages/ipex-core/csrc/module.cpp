@@ -4,6 +4,7 @@
 #include "cpu/isa.h"
 #include "cpu/kernels/kernel_table.h"
 
+#include <ATen/native/CPUBlas.h>
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -30,5 +31,13 @@ PYBIND11_MODULE(_C, m) {
         "Force kernels to an ISA level at or below max_isa()");
   m.def("kernel_isa", [] { return std::string(ipex::core::kernels::active_kernel_variant()); },
         "ISA of the compiled kernel table in use for element-wise kernels");
+  m.def("linear_vnni_factor",
+        [](const std::string& dtype) -> int {
+          // 2: brgemm reads k-pairs (VNNI) for this dtype; 1: plain rows.
+          if (dtype == "bfloat16") return 2;
+          if (dtype == "float16") return at::native::cpublas::could_pack(at::kHalf) ? 2 : 1;
+          return 1;
+        },
+        py::arg("dtype"), "k-grouping factor V of ipex's packed linear weight layout for a dtype");
   m.attr("built_with_torch") = IPEX_TORCH_VERSION;
 }

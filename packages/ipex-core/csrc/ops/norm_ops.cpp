@@ -2,6 +2,7 @@
 // ipex::add_rms_norm_: input checks, allocation and threading; the arithmetic
 // is in cpu/kernels/norm.cpp.
 #include "cpu/kernels/norm_kernels.h"
+#include "ops/op_utils.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -14,9 +15,7 @@ void check_norm_inputs(const char* op, const at::Tensor& input, const at::Tensor
   TORCH_CHECK(input.dim() >= 1, op, ": input must have at least 1 dimension (the hidden "
               "dimension last); got a 0-d tensor");
   auto dt = input.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
-              ": input dtype must be float32, bfloat16 or float16; got ", dt,
-              ". Cast it first, e.g. x.to(torch.bfloat16)");
+  check_float_input(op, "input", input);
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(-1), op,
               ": weight must be 1-D with as many elements as input's last dimension (",
               input.size(-1), "); got weight of shape ", weight.sizes());
@@ -25,38 +24,6 @@ void check_norm_inputs(const char* op, const at::Tensor& input, const at::Tensor
               weight.scalar_type());
   TORCH_CHECK(weight.device() == input.device(), op, ": weight is on ", weight.device(),
               " but input is on ", input.device(), "; move them to the same device");
-}
-
-void check_residual(const char* op, const at::Tensor& input, const at::Tensor& residual) {
-  TORCH_CHECK(residual.sizes() == input.sizes(), op, ": residual shape ", residual.sizes(),
-              " must equal input shape ", input.sizes());
-  TORCH_CHECK(residual.scalar_type() == input.scalar_type(), op, ": residual dtype ",
-              residual.scalar_type(), " must equal input dtype ", input.scalar_type());
-  TORCH_CHECK(residual.device() == input.device(), op, ": residual is on ", residual.device(),
-              " but input is on ", input.device());
-}
-
-// A [rows, n] view with unit stride along n, copying only when it must.
-at::Tensor as_rows(const at::Tensor& t) {
-  auto rows = t.reshape({-1, t.size(-1)});
-  if (t.size(-1) > 1 && rows.stride(1) != 1) rows = rows.contiguous();
-  return rows;
-}
-
-bool is_view_of(const at::Tensor& rows, const at::Tensor& t) {
-  return rows.data_ptr() == t.data_ptr() && (t.size(-1) <= 1 || rows.stride(1) == 1);
-}
-
-at::Tensor empty_rows_like(const at::Tensor& t) {
-  return at::empty({t.numel() / std::max<int64_t>(t.size(-1), 1), t.size(-1)},
-                   t.options().memory_format(at::MemoryFormat::Contiguous));
-}
-
-void run_rows(void (*fn)(const kernels::RmsNormArgs&, int64_t, int64_t),
-              const kernels::RmsNormArgs& args, int64_t rows) {
-  // About 16K elements per task: enough work to amortise the fork.
-  int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(args.n, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) { fn(args, b, e); });
 }
 
 kernels::RmsNormArgs make_args(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
@@ -80,7 +47,7 @@ at::Tensor rms_norm_cpu(const at::Tensor& input, const at::Tensor& weight, doubl
   auto w = weight.contiguous();
   auto out = empty_rows_like(input);
   if (out.numel() > 0) {
-    run_rows(IPEX_PICK_ISA_KERNEL(rms_norm_rows), make_args(x, w, out, eps), x.size(0));
+    parallel_rows(IPEX_PICK_ISA_KERNEL(rms_norm_rows), make_args(x, w, out, eps), x.size(0), x.size(1));
   }
   return out.view(input.sizes());
 }
@@ -95,14 +62,14 @@ void add_rms_norm_into(const at::Tensor& x, const at::Tensor& r, const at::Tenso
   args.residual_row_stride = r.stride(0);
   args.residual_out = res_out.data_ptr();
   args.residual_out_row_stride = res_out.stride(0);
-  run_rows(IPEX_PICK_ISA_KERNEL(add_rms_norm_rows), args, x.size(0));
+  parallel_rows(IPEX_PICK_ISA_KERNEL(add_rms_norm_rows), args, x.size(0), x.size(1));
 }
 
 std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& input,
                                                     const at::Tensor& residual,
                                                     const at::Tensor& weight, double eps) {
   check_norm_inputs("ipex::add_rms_norm", input, weight);
-  check_residual("ipex::add_rms_norm", input, residual);
+  check_same_as("ipex::add_rms_norm", "residual", input, residual);
   auto x = as_rows(input);
   auto r = as_rows(residual);
   auto out = empty_rows_like(input);
@@ -114,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& input,
 void add_rms_norm_inplace_cpu(const at::Tensor& input, const at::Tensor& residual,
                               const at::Tensor& weight, double eps) {
   check_norm_inputs("ipex::add_rms_norm_", input, weight);
-  check_residual("ipex::add_rms_norm_", input, residual);
+  check_same_as("ipex::add_rms_norm_", "residual", input, residual);
   auto x = as_rows(input);
   auto r = as_rows(residual);
   auto w = weight.contiguous();

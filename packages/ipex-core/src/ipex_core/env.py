@@ -41,6 +41,12 @@ VARIABLES: dict[str, EnvVar] = {
             "0 disables loading backend plugins altogether (ipex then uses only its CPU kernels).",
         ),
         EnvVar(
+            "IPEX_LINEAR_SMALL_M",
+            "",
+            "Rows (tokens) up to which ipex::linear uses its streaming decode kernel instead of "
+            "brgemm. Empty: the measured default (0 for bf16, 2 for fp16, 8 for fp32). A tuning knob.",
+        ),
+        EnvVar(
             "IPEX_VERBOSE",
             "0",
             "Initial oneDNN verbose level for ipex.verbose bookkeeping: 0 off, 1 on, 2 on with "

@@ -4,6 +4,18 @@ Tests compare the native kernels against these; backends may also use them as
 the semantic definition of an op. One module per op family.
 """
 
+from ipex_core.reference.linear import gelu_mul, linear, linear_pair_silu_mul, silu_mul
 from ipex_core.reference.norm import add_rms_norm, rms_norm
+from ipex_core.reference.rope import add_layer_norm, layer_norm, rotary_embedding
 
-__all__ = ["add_rms_norm", "rms_norm"]
+__all__ = [
+    "add_layer_norm",
+    "add_rms_norm",
+    "gelu_mul",
+    "layer_norm",
+    "linear",
+    "linear_pair_silu_mul",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_mul",
+]

@@ -1,0 +1,68 @@
+"""Linear fusions at decode and prefill shapes: ipex packed kernels vs stock F.linear.
+
+Decode (small M) is memory bound: the figure of merit is the weight bytes read
+per second as a fraction of the copy bandwidth measured in the same run.
+Cases: plain linear, LinearSiluMul-style (silu(xW^T) * other) and
+Linear2SiluMul (silu(x Wg^T) * x Wu^T, both weights read in one pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
+
+from ipex_core.ops import linear_ops as L
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 4, 8, 128])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    parser.add_argument("--rounds", type=int, default=11)
+    args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    bw = measure_bandwidth()
+    shapes = [(4096, 11008), (11008, 4096)]
+    cases = [(m, k, n) for (k, n) in shapes for m in args.m]
+    rows = []
+    for i, (m, k, n) in enumerate(cases):
+        progress(i, len(cases), f"M={m} {k}->{n}")
+        w = torch.randn(n, k, dtype=dtype) / k**0.5
+        wu = torch.randn(n, k, dtype=dtype) / k**0.5
+        x = torch.randn(m, k, dtype=dtype)
+        other = torch.randn(m, n, dtype=dtype)
+        p = L.pack_linear_weight(w)
+        pp = L.pack_linear_weight_pair(w, wu)
+        t = time_interleaved(
+            {
+                "stock": lambda: F.linear(x, w),
+                "ours": lambda: L.linear(x, p, None, n),
+                "stock_sm": lambda: F.silu(F.linear(x, w)) * other,
+                "ours_sm": lambda: L.linear(x, p, None, n, "silu_mul", other),
+                "stock_2sm": lambda: F.silu(F.linear(x, w)) * F.linear(x, wu),
+                "ours_2sm": lambda: L.linear_pair_silu_mul(x, pp, None, n),
+            },
+            rounds=args.rounds,
+        )
+        wbytes = w.numel() * w.element_size()
+        for label, s, o, nbytes in (
+            ("linear", t["stock"], t["ours"], wbytes),
+            ("LinearSiluMul", t["stock_sm"], t["ours_sm"], wbytes),
+            ("Linear2SiluMul", t["stock_2sm"], t["ours_2sm"], 2 * wbytes),
+        ):
+            rows.append(Row(f"{label} M={m} {k}->{n}", s * 1e3, o * 1e3, {
+                "ipex weight GB/s": nbytes / o / 1e9, "% of copy BW": 100 * nbytes / o / 1e9 / bw["copy_gbs"],
+                "stock % BW": 100 * nbytes / s / 1e9 / bw["copy_gbs"],
+            }))
+    meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"dtype": args.dtype}
+    table = report(f"linear_{args.dtype}", rows, meta, columns=["ipex weight GB/s", "% of copy BW", "stock % BW"])
+    print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+// Small-M linear (decode GEMV) and the shared epilogue, compiled once per ISA.
+#include "cpu/kernels/linear_kernels.h"
+#include "cpu/kernels/vec_io.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace ipex::core::kernels::IPEX_ISA_NS {
+namespace {
+
+// [x[k], x[k+1], x[k], x[k+1], ...]: the input pair that multiplies one
+// VNNI row of weights (V = 2), or a plain broadcast (V = 1).
+template <int V>
+inline fVec broadcast_group(const float* p) {
+  if constexpr (V == 1) {
+    return fVec(*p);
+  } else {
+#if defined(CPU_CAPABILITY_AVX512)
+    return _mm512_castpd_ps(_mm512_set1_pd(*reinterpret_cast<const double*>(p)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    return _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(p)));
+#else
+    alignas(64) float tmp[kF];
+    for (int64_t i = 0; i < kF; ++i) tmp[i] = p[i % 2];
+    return fVec::loadu(tmp);
+#endif
+  }
+}
+
+inline fVec silu(fVec v) { return v / (fVec(1.f) + v.neg().exp_u20()); }
+
+inline fVec apply_activation(Epilogue e, fVec v) {
+  switch (e) {
+    case Epilogue::kRelu: return at::vec::maximum(v, fVec(0.f));
+    case Epilogue::kSilu:
+    case Epilogue::kSiluMul: return silu(v);
+    case Epilogue::kGelu: return v * fVec(0.5f) * (fVec(1.f) + (v * fVec(M_SQRT1_2)).erf());
+    case Epilogue::kGeluTanh: {
+      const fVec k0(0.7978845608028654f), k1(0.044715f);
+      return fVec(0.5f) * v * (fVec(1.f) + (k0 * (v + k1 * v * v * v)).tanh());
+    }
+    default: return v;
+  }
+}
+
+template <typename T>
+inline fVec load_or_zero(const T* p, int64_t offset, int64_t count) {
+  if (p == nullptr) return fVec(0.f);
+  return count == kF ? load_f32(p + offset) : load_f32(p + offset, count);
+}
+
+// out[m, n0:n0+cols] = epilogue(acc[0:cols]) for one row m.
+template <typename T>
+void epilogue_row(const LinearArgs& a, int64_t m, int64_t n0, int64_t cols, const float* acc,
+                  const float* acc2) {
+  const T* bias = static_cast<const T*>(a.bias);
+  const T* other = static_cast<const T*>(a.other);
+  const T* other2 = static_cast<const T*>(a.other2);
+  T* out = static_cast<T*>(a.out) + m * a.out_row_stride + n0;
+  for (int64_t j = 0; j < cols; j += kF) {
+    int64_t c = std::min<int64_t>(kF, cols - j);
+    fVec v = c == kF ? fVec::loadu(acc + j) : fVec::loadu(acc + j, c);
+    v = v + load_or_zero(bias, n0 + j, c);
+    if (a.epilogue == Epilogue::kPairSiluMul) {
+      fVec up = c == kF ? fVec::loadu(acc2 + j) : fVec::loadu(acc2 + j, c);
+      up = up + load_or_zero(bias, a.N + n0 + j, c);
+      v = silu(v) * up;
+    } else {
+      v = apply_activation(a.epilogue, v);
+      if (a.epilogue == Epilogue::kMul || a.epilogue == Epilogue::kSiluMul) {
+        v = v * load_or_zero(other + m * a.other_row_stride, n0 + j, c);
+      } else if (a.epilogue == Epilogue::kAdd || a.epilogue == Epilogue::kAddAdd) {
+        v = v + load_or_zero(other + m * a.other_row_stride, n0 + j, c);
+        if (a.epilogue == Epilogue::kAddAdd) {
+          v = v + load_or_zero(other2 + m * a.other2_row_stride, n0 + j, c);
+        }
+      }
+    }
+    if (c == kF) {
+      store_f32(out + j, v);
+    } else {
+      store_f32(out + j, v, c);
+    }
+  }
+}
+
+// Accumulate rows [0, MR) of x against k-groups [g0, g1) of one packed block,
+// adding to the raw accumulators in `accbuf` ([MR][kBlockN * V] floats).
+// For V = 2 the lanes alternate between the even-k and odd-k partial sums of
+// a column; finish_rows adds them pairwise once at the end, so the inner loop
+// is loads + FMAs only.
+template <typename T, int V, int MR>
+inline void block_gemv_chunk(const float* x, int64_t ldx, int64_t g0, int64_t g1, const T* w,
+                             float* accbuf) {
+  constexpr int64_t kGroup = kBlockN * V;  // elements of one k-group row of a block
+  constexpr int NV = kGroup / kF;
+  fVec acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int i = 0; i < NV; ++i) acc[r][i] = fVec::loadu(accbuf + r * kGroup + i * kF);
+  for (int64_t g = g0; g < g1; ++g) {
+    const T* wg = w + g * kGroup;
+    fVec wv[NV];
+    for (int i = 0; i < NV; ++i) wv[i] = load_f32(wg + i * kF);
+    for (int r = 0; r < MR; ++r) {
+      fVec xv = broadcast_group<V>(x + r * ldx + g * V);
+      for (int i = 0; i < NV; ++i) acc[r][i] = at::vec::fmadd(wv[i], xv, acc[r][i]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int i = 0; i < NV; ++i) acc[r][i].store(accbuf + r * kGroup + i * kF);
+}
+
+template <typename T, int V>
+void block_gemv_rows(const float* x, int64_t ldx, int64_t g0, int64_t g1, const T* w, int64_t rows,
+                     float* accbuf) {
+  constexpr int64_t kGroup = kBlockN * V;
+  int64_t m = 0;
+  // 4 rows x (kBlockN*V/kF) accumulators fit the vector registers.
+  for (; m + 4 <= rows; m += 4) block_gemv_chunk<T, V, 4>(x + m * ldx, ldx, g0, g1, w, accbuf + m * kGroup);
+  float* rest = accbuf + m * kGroup;
+  switch (rows - m) {
+    case 3: block_gemv_chunk<T, V, 3>(x + m * ldx, ldx, g0, g1, w, rest); break;
+    case 2: block_gemv_chunk<T, V, 2>(x + m * ldx, ldx, g0, g1, w, rest); break;
+    case 1: block_gemv_chunk<T, V, 1>(x + m * ldx, ldx, g0, g1, w, rest); break;
+    default: break;
+  }
+}
+
+// One block for all M rows. The k range is walked in chunks small enough to
+// stay in L1, so each weight byte comes from memory once however many row
+// passes there are.
+template <typename T, int V>
+void block_gemv(const LinearArgs& a, const T* w, float* accbuf, float* out /*[M][kBlockN]*/) {
+  constexpr int64_t kGroup = kBlockN * V;
+  constexpr int64_t kChunkGroups = 16384 / (kGroup * sizeof(T));  // 16 KB of weights
+  const float* x = static_cast<const float*>(a.x);
+  std::fill(accbuf, accbuf + a.M * kGroup, 0.f);
+  const int64_t groups = a.K_pad / V;
+  for (int64_t g0 = 0; g0 < groups; g0 += kChunkGroups) {
+    block_gemv_rows<T, V>(x, a.K_pad, g0, std::min(groups, g0 + kChunkGroups), w, a.M, accbuf);
+  }
+  for (int64_t r = 0; r < a.M; ++r) {
+    const float* raw = accbuf + r * kGroup;
+    for (int64_t n = 0; n < kBlockN; ++n) {
+      out[r * kBlockN + n] = V == 1 ? raw[n] : raw[2 * n] + raw[2 * n + 1];
+    }
+  }
+}
+
+template <typename T, int V>
+void small_m_blocks(const LinearArgs& a, int64_t begin, int64_t end) {
+  const bool pair = a.epilogue == Epilogue::kPairSiluMul;
+  const int64_t block_elems = a.K_pad * kBlockN;
+  std::vector<float> accbuf(a.M * kBlockN * V), acc(a.M * kBlockN), acc2(pair ? a.M * kBlockN : 0);
+  for (int64_t b = begin; b < end; ++b) {
+    const T* w = static_cast<const T*>(a.weight) + b * block_elems * (pair ? 2 : 1);
+    block_gemv<T, V>(a, w, accbuf.data(), acc.data());
+    if (pair) block_gemv<T, V>(a, w + block_elems, accbuf.data(), acc2.data());
+    const int64_t n0 = b * kBlockN;
+    const int64_t cols = std::min<int64_t>(kBlockN, a.N - n0);
+    for (int64_t r = 0; r < a.M; ++r) {
+      epilogue_row<T>(a, r, n0, cols, acc.data() + r * kBlockN, pair ? acc2.data() + r * kBlockN : nullptr);
+    }
+  }
+}
+
+}  // namespace
+
+void linear_small_m_blocks(const LinearArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case c10::ScalarType::Float: return small_m_blocks<float, 1>(a, begin, end);
+    case c10::ScalarType::BFloat16: return small_m_blocks<c10::BFloat16, 2>(a, begin, end);
+    case c10::ScalarType::Half:
+      return a.V == 2 ? small_m_blocks<c10::Half, 2>(a, begin, end)
+                      : small_m_blocks<c10::Half, 1>(a, begin, end);
+    default: return;  // validated by the op
+  }
+}
+
+void linear_epilogue_block(const LinearArgs& a, int64_t block, int64_t m_begin, int64_t m_end,
+                           const float* acc, const float* acc2) {
+  const int64_t n0 = block * kBlockN;
+  const int64_t cols = std::min<int64_t>(kBlockN, a.N - n0);
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* row = acc + (m - m_begin) * kBlockN;
+    const float* row2 = acc2 ? acc2 + (m - m_begin) * kBlockN : nullptr;
+    switch (a.dtype) {
+      case c10::ScalarType::Float: epilogue_row<float>(a, m, n0, cols, row, row2); break;
+      case c10::ScalarType::BFloat16: epilogue_row<c10::BFloat16>(a, m, n0, cols, row, row2); break;
+      case c10::ScalarType::Half: epilogue_row<c10::Half>(a, m, n0, cols, row, row2); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace ipex::core::kernels::IPEX_ISA_NS

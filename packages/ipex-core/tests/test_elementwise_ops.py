@@ -1,0 +1,104 @@
+"""silu_mul, gelu_mul, rotary_embedding, layer_norm, add_layer_norm against references."""
+
+import pytest
+import torch
+
+from ipex_core import reference
+from ipex_core.ops import elementwise_ops as E
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+       torch.float16: dict(rtol=1e-3, atol=1e-3)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 11008), (7, 100), (3, 5, 64)])
+def test_gated_activations(isa, dtype, shape):
+    x, y = torch.randn(shape, dtype=dtype) * 3, torch.randn(shape, dtype=dtype)
+    torch.testing.assert_close(E.silu_mul(x, y), reference.silu_mul(x, y), **TOL[dtype])
+    for approx in ("none", "tanh"):
+        torch.testing.assert_close(E.gelu_mul(x, y, approx), reference.gelu_mul(x, y, approx), **TOL[dtype])
+
+
+def test_gated_strided_and_errors():
+    base = torch.randn(4, 256)
+    x, y = base[:, :128], base[:, 128:]  # the halves of a fused gate_up output
+    torch.testing.assert_close(E.silu_mul(x, y), reference.silu_mul(x, y))
+    with pytest.raises(RuntimeError, match="other shape"):
+        E.silu_mul(x, torch.randn(4, 127))
+    with pytest.raises(RuntimeError, match="approximate must be 'none' or 'tanh'"):
+        E.gelu_mul(x, y, "fast")
+    with pytest.raises(RuntimeError, match="dtype must be float32, bfloat16 or float16"):
+        E.silu_mul(x.double(), y.double())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("half", [True, False])
+@pytest.mark.parametrize("head_dim,rotary_dim", [(64, 64), (128, 128), (256, 64), (80, 32)])
+def test_rotary_embedding(isa, dtype, half, head_dim, rotary_dim):
+    torch.manual_seed(head_dim + rotary_dim)
+    b, s, h = 2, 5, 3
+    x = torch.randn(b, s, h, head_dim, dtype=dtype)
+    inv = 1.0 / 10000 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim)
+    pos = torch.arange(64).float()
+    freqs = torch.outer(pos, inv)
+    emb = torch.cat([freqs, freqs], -1)
+    table_sin, table_cos = emb.sin(), emb.cos()
+    position_ids = torch.randint(0, 64, (b, s))
+    out = E.rotary_embedding(x, table_sin, table_cos, rotary_dim, half, position_ids)
+    ref = reference.rotary_embedding(x, table_sin, table_cos, rotary_dim, half, position_ids)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    # per-token sin/cos [tokens, rotary_dim/2] in the input dtype, 3-D input
+    x3 = x.reshape(b * s, h, head_dim)
+    s2 = freqs[position_ids.reshape(-1)].sin().to(dtype)
+    c2 = freqs[position_ids.reshape(-1)].cos().to(dtype)
+    torch.testing.assert_close(E.rotary_embedding(x3, s2, c2, rotary_dim, half),
+                               reference.rotary_embedding(x3, s2, c2, rotary_dim, half), **TOL[dtype])
+
+
+def test_rotary_embedding_strided_and_errors():
+    qkv = torch.randn(4, 3 * 2 * 64)  # fused projection output: q is a strided view
+    q = qkv.view(4, 3, 2, 64)[:, 0]
+    sn, cs = torch.randn(4, 64), torch.randn(4, 64)
+    torch.testing.assert_close(E.rotary_embedding(q, sn, cs, 64, True), reference.rotary_embedding(q, sn, cs, 64, True))
+    with pytest.raises(RuntimeError, match="rotary_dim must be even"):
+        E.rotary_embedding(q, sn, cs, 63, True)
+    with pytest.raises(RuntimeError, match="one row per token"):
+        E.rotary_embedding(q, sn[:3], cs[:3], 64, True)
+    with pytest.raises(RuntimeError, match=r"position_ids must be in \[0, 4\)"):
+        E.rotary_embedding(q, sn, cs, 64, True, torch.tensor([0, 1, 2, 9]))
+    with pytest.raises(RuntimeError, match="last dimension must be rotary_dim"):
+        E.rotary_embedding(q, sn[:, :10], cs[:, :10], 64, True)
+    with pytest.raises(RuntimeError, match="must be"):
+        E.rotary_embedding(torch.randn(64), sn, cs, 64, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [64, 1000, 4096])
+def test_layer_norms(isa, dtype, n):
+    x, r = torch.randn(6, n, dtype=dtype) * 2 + 1, torch.randn(6, n, dtype=dtype)
+    w, b = torch.randn(n, dtype=dtype), torch.randn(n, dtype=dtype)
+    torch.testing.assert_close(E.layer_norm(x, (n,), w, b, 1e-5), reference.layer_norm(x, (n,), w, b, 1e-5), **TOL[dtype])
+    torch.testing.assert_close(E.layer_norm(x, (n,), None, None), reference.layer_norm(x, (n,)), **TOL[dtype])
+    out, s = E.add_layer_norm(x, r, (n,), w.float(), b.float(), 1e-6)
+    ref_out, ref_s = reference.add_layer_norm(x, r, (n,), w.float(), b.float(), 1e-6)
+    assert torch.equal(s, ref_s)
+    torch.testing.assert_close(out, ref_out, **TOL[dtype])
+
+
+def test_layer_norm_errors():
+    with pytest.raises(RuntimeError, match="normalized_shape must be the input's last dimension"):
+        E.layer_norm(torch.randn(3, 8), (4, 2))
+    with pytest.raises(RuntimeError, match="weight/bias must be 1-D of 8"):
+        E.layer_norm(torch.randn(3, 8), (8,), torch.randn(7))
+
+
+def test_opcheck_all():
+    x, y = torch.randn(3, 32), torch.randn(3, 32)
+    torch.library.opcheck(torch.ops.ipex.silu_mul.default, (x, y))
+    torch.library.opcheck(torch.ops.ipex.gelu_mul.default, (x, y, "tanh"))
+    q = torch.randn(2, 3, 4, 32)
+    torch.library.opcheck(torch.ops.ipex.rotary_embedding.default,
+                          (q, torch.randn(16, 32), torch.randn(16, 32), 32, True, torch.randint(0, 16, (2, 3))))
+    torch.library.opcheck(torch.ops.ipex.layer_norm.default, (x, [32], torch.randn(32), torch.randn(32), 1e-5))
+    torch.library.opcheck(torch.ops.ipex.add_layer_norm.default, (x, y, [32], None, None, 1e-5))

@@ -1,0 +1,131 @@
+"""ipex::linear / ipex::linear_pair_silu_mul on the packed layout, against the reference."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ipex_core import reference
+from ipex_core.ops import linear_ops as L
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Relative to the output scale: bf16 output rounding and K-long fp32 sums in another order.
+RTOL = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
+
+
+def close(out, ref, dtype):
+    scale = ref.float().abs().max().clamp_min(1e-6)
+    err = (out.float() - ref.float()).abs().max() / scale
+    assert err <= RTOL[dtype], f"max error {err:.3g} relative to output scale"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 8, 33])  # decode kernel and brgemm paths, row tails
+@pytest.mark.parametrize("k,n", [(64, 32), (200, 70), (129, 45)])  # padded K, partial blocks
+def test_linear_epilogues(isa, dtype, m, k, n):
+    torch.manual_seed(m * 1000 + k + n)
+    x = torch.randn(m, k, dtype=dtype)
+    w = torch.randn(n, k, dtype=dtype) / k**0.5
+    b = torch.randn(n, dtype=dtype)
+    o1, o2 = torch.randn(m, n, dtype=dtype), torch.randn(m, n, dtype=dtype)
+    p = L.pack_linear_weight(w)
+    for epilogue in L.EPILOGUES:
+        out = L.linear(x, p, b, n, epilogue, o1, o2)
+        close(out, reference.linear(x, w, b, epilogue, o1, o2), dtype)
+    close(L.linear(x, p, None, n), reference.linear(x, w, None), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 40])
+def test_linear_pair_silu_mul(isa, dtype, m):
+    k, n = 96, 80
+    x = torch.randn(2, m, k, dtype=dtype)  # 3-D input keeps its leading dims
+    wg, wu = torch.randn(n, k, dtype=dtype) / 10, torch.randn(n, k, dtype=dtype) / 10
+    bg, bu = torch.randn(n, dtype=dtype), torch.randn(n, dtype=dtype)
+    pp = L.pack_linear_weight_pair(wg, wu)
+    out = L.linear_pair_silu_mul(x, pp, torch.cat([bg, bu]), n)
+    assert out.shape == (2, m, n)
+    close(out, reference.linear_pair_silu_mul(x, wg, wu, bg, bu), dtype)
+    close(L.linear_pair_silu_mul(x, pp, None, n), reference.linear_pair_silu_mul(x, wg, wu), dtype)
+
+
+@pytest.mark.parametrize("small_m", ["0", "64"])
+def test_both_paths_agree(small_m):
+    # The decode kernel and brgemm must give the same answer for the same M.
+    code = (
+        "import torch; from ipex_core.ops import linear_ops as L; torch.manual_seed(0);"
+        "x=torch.randn(6,300); w=torch.randn(50,300); p=L.pack_linear_weight(w);"
+        "print(repr((L.linear(x,p,None,50)-x@w.T).abs().max().item()))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "IPEX_LINEAR_SMALL_M": small_m})
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) < 1e-3
+
+
+def test_pack_roundtrip_and_layout():
+    w = torch.randn(70, 129, dtype=torch.bfloat16)
+    p = L.pack_linear_weight(w)
+    assert p.shape == (3, 65, L.BLOCK_N, 2)  # 3 blocks of 32 columns, K padded to 130, k pairs
+    assert torch.equal(L.unpack_linear_weight(p, 70, 129), w)
+    # Element (n, k) lives at [n // 32, k // 2, n % 32, k % 2].
+    assert p[1, 10, 5, 1] == w[37, 21]
+    wg, wu = torch.randn(40, 16), torch.randn(40, 16)
+    g, u = L.unpack_linear_weight_pair(L.pack_linear_weight_pair(wg, wu), 40, 16)
+    assert torch.equal(g, wg) and torch.equal(u, wu)
+
+
+def test_strided_input_and_other():
+    x = torch.randn(4, 256)[:, ::2]
+    w = torch.randn(48, 128)
+    other = torch.randn(48, 4).t()
+    p = L.pack_linear_weight(w)
+    close(L.linear(x, p, None, 48, "add", other), reference.linear(x, w, None, "add", other), torch.float32)
+
+
+def test_bad_input():
+    w = torch.randn(40, 64)
+    p = L.pack_linear_weight(w)
+    with pytest.raises(RuntimeError, match="has 63 features but the packed weight was made for 64"):
+        L.linear(torch.randn(2, 63), p, None, 40)
+    with pytest.raises(RuntimeError, match="packed weight dtype"):
+        L.linear(torch.randn(2, 64, dtype=torch.bfloat16), p, None, 40)
+    with pytest.raises(RuntimeError, match="not in ipex's packed layout"):
+        L.linear(torch.randn(2, 64), w, None, 40)
+    with pytest.raises(RuntimeError, match="unknown epilogue 'swish'"):
+        torch.ops.ipex.linear(torch.randn(2, 64), p, None, 40, "swish")
+    with pytest.raises(RuntimeError, match="needs 'other'"):
+        L.linear(torch.randn(2, 64), p, None, 40, "mul")
+    with pytest.raises(RuntimeError, match="other must have the output's shape"):
+        L.linear(torch.randn(2, 64), p, None, 40, "add", torch.randn(2, 41))
+    with pytest.raises(RuntimeError, match="out_features 80 does not match"):
+        L.linear(torch.randn(2, 64), p, None, 80)
+    with pytest.raises(RuntimeError, match="bias must be 1-D of 40"):
+        L.linear(torch.randn(2, 64), p, torch.randn(39), 40)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        L.pack_linear_weight(torch.randn(4))
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        L.pack_linear_weight_pair(torch.randn(4, 4), torch.randn(4, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    x = torch.randn(3, 64, dtype=dtype)
+    p = L.pack_linear_weight(torch.randn(40, 64, dtype=dtype))
+    torch.library.opcheck(torch.ops.ipex.linear.default, (x, p, torch.randn(40, dtype=dtype), 40, "silu_mul",
+                                                          torch.randn(3, 40, dtype=dtype), None))
+    pp = L.pack_linear_weight_pair(torch.randn(40, 64, dtype=dtype), torch.randn(40, 64, dtype=dtype))
+    torch.library.opcheck(torch.ops.ipex.linear_pair_silu_mul.default, (x, pp, None, 40))
+
+
+def test_compile_fullgraph():
+    w = torch.randn(40, 64)
+    p = L.pack_linear_weight(w)
+
+    def f(x):
+        return L.linear(x, p, None, 40, "gelu") * 2
+
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))
