@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from ipex_llm.functional.elementwise import add_layer_norm, fast_layer_norm, gelu_mul, rotary_embedding, silu_mul
 from ipex_llm.functional.norm import add_rms_norm, rms_norm
 
-__all__ = ["add_rms_norm", "rms_norm"]
+__all__ = [
+    "add_layer_norm",
+    "add_rms_norm",
+    "fast_layer_norm",
+    "gelu_mul",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_mul",
+]

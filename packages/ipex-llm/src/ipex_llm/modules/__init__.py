@@ -2,6 +2,31 @@
 
 from __future__ import annotations
 
-from ipex_llm.modules.norm import RMSNorm
+from ipex_llm.modules.linear_fusion import (
+    Linear2SiluMul,
+    LinearAdd,
+    LinearAddAdd,
+    LinearGelu,
+    LinearMul,
+    LinearNewGelu,
+    LinearRelu,
+    LinearSilu,
+    LinearSiluMul,
+)
+from ipex_llm.modules.norm import FastLayerNorm, RMSNorm
+from ipex_llm.modules.rope import RotaryEmbedding
 
-__all__ = ["RMSNorm"]
+__all__ = [
+    "FastLayerNorm",
+    "Linear2SiluMul",
+    "LinearAdd",
+    "LinearAddAdd",
+    "LinearGelu",
+    "LinearMul",
+    "LinearNewGelu",
+    "LinearRelu",
+    "LinearSilu",
+    "LinearSiluMul",
+    "RMSNorm",
+    "RotaryEmbedding",
+]

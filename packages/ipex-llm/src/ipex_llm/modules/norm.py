@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ipex_llm.functional import elementwise as FE
 from ipex_llm.functional import norm as F
 
-__all__ = ["RMSNorm"]
+__all__ = ["FastLayerNorm", "RMSNorm"]
 
 
 class RMSNorm(nn.Module):
@@ -42,3 +43,38 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.eps}"
+
+
+class FastLayerNorm(nn.Module):
+    """LayerNorm over the last dimension on the ``ipex::layer_norm`` kernel.
+
+    Args:
+        normalized_shape: the last dimension (an int or a one-element sequence).
+        eps: added to the variance.
+        weight, bias: the affine parameters (either may be None).
+    """
+
+    def __init__(self, normalized_shape, eps: float, weight: torch.Tensor | None, bias: torch.Tensor | None = None):
+        super().__init__()
+        shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+        if len(shape) != 1:
+            raise ValueError(f"FastLayerNorm normalises over the last dimension only; got normalized_shape={shape}")
+        self.normalized_shape = tuple(shape)
+        self.eps = eps
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is None:
+                self.register_parameter(name, None)
+            else:
+                if t.shape != self.normalized_shape:
+                    raise ValueError(f"FastLayerNorm: {name} must have shape {self.normalized_shape}; got {tuple(t.shape)}")
+                setattr(self, name, t if isinstance(t, nn.Parameter) else nn.Parameter(t.detach().clone()))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return FE.fast_layer_norm(hidden_states, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    @classmethod
+    def apply_function(cls, hidden_states, normalized_shape, weight, bias, eps):
+        return FE.fast_layer_norm(hidden_states, normalized_shape, weight, bias, eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}"

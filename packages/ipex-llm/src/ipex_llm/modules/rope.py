@@ -1,0 +1,94 @@
+"""``RotaryEmbedding`` on the ``ipex::rotary_embedding`` kernel."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ipex_llm.functional import elementwise as F
+
+__all__ = ["RotaryEmbedding"]
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding with a cached sin/cos table.
+
+    Args:
+        max_position_embeddings: positions the table covers at first; it grows (recomputed)
+            when a longer position comes, instead of failing.
+        pos_embd_dim: the rotary dimension the angles are made for.
+        base: frequency base (10000 in most models).
+        backbone: the model class name (e.g. ``"GPTJForCausalLM"``); recorded for
+            reference. The angles follow the standard formula ``base ** (-2i / dim)`` for
+            every backbone; model-specific scalings (NTK, YaRN, LongRoPE) are not applied.
+    """
+
+    def __init__(self, max_position_embeddings: int, pos_embd_dim: int, base=10000, backbone: str | None = None):
+        super().__init__()
+        if pos_embd_dim <= 0 or pos_embd_dim % 2:
+            raise ValueError(f"RotaryEmbedding: pos_embd_dim must be a positive even number; got {pos_embd_dim}")
+        self.max_position_embeddings = max_position_embeddings
+        self.pos_embd_dim = pos_embd_dim
+        self.base = base
+        self.backbone = backbone
+        inv_freq = 1.0 / (base ** (torch.arange(0, pos_embd_dim, 2, dtype=torch.float32) / pos_embd_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max_position_embeddings)
+
+    def _build(self, length: int) -> None:
+        t = torch.arange(length, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("sin_cached", emb.sin(), persistent=False)
+        self.register_buffer("cos_cached", emb.cos(), persistent=False)
+
+    def _positions(self, position_ids: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+        if position_ids.numel() == 1 and batch * seq != 1:
+            # A single element is the past length: positions continue from it.
+            start = position_ids.reshape(1, 1).to(torch.long)
+            position_ids = (start + torch.arange(seq, device=start.device)).expand(batch, seq)
+        if position_ids.numel() != batch * seq:
+            raise ValueError(
+                f"RotaryEmbedding: position_ids must be [batch, seq] = [{batch}, {seq}] or one element "
+                f"(the past length); got shape {tuple(position_ids.shape)}"
+            )
+        # Growing the table needs the positions' values; under torch.compile the
+        # kernel's own range check reports a position beyond the table instead.
+        if position_ids.numel() and not torch.compiler.is_compiling():
+            needed = int(position_ids.max()) + 1
+            if needed > self.sin_cached.shape[0]:
+                self._build(max(needed, 2 * self.sin_cached.shape[0]))
+        return position_ids
+
+    def forward(self, input: torch.Tensor, position_ids: torch.Tensor, num_head: int, head_dim: int, offset: int,
+                rotary_ndims: int) -> torch.Tensor:
+        if input.dim() != 4 or input.shape[2] != num_head or input.shape[3] != head_dim:
+            raise ValueError(
+                f"RotaryEmbedding: input must be [batch, seq, num_head={num_head}, head_dim={head_dim}]; got "
+                f"{tuple(input.shape)}"
+            )
+        if rotary_ndims > self.pos_embd_dim:
+            raise ValueError(f"RotaryEmbedding: rotary_ndims {rotary_ndims} exceeds pos_embd_dim {self.pos_embd_dim}")
+        if offset == 1:
+            rotary_half = False
+        elif offset == rotary_ndims // 2:
+            rotary_half = True
+        else:
+            raise ValueError(
+                f"RotaryEmbedding: offset must be 1 (GPT-J/ChatGLM, neighbouring pairs) or rotary_ndims/2 = "
+                f"{rotary_ndims // 2} (Llama, halves); got {offset}"
+            )
+        positions = self._positions(position_ids, input.shape[0], input.shape[1])
+        # The table holds cat(f, f) for pos_embd_dim; the kernel reads the first
+        # rotary_ndims/2 angles of each row (the frequencies of pos_embd_dim).
+        half = rotary_ndims // 2
+        sin, cos = self.sin_cached[:, :half], self.cos_cached[:, :half]
+        return F.rotary_embedding(input, None, sin, cos, rotary_ndims, rotary_half, positions)[0]
+
+    @classmethod
+    def apply_function(cls, query, key, sin, cos, rotary_dim, rotary_half, position_ids=None):
+        """Rotate query and key with given sin/cos; see :func:`ipex.llm.functional.rotary_embedding`."""
+        return F.rotary_embedding(query, key, sin, cos, rotary_dim, rotary_half, position_ids)
+
+    def extra_repr(self) -> str:
+        return f"{self.max_position_embeddings}, {self.pos_embd_dim}, base={self.base}, backbone={self.backbone!r}"
