@@ -67,6 +67,17 @@ class _PackedLinear(nn.Module):
         packed = L.pack_linear_weight_pair(*weights) if self._pair else L.pack_linear_weight(weights[0])
         self.register_buffer("packed_weight", packed, persistent=False)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """A meta tensor with the nn.Linear weight's shape and dtype.
+
+        Model code reads ``layer.weight.dtype`` / ``.shape`` (T5 does, every step);
+        unpacking for that would cost a copy per call. The values live only in
+        ``packed_weight``; :meth:`unpacked_weights` gives them back. Computing with
+        this tensor fails loudly (meta), never silently.
+        """
+        return torch.empty(self.out_features, self.in_features, dtype=self.packed_weight.dtype, device="meta")
+
     def unpacked_weights(self) -> list[torch.Tensor]:
         """The weight(s) in nn.Linear's [out_features, in_features] layout."""
         if self._pair:

@@ -1,0 +1,129 @@
+"""``ipex.llm.optimize``: make a Hugging Face transformers model generate fast on CPU."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from ipex_llm.optimize.families import REMOTE_CODE_FAMILIES, SUPPORTED_MODEL_TYPES, is_supported, model_type_of
+from ipex_llm.optimize.swaps import apply_swaps
+
+__all__ = ["optimize"]
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_dtype(dtype) -> None:
+    if dtype not in _DTYPES:
+        raise ValueError(
+            f"ipex.llm.optimize: dtype must be torch.float32, torch.bfloat16 or torch.float16; got {dtype!r}"
+        )
+    if dtype == torch.bfloat16:
+        import ipex_core
+
+        if not ipex_core.cpu_features().get("avx512f") and not ipex_core.cpu_features().get("avx2"):
+            raise RuntimeError("ipex.llm.optimize: bfloat16 needs at least AVX2 on this CPU; use dtype=torch.float32")
+
+
+def _fallback(model: nn.Module, dtype, inplace: bool) -> nn.Module:
+    warnings.warn(
+        f"ipex.llm.optimize: {type(model).__name__} is not one of the supported model families "
+        f"({', '.join(sorted(set(SUPPORTED_MODEL_TYPES.values())))}); applying ipex.optimize instead "
+        "(no LLM-specific optimizations, no quantization).",
+        UserWarning,
+        stacklevel=3,
+    )
+    try:
+        from ipex_core.optimize import optimize as core_optimize
+    except ImportError:
+        core_optimize = None
+    if core_optimize is None:
+        target = model if inplace else copy.deepcopy(model)
+        return target.to(dtype) if dtype != torch.float32 else target
+    return core_optimize(model, dtype=None if dtype == torch.float32 else dtype, inplace=inplace)
+
+
+def optimize(
+    model: nn.Module,
+    optimizer=None,
+    dtype: torch.dtype = torch.float32,
+    inplace: bool = False,
+    device: str = "cpu",
+    quantization_config=None,
+    qconfig_summary_file=None,
+    low_precision_checkpoint=None,
+    sample_inputs=None,
+    deployment_mode: bool = True,
+):
+    """Optimize a transformers model for generation on ipex kernels.
+
+    Returns the optimized model; ``model.generate()`` and ``model(...)`` work as before.
+    See the API reference for the parameters. What this release does:
+
+    * casts to ``dtype`` and swaps modules by class pattern (every ``nn.Linear`` onto
+      packed-weight GEMM kernels, gated MLPs onto one fused gate/up kernel, RMSNorm and
+      LayerNorm onto ipex kernels); ``model._ipex_optimized`` reports what was swapped;
+    * ``deployment_mode`` is accepted; graph capture of the decode step is not done yet
+      (the model runs eagerly either way);
+    * quantization arguments raise ``NotImplementedError`` (not built yet).
+    """
+    if quantization_config is not None or qconfig_summary_file is not None or low_precision_checkpoint is not None:
+        name = next(
+            n
+            for n, v in (
+                ("quantization_config", quantization_config),
+                ("qconfig_summary_file", qconfig_summary_file),
+                ("low_precision_checkpoint", low_precision_checkpoint),
+            )
+            if v is not None
+        )
+        raise NotImplementedError(
+            f"ipex.llm.optimize: {name} (weight-only / static quantization) is not implemented yet in ipex-llm; "
+            "call it without quantization arguments"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"ipex.llm.optimize takes a torch.nn.Module; got {type(model).__name__}")
+    if device == "xpu":
+        import importlib.util
+
+        if importlib.util.find_spec("ipex_xpu") is None:
+            raise RuntimeError(
+                "ipex.llm.optimize(device='xpu') needs the XPU backend, which is not installed: pip install ipex-xpu"
+            )
+        raise NotImplementedError("ipex.llm.optimize(device='xpu'): the XPU backend has no LLM path yet")
+    if device != "cpu":
+        raise ValueError(f"ipex.llm.optimize: device must be 'cpu' or 'xpu'; got {device!r}")
+    _check_dtype(dtype)
+    if optimizer is not None or model.training:
+        warnings.warn(
+            "ipex.llm.optimize optimizes inference (generation) only: "
+            + ("an optimizer was given" if optimizer is not None else "the model is in training mode")
+            + "; returning the model unchanged. Call model.eval() and pass no optimizer.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return model if optimizer is None else (model, optimizer)
+
+    model_type = model_type_of(model)
+    if not is_supported(model_type):
+        return _fallback(model, dtype, inplace)
+    if model_type in REMOTE_CODE_FAMILIES:
+        warnings.warn(
+            f"ipex.llm.optimize: {REMOTE_CODE_FAMILIES[model_type]} runs remote modeling code; applying the generic "
+            "module swaps only.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    with torch.no_grad():
+        if next(model.parameters()).dtype != dtype:
+            model.to(dtype)
+        report = apply_swaps(model)
+    model._ipex_optimized = {"model_type": model_type, "dtype": dtype, "swaps": dict(report),
+                             "deployment_mode": deployment_mode}
+    return model

@@ -1,0 +1,156 @@
+"""Generic module swaps: every family is served by the same class-pattern rules.
+
+* ``nn.Linear`` -> :class:`IpexLinear` (weight packed once for the ipex GEMM kernels;
+  AMX brgemm for bf16, the streaming decode kernel for small fp32 batches).
+* A gated MLP (``gate_proj``/``up_proj``/``down_proj`` with SiLU, or a fused
+  ``gate_up_proj``) -> :class:`IpexGatedMLP` (gate and up read in one pass with the
+  SiLU-multiply fused, then the down projection).
+* RMSNorm modules (``*RMSNorm``, T5's ``T5LayerNorm``) -> the ipex RMSNorm kernel,
+  sharing the original weight; ``nn.LayerNorm`` -> the ipex LayerNorm kernel.
+
+Swaps never copy weights they can share, and each one records its name in the
+returned report so callers (and tests) can see exactly what runs on ipex kernels.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+
+from ipex_llm.functional import elementwise as FE
+from ipex_llm.functional import norm as FN
+from ipex_llm.modules.linear_fusion import Linear2SiluMul, _PackedLinear
+
+__all__ = ["IpexLinear", "IpexGatedMLP", "IpexRMSNorm", "IpexLayerNorm", "apply_swaps"]
+
+
+class IpexLinear(_PackedLinear):
+    """A plain ``nn.Linear`` on a packed weight (state_dict keys stay ``weight``/``bias``)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+
+
+def _is_silu(act) -> bool:
+    return isinstance(act, nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU") or act is torch.nn.functional.silu
+
+
+class IpexGatedMLP(nn.Module):
+    """``down(silu(gate(x)) * up(x))`` with gate and up fused into one kernel."""
+
+    def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear):
+        super().__init__()
+        self.gate_up = Linear2SiluMul(gate, up)
+        self.down_proj = IpexLinear(down)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.gate_up(x))
+
+
+def _split_gate_up(fused: nn.Linear) -> tuple[nn.Linear, nn.Linear]:
+    half = fused.out_features // 2
+    parts = []
+    for i in range(2):
+        lin = nn.Linear(fused.in_features, half, bias=fused.bias is not None, device="meta")
+        lin.weight = nn.Parameter(fused.weight.detach()[i * half : (i + 1) * half], requires_grad=False)
+        if fused.bias is not None:
+            lin.bias = nn.Parameter(fused.bias.detach()[i * half : (i + 1) * half], requires_grad=False)
+        parts.append(lin)
+    return parts[0], parts[1]
+
+
+def _gated_mlp(module: nn.Module) -> IpexGatedMLP | None:
+    act = getattr(module, "act_fn", None) or getattr(module, "activation_fn", None)
+    if act is None or not _is_silu(act):
+        return None
+    down = getattr(module, "down_proj", None)
+    if not isinstance(down, nn.Linear):
+        return None
+    gate, up = getattr(module, "gate_proj", None), getattr(module, "up_proj", None)
+    if isinstance(gate, nn.Linear) and isinstance(up, nn.Linear):
+        return IpexGatedMLP(gate, up, down)
+    fused = getattr(module, "gate_up_proj", None)  # Phi-3: gate then up in one Linear
+    if isinstance(fused, nn.Linear) and fused.out_features % 2 == 0:
+        return IpexGatedMLP(*_split_gate_up(fused), down)
+    return None
+
+
+class IpexRMSNorm(nn.Module):
+    """RMSNorm on the ipex kernel, sharing the original module's weight."""
+
+    def __init__(self, weight: nn.Parameter, eps: float):
+        super().__init__()
+        self.weight = weight
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return FN.rms_norm(hidden_states, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+class IpexLayerNorm(nn.Module):
+    """``nn.LayerNorm`` over the last dimension on the ipex kernel, sharing its parameters."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.normalized_shape = norm.normalized_shape
+        self.eps = norm.eps
+        self.weight = norm.weight
+        self.bias = norm.bias
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return FE.fast_layer_norm(hidden_states, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def _rms_norm(module: nn.Module) -> IpexRMSNorm | None:
+    name = type(module).__name__
+    if not (name.endswith("RMSNorm") or name == "T5LayerNorm"):
+        return None
+    # Gemma-style norms scale by (1 + weight): a different formula, left alone.
+    if "Gemma" in name or getattr(module, "bias", None) is not None:
+        return None
+    weight = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    if not isinstance(weight, nn.Parameter) or weight.dim() != 1 or eps is None:
+        return None
+    return IpexRMSNorm(weight, float(eps))
+
+
+def _layer_norm(module: nn.Module) -> IpexLayerNorm | None:
+    if type(module) is nn.LayerNorm and len(module.normalized_shape) == 1:
+        return IpexLayerNorm(module)
+    return None
+
+
+_RULES = (("gated_mlp", _gated_mlp), ("rms_norm", _rms_norm), ("layer_norm", _layer_norm))
+
+
+def apply_swaps(model: nn.Module, *, skip: tuple[str, ...] = ()) -> Counter:
+    """Swap modules in place; returns a count of what was swapped, by kind."""
+    report: Counter = Counter()
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            replacement, kind = None, None
+            for rule_kind, rule in _RULES:
+                if rule_kind in skip:
+                    continue
+                replacement = rule(child)
+                if replacement is not None:
+                    kind = rule_kind
+                    break
+            if replacement is None and type(child) is nn.Linear and "linear" not in skip:
+                if child.weight.dtype in (torch.float32, torch.bfloat16, torch.float16):
+                    replacement, kind = IpexLinear(child), "linear"
+            if replacement is not None:
+                setattr(parent, name, replacement)
+                report[kind] += 1
+            else:
+                visit(child)
+
+    visit(model)
+    return report

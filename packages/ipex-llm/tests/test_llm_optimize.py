@@ -1,0 +1,158 @@
+"""ipex.llm.optimize on tiny models of every family: same tokens as stock, ipex kernels really run."""
+
+import collections
+import copy
+import warnings
+
+import pytest
+import torch
+from llm_families import TINY, build
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ipex
+
+
+class IpexOpCounter(TorchDispatchMode):
+    """Counts the torch.ops.ipex ops that run (so a silent fallback fails a test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "ipex":
+            self.counts[func._opname] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _inputs(model_type):
+    torch.manual_seed(1)
+    return torch.randint(3, 300, (2, 6))
+
+
+def _generate(model, ids, **kw):
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                              pad_token_id=0, **kw)
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY))
+def test_family_fp32_greedy_and_beam_match_stock(model_type):
+    model = build(model_type)
+    opt = ipex.llm.optimize(model, dtype=torch.float32)
+    assert opt is not model
+    ids = _inputs(model_type)
+    assert torch.equal(_generate(opt, ids), _generate(model, ids))
+    assert torch.equal(_generate(opt, ids, num_beams=4), _generate(model, ids, num_beams=4))
+    swaps = opt._ipex_optimized["swaps"]
+    assert swaps.get("linear", 0) + swaps.get("gated_mlp", 0) > 0, swaps
+    with IpexOpCounter() as counter, torch.no_grad():
+        opt(ids, decoder_input_ids=ids) if model_type == "t5" else opt(ids)
+    assert counter.counts["linear"] + counter.counts["linear_pair_silu_mul"] > 0, counter.counts
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gptj", "falcon", "t5", "qwen3", "phi3"])
+def test_family_bf16_logits_close_to_stock_bf16(model_type):
+    model = build(model_type)
+    ref = copy.deepcopy(model).to(torch.bfloat16)
+    opt = ipex.llm.optimize(model, dtype=torch.bfloat16)
+    ids = _inputs(model_type)
+    kw = {"decoder_input_ids": ids} if model_type == "t5" else {}
+    with torch.no_grad():
+        a = ref(ids, **kw).logits.float().flatten()
+        b = opt(ids, **kw).logits.float().flatten()
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+
+
+def test_llama_swaps_and_kernels():
+    opt = ipex.llm.optimize(build("llama"), dtype=torch.bfloat16)
+    layer = opt.model.layers[0]
+    assert type(layer.mlp).__name__ == "IpexGatedMLP"
+    assert type(layer.input_layernorm).__name__ == "IpexRMSNorm"
+    assert type(layer.self_attn.q_proj).__name__ == "IpexLinear"
+    assert opt._ipex_optimized["swaps"] == {"gated_mlp": 2, "rms_norm": 5, "linear": 9}
+    with IpexOpCounter() as counter, torch.no_grad():
+        opt(torch.randint(0, 300, (1, 5)))
+    assert counter.counts["linear_pair_silu_mul"] == 2 and counter.counts["rms_norm"] == 5
+    assert counter.counts["linear"] == 2 * 5 + 1  # q, k, v, o, down per layer + lm_head
+
+
+def test_padding_sampling_streaming():
+    from transformers import TextStreamer
+
+    model = build("llama")
+    opt = ipex.llm.optimize(model)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [4, 5, 6, 7, 8]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        a = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        b = opt.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        assert torch.equal(a, b)
+        outs = []
+        for m in (model, opt):
+            torch.manual_seed(42)
+            outs.append(m.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=True, temperature=0.8,
+                                   top_k=20, top_p=0.9, pad_token_id=0))
+        assert torch.equal(outs[0], outs[1])
+
+    class Collect(TextStreamer):
+        def __init__(self):
+            self.tokens = []
+
+        def put(self, value):
+            self.tokens.append(value)
+
+        def end(self):
+            pass
+
+    streamer = Collect()
+    with torch.no_grad():
+        out = opt.generate(ids[1:], max_new_tokens=4, do_sample=False, streamer=streamer, pad_token_id=0)
+    assert len(streamer.tokens) == 1 + 4 and torch.equal(torch.cat([t.reshape(-1) for t in streamer.tokens[1:]]),
+                                                         out[0, 5:])
+
+
+def test_inplace_shares_and_copy_does_not():
+    model = build("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = ipex.llm.optimize(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    same = ipex.llm.optimize(model, inplace=True)
+    assert same is model and type(model.model.layers[0].mlp).__name__ == "IpexGatedMLP"
+    assert opt is not model
+
+
+def test_errors_and_warnings():
+    model = build("llama")
+    with pytest.raises(NotImplementedError, match="quantization_config"):
+        ipex.llm.optimize(model, quantization_config=object())
+    with pytest.raises(NotImplementedError, match="low_precision_checkpoint"):
+        ipex.llm.optimize(model, low_precision_checkpoint={})
+    with pytest.raises(ValueError, match="dtype must be"):
+        ipex.llm.optimize(model, dtype=torch.int8)
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'xpu'"):
+        ipex.llm.optimize(model, device="cuda")
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        assert ipex.llm.optimize(model) is model
+    model.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="an optimizer was given"):
+        assert ipex.llm.optimize(model, optimizer=opt) == (model, opt)
+
+
+def test_unsupported_model_falls_back_with_one_warning():
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ipex.llm.optimize(net)
+    msgs = [str(w.message) for w in caught if "not one of the supported model families" in str(w.message)]
+    assert len(msgs) == 1 and "Sequential" in msgs[0]
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(out(x), net(x))
+
+
+def test_model_without_architectures_is_recognised():
+    model = build("llama")
+    model.config.architectures = None  # as when loaded from GGUF
+    assert ipex.llm.optimize(model)._ipex_optimized["model_type"] == "llama"
