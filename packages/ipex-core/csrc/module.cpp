@@ -11,6 +11,10 @@
 
 namespace py = pybind11;
 
+namespace ipex::core::runtime {
+void init_bindings(py::module_& m);  // csrc/runtime/thread_binding.cpp (ipex.cpu.runtime)
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "ipex-core native kernels (ops live under torch.ops.ipex)";
   m.def("cpu_features", &ipex::core::cpu_features,
@@ -39,5 +43,6 @@ PYBIND11_MODULE(_C, m) {
           return 1;
         },
         py::arg("dtype"), "k-grouping factor V of ipex's packed linear weight layout for a dtype");
+  ipex::core::runtime::init_bindings(m);
   m.attr("built_with_torch") = IPEX_TORCH_VERSION;
 }
