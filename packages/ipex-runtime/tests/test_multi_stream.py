@@ -96,6 +96,7 @@ def test_no_concat_returns_stream_outputs(two_cpus):
     assert isinstance(outputs, list) and len(outputs) == 2
     torch.testing.assert_close(outputs[0], model(x[:2]))
     torch.testing.assert_close(outputs[1], model(x[2:]))
+    torch.testing.assert_close(torch.cat(outputs), model(x))
 
 
 def test_one_stream_runs_pinned_in_caller(probe, two_cpus):

@@ -119,3 +119,11 @@ def test_pin_errors(two_cpus):
                 pass
     finally:
         os.sched_setaffinity(0, before)
+
+
+def test_pools_made_inside_a_pin_still_see_every_allowed_cpu(probe, two_cpus):
+    a, b = two_cpus
+    with pin(CPUPool([a])):
+        assert CPUPool().core_ids == probe.allowed
+        with pin(CPUPool([b])):  # a pool on a core the outer pin excluded
+            assert probe.cpus_allowed(probe.main_tid()) == [b]

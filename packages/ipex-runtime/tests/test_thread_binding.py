@@ -105,3 +105,16 @@ def test_helper_argument_errors():
         _C.omp_team_affinity(0)
     with pytest.raises(ValueError, match="at least 1"):
         _C.set_intraop_threads(0, 0)
+
+
+def test_disabled_runtime_says_why(monkeypatch):
+    from ipex_runtime import CPUPool, Task, _binding, pin
+
+    monkeypatch.setattr(_binding, "_status", lambda: (False, "sched_setaffinity is not permitted"))
+    assert not ipex_runtime.is_runtime_ext_enabled()
+    pool = CPUPool([sorted(os.sched_getaffinity(0))[0]])
+    with pytest.raises(RuntimeError, match="cannot bind threads in this process: sched_setaffinity is not permitted"):
+        with pin(pool):
+            pass
+    with pytest.raises(RuntimeError, match="cannot bind threads"):
+        Task(lambda: None, pool)
