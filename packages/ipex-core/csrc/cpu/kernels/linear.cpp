@@ -55,6 +55,9 @@ inline fVec load_or_zero(const T* p, int64_t offset, int64_t count) {
 }
 
 // out[m, n0:n0+cols] = epilogue(acc[0:cols]) for one row m.
+// Values are rounded to T after the GEMM (+bias) and after each element-wise
+// step, at the points where the unfused PyTorch code rounds: fusion saves the
+// memory passes, not the rounding, so bf16/fp16 results equal stock's.
 template <typename T>
 void epilogue_row(const LinearArgs& a, int64_t m, int64_t n0, int64_t cols, const float* acc,
                   const float* acc2) {
@@ -65,19 +68,19 @@ void epilogue_row(const LinearArgs& a, int64_t m, int64_t n0, int64_t cols, cons
   for (int64_t j = 0; j < cols; j += kF) {
     int64_t c = std::min<int64_t>(kF, cols - j);
     fVec v = c == kF ? fVec::loadu(acc + j) : fVec::loadu(acc + j, c);
-    v = v + load_or_zero(bias, n0 + j, c);
+    v = round_to<T>(v + load_or_zero(bias, n0 + j, c));
     if (a.epilogue == Epilogue::kPairSiluMul) {
       fVec up = c == kF ? fVec::loadu(acc2 + j) : fVec::loadu(acc2 + j, c);
-      up = up + load_or_zero(bias, a.N + n0 + j, c);
-      v = silu(v) * up;
+      up = round_to<T>(up + load_or_zero(bias, a.N + n0 + j, c));
+      v = round_to<T>(silu(v)) * up;
     } else {
-      v = apply_activation(a.epilogue, v);
+      v = round_to<T>(apply_activation(a.epilogue, v));
       if (a.epilogue == Epilogue::kMul || a.epilogue == Epilogue::kSiluMul) {
         v = v * load_or_zero(other + m * a.other_row_stride, n0 + j, c);
       } else if (a.epilogue == Epilogue::kAdd || a.epilogue == Epilogue::kAddAdd) {
         v = v + load_or_zero(other + m * a.other_row_stride, n0 + j, c);
         if (a.epilogue == Epilogue::kAddAdd) {
-          v = v + load_or_zero(other2 + m * a.other2_row_stride, n0 + j, c);
+          v = round_to<T>(v) + load_or_zero(other2 + m * a.other2_row_stride, n0 + j, c);
         }
       }
     }

@@ -30,16 +30,18 @@ inline float sum_squares(const T* x, int64_t n) {
   return reduce_sum(acc0 + acc1);
 }
 
-// out = x * inv_rms * w
+// out = round(x * inv_rms) * w. The normalised value is rounded to T before
+// the scale, exactly where transformers' RMSNorm modules round
+// (`weight * hidden.to(input_dtype)`), so reduced-precision results match stock.
 template <typename T, typename W>
 inline void scale_row(const T* x, const W* w, T* out, int64_t n, float inv_rms) {
   fVec s(inv_rms);
   int64_t i = 0;
   for (; i + kF <= n; i += kF) {
-    store_f32(out + i, load_f32(x + i) * s * load_f32(w + i));
+    store_f32(out + i, round_to<T>(load_f32(x + i) * s) * load_f32(w + i));
   }
   if (i < n) {
-    store_f32(out + i, load_f32(x + i, n - i) * s * load_f32(w + i, n - i), n - i);
+    store_f32(out + i, round_to<T>(load_f32(x + i, n - i) * s) * load_f32(w + i, n - i), n - i);
   }
 }
 

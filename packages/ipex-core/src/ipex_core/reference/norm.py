@@ -8,9 +8,10 @@ __all__ = ["rms_norm", "add_rms_norm"]
 
 
 def rms_norm(input: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Rounded to the input dtype before the scale, as transformers' RMSNorm modules do.
     x = input.float()
-    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-    return y.to(input.dtype)
+    normed = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(input.dtype)
+    return (normed.float() * weight.float()).to(input.dtype)
 
 
 def add_rms_norm(

@@ -18,15 +18,19 @@ def rotary_embedding(x, sin, cos, rotary_dim, rotary_half, position_ids=None):
         idx = position_ids.reshape(-1).long()
         s, c = s[idx], c[idx]
     s, c = s[:, None, :], c[:, None, :]
+
+    def r(t):  # each product rounded to x's dtype, as `q * cos + rotate_half(q) * sin` does
+        return t.to(x.dtype).float()
+
     out = xf.clone()
     if rotary_half:
         x1, x2 = xf[..., :half], xf[..., half:rotary_dim]
-        out[..., :half] = x1 * c - x2 * s
-        out[..., half:rotary_dim] = x2 * c + x1 * s
+        out[..., :half] = r(x1 * c) - r(x2 * s)
+        out[..., half:rotary_dim] = r(x2 * c) + r(x1 * s)
     else:
         x1, x2 = xf[..., 0:rotary_dim:2], xf[..., 1:rotary_dim:2]
-        out[..., 0:rotary_dim:2] = x1 * c - x2 * s
-        out[..., 1:rotary_dim:2] = x2 * c + x1 * s
+        out[..., 0:rotary_dim:2] = r(x1 * c) - r(x2 * s)
+        out[..., 1:rotary_dim:2] = r(x2 * c) + r(x1 * s)
     return out.reshape(shape).to(x.dtype)
 
 
