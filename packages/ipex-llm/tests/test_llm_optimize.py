@@ -39,7 +39,7 @@ def _generate(model, ids, **kw):
 @pytest.mark.parametrize("model_type", sorted(TINY))
 def test_family_fp32_greedy_and_beam_match_stock(model_type):
     model = build(model_type)
-    opt = ipex.llm.optimize(model, dtype=torch.float32)
+    opt = ipex.llm.optimize(model, dtype=torch.float32, deployment_mode=False)
     assert opt is not model
     ids = _inputs(model_type)
     assert torch.equal(_generate(opt, ids), _generate(model, ids))
@@ -55,7 +55,7 @@ def test_family_fp32_greedy_and_beam_match_stock(model_type):
 def test_family_bf16_logits_close_to_stock_bf16(model_type):
     model = build(model_type)
     ref = copy.deepcopy(model).to(torch.bfloat16)
-    opt = ipex.llm.optimize(model, dtype=torch.bfloat16)
+    opt = ipex.llm.optimize(model, dtype=torch.bfloat16, deployment_mode=False)
     ids = _inputs(model_type)
     kw = {"decoder_input_ids": ids} if model_type == "t5" else {}
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_family_bf16_logits_close_to_stock_bf16(model_type):
 
 
 def test_llama_swaps_and_kernels():
-    opt = ipex.llm.optimize(build("llama"), dtype=torch.bfloat16)
+    opt = ipex.llm.optimize(build("llama"), dtype=torch.bfloat16, deployment_mode=False)
     layer = opt.model.layers[0]
     assert type(layer.mlp).__name__ == "IpexGatedMLP"
     assert type(layer.input_layernorm).__name__ == "IpexRMSNorm"
@@ -81,7 +81,7 @@ def test_padding_sampling_streaming():
     from transformers import TextStreamer
 
     model = build("llama")
-    opt = ipex.llm.optimize(model)
+    opt = ipex.llm.optimize(model, deployment_mode=False)
     ids = torch.tensor([[0, 0, 5, 6, 7], [4, 5, 6, 7, 8]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     with torch.no_grad():
@@ -156,3 +156,32 @@ def test_model_without_architectures_is_recognised():
     model = build("llama")
     model.config.architectures = None  # as when loaded from GGUF
     assert ipex.llm.optimize(model)._ipex_optimized["model_type"] == "llama"
+
+
+def test_deployment_mode_compiles_decode_once_and_matches_stock():
+    import torch._dynamo
+
+    model = build("llama")
+    opt = ipex.llm.optimize(model)  # deployment_mode=True is the default
+    assert opt._ipex_optimized["compiled_decode"] is True
+    assert opt.generation_config.cache_implementation == "static"
+    assert model.generation_config.cache_implementation != "static"  # the caller's model is untouched
+    ids = torch.randint(3, 300, (1, 6))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        first = opt.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        again = opt.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(first, ref) and torch.equal(again, ref)
+    # The sequence grew by 12 tokens on each run with no recompile, and a second run compiles nothing.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+    with IpexOpCounter() as counter, torch.no_grad():
+        opt(ids)
+    assert counter.counts["linear"] > 0
+
+
+def test_deployment_mode_false_stays_eager():
+    opt = ipex.llm.optimize(build("llama"), deployment_mode=False)
+    assert opt._ipex_optimized["compiled_decode"] is False
+    assert opt.generation_config.cache_implementation != "static"

@@ -66,8 +66,11 @@ def optimize(
     * casts to ``dtype`` and swaps modules by class pattern (every ``nn.Linear`` onto
       packed-weight GEMM kernels, gated MLPs onto one fused gate/up kernel, RMSNorm and
       LayerNorm onto ipex kernels); ``model._ipex_optimized`` reports what was swapped;
-    * ``deployment_mode`` is accepted; graph capture of the decode step is not done yet
-      (the model runs eagerly either way);
+    * ``deployment_mode=True`` makes ``generate()`` run the decode step as one
+      ``torch.compile`` graph over a pre-allocated (static) KV cache, for models whose
+      transformers class supports it (``_can_compile_fullgraph``); the first
+      ``generate()`` of a given total length compiles, later ones reuse the graph. ``False``
+      keeps everything eager; ``model.forward`` is always eager;
     * quantization arguments raise ``NotImplementedError`` (not built yet).
     """
     if quantization_config is not None or qconfig_summary_file is not None or low_precision_checkpoint is not None:
@@ -124,6 +127,27 @@ def optimize(
         if next(model.parameters()).dtype != dtype:
             model.to(dtype)
         report = apply_swaps(model)
+    compiled = deployment_mode and _enable_compiled_decode(model)
     model._ipex_optimized = {"model_type": model_type, "dtype": dtype, "swaps": dict(report),
-                             "deployment_mode": deployment_mode}
+                             "deployment_mode": deployment_mode, "compiled_decode": compiled}
     return model
+
+
+def _enable_compiled_decode(model: nn.Module) -> bool:
+    """Ask this model's generate() for a static cache and a compiled decode step.
+
+    Uses transformers' own switches on the model's (copied) generation config, so
+    nothing global changes: the static cache gives the decode step fixed shapes, and
+    ``compile_config`` (with ``_compile_all_devices``, as transformers only auto-compiles
+    on accelerators otherwise) compiles it once per total length.
+    """
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is None or not getattr(model, "_can_compile_fullgraph", False):
+        return False
+    from transformers import CompileConfig
+
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True
+    generation_config.cache_implementation = "static"
+    generation_config.compile_config = compile_config
+    return True

