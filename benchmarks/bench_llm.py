@@ -135,7 +135,7 @@ def main(argv=None) -> str:
         tps = {k: 8 * args.new_tokens / (v / 1e3) for k, v in t.items()}
         rows.append(Row("Llama-0.5B bf16 batch 8 generate (ms)", t["stock"], t["ours"],
                         {"stock tok/s": tps["stock"], "ipex tok/s": tps["ours"]}))
-    del stock, ours
+    stock = ours = None  # free the 0.5B models before loading SmolLM2
 
     if not args.skip_smollm2:
         from ipex_llm import cli
