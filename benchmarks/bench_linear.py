@@ -12,8 +12,8 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
 
+from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
 from ipex_core.ops import linear_ops as L
 
 

@@ -17,10 +17,10 @@ import statistics
 import time
 
 import torch
-from harness import Row, machine_meta, measure_bandwidth, progress, report
 from transformers import LlamaConfig, LlamaForCausalLM, TextStreamer
 
 import ipex
+from harness import Row, machine_meta, measure_bandwidth, progress, report
 
 
 class _Stamps(TextStreamer):

@@ -12,9 +12,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
 
 import ipex_core  # noqa: F401
+from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
 
 
 def main(argv=None) -> str:

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
-from llm_families import TINY, build
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ipex
+from llm_families import TINY, build
 
 
 class IpexOpCounter(TorchDispatchMode):

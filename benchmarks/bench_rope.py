@@ -1,0 +1,67 @@
+"""Rotary embedding and SiLU-multiply: ipex kernels vs the stock PyTorch formulas, interleaved.
+
+Stock RoPE is transformers' `q * cos + rotate_half(q) * sin` on [batch, heads, seq, dim]
+(cos/sin gathered per token); ours is ipex::rotary_embedding on [tokens, heads, dim]
+with a position-indexed sin/cos table. Bytes: read q, write q (the table is cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
+from ipex_core.ops import elementwise_ops as E
+
+
+def rotate_half(x):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 128, 2048])
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+    bw = measure_bandwidth()
+    dtype = torch.bfloat16
+    h, d = args.heads, args.head_dim
+    inv = 1.0 / 10000 ** (torch.arange(0, d, 2).float() / d)
+    table = torch.outer(torch.arange(4096).float(), inv)
+    emb = torch.cat([table, table], -1)
+    sin_t, cos_t = emb.sin().to(dtype), emb.cos().to(dtype)
+    rows = []
+    for i, t in enumerate(args.tokens):
+        progress(i, len(args.tokens), f"tokens={t}")
+        q = torch.randn(1, t, h, d, dtype=dtype)
+        pos = torch.arange(t).unsqueeze(0)
+        q_hf = q.transpose(1, 2)  # transformers' layout [b, heads, seq, dim]
+        cos_hf, sin_hf = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
+        gate, up = torch.randn(t, 11008, dtype=dtype), torch.randn(t, 11008, dtype=dtype)
+        tm = time_interleaved({
+            "stock_rope": lambda: q_hf * cos_hf + rotate_half(q_hf) * sin_hf,
+            "ours_rope": lambda: E.rotary_embedding(q, sin_t, cos_t, d, True, pos),
+            "stock_silu": lambda: F.silu(gate) * up,
+            "ours_silu": lambda: E.silu_mul(gate, up),
+        }, rounds=args.rounds)
+        rope_bytes = 2 * q.numel() * q.element_size()
+        silu_bytes = 3 * gate.numel() * gate.element_size()
+        for label, s, o, nbytes in (("rotary_embedding", tm["stock_rope"], tm["ours_rope"], rope_bytes),
+                                    ("silu_mul 11008", tm["stock_silu"], tm["ours_silu"], silu_bytes)):
+            gbs = nbytes / o / 1e9
+            rows.append(Row(f"{label} bf16 tokens={t}", s * 1e3, o * 1e3,
+                            {"ipex GB/s": gbs, "% of copy BW": 100 * gbs / bw["copy_gbs"]}))
+    meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"heads": h, "head_dim": d}
+    table_md = report("rope", rows, meta, columns=["ipex GB/s", "% of copy BW"])
+    print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+    print(table_md)
+    return table_md
+
+
+if __name__ == "__main__":
+    main()
