@@ -4,11 +4,13 @@ Tests compare the native kernels against these; backends may also use them as
 the semantic definition of an op. One module per op family.
 """
 
+from ipex_core.reference import attention as attention
 from ipex_core.reference.linear import gelu_mul, linear, linear_pair_silu_mul, silu_mul
 from ipex_core.reference.norm import add_rms_norm, rms_norm
 from ipex_core.reference.rope import add_layer_norm, layer_norm, rotary_embedding
 
 __all__ = [
+    "attention",
     "add_layer_norm",
     "add_rms_norm",
     "gelu_mul",

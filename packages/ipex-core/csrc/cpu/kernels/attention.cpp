@@ -1,0 +1,763 @@
+// Attention kernels: decode (cache walk with online softmax), the prefill
+// pieces (packing, fp32 micro-GEMM, block softmax, finalize). Compiled once per
+// ISA level; see attention_kernels.h for the contracts.
+#include "cpu/kernels/attention_kernels.h"
+#include "cpu/kernels/vec_io.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <type_traits>
+
+namespace ipex::core::kernels::IPEX_ISA_NS {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Grow-only per-thread scratch: decode and prefill run every layer of every
+// step, so allocating (and page-faulting) fresh buffers each call would show.
+float* scratch(int64_t floats, int slot) {
+  thread_local std::unique_ptr<float[]> bufs[4];
+  thread_local int64_t caps[4] = {0, 0, 0, 0};
+  if (caps[slot] < floats) {
+    bufs[slot].reset(new float[floats]);
+    caps[slot] = floats;
+  }
+  return bufs[slot].get();
+}
+
+// Row of T -> fp32, zero padded to dp (a multiple of kF).
+template <typename T>
+inline void row_to_f32(const T* src, int64_t d, int64_t dp, float* dst, float mul = 1.f) {
+  fVec s(mul);
+  int64_t i = 0;
+  for (; i + kF <= d; i += kF) (load_f32(src + i) * s).store(dst + i);
+  if (i < d) {
+    (load_f32(src + i, d - i) * s).store(dst + i);  // lanes past d load as zero
+    i += kF;
+  }
+  for (; i < dp; i += kF) fVec(0.f).store(dst + i);
+}
+
+inline void scale_f32(float alpha, float* y, int64_t dp) {
+  fVec a(alpha);
+  for (int64_t i = 0; i < dp; i += kF) (fVec::loadu(y + i) * a).store(y + i);
+}
+
+// Cache lines of the row `ahead` tokens on: paged blocks and beam slots
+// scatter token rows, which the hardware prefetcher cannot follow.
+inline void prefetch_row(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 1);
+}
+
+// ---------------------------------------------------------------- decode ---
+
+// Sum of each of kF vectors, in order: out[i] = sum(v[i]) (a transpose-add
+// tree; 45 shuffles/adds for 16 dot products instead of 16 full reductions).
+inline void reduce_many(const fVec* v, float* out) {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512 w[8], x[4], y[2];
+  for (int i = 0; i < 8; ++i) {
+    __m512 a = v[2 * i], b = v[2 * i + 1];
+    w[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  for (int i = 0; i < 4; ++i) {
+    __m512d c = _mm512_castps_pd(w[2 * i]), d = _mm512_castps_pd(w[2 * i + 1]);
+    x[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)), _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+  }
+  for (int i = 0; i < 2; ++i) {
+    y[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xDD));
+  }
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], 0x88), _mm512_shuffle_f32x4(y[0], y[1], 0xDD)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  __m256 w[4], x[2];
+  for (int i = 0; i < 4; ++i) {
+    __m256 a = v[2 * i], b = v[2 * i + 1];
+    w[i] = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+  }
+  for (int i = 0; i < 2; ++i) {
+    __m256d c = _mm256_castps_pd(w[2 * i]), d = _mm256_castps_pd(w[2 * i + 1]);
+    x[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(c, d)), _mm256_castpd_ps(_mm256_unpackhi_pd(c, d)));
+  }
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(x[0], x[1], 0x20),
+                                      _mm256_permute2f128_ps(x[0], x[1], 0x31)));
+#else
+  for (int64_t i = 0; i < kF; ++i) out[i] = reduce_sum(v[i]);
+#endif
+}
+
+// Scores of NT consecutive K rows for NG query heads (NG * NT == kF): q rows
+// are fp32, pre-scaled, dp floats; out[g * NT + i] = q_g . k_i.
+template <int NG, int NT, typename T>
+inline void qk_block(const float* const* qh, const T* const* k, int64_t D, float* out) {
+  static_assert(NG * NT == kF, "one accumulator per lane of the result");
+  fVec acc[NG * NT];
+  for (int i = 0; i < NG * NT; ++i) acc[i] = fVec(0.f);
+  for (int64_t j = 0; j < D; j += kF) {
+    const int64_t cnt = std::min(kF, D - j);
+    fVec kv[NT];
+    for (int i = 0; i < NT; ++i) kv[i] = cnt == kF ? load_f32(k[i] + j) : load_f32(k[i] + j, cnt);
+    for (int g = 0; g < NG; ++g) {
+      const fVec qv = fVec::loadu(qh[g] + j);  // zero past D
+      for (int i = 0; i < NT; ++i) acc[g * NT + i] = at::vec::fmadd(qv, kv[i], acc[g * NT + i]);
+    }
+  }
+  reduce_many(acc, out);
+}
+
+// Scores [H, chunk] for rows [i0, i0 + nt) of the chunk (nt <= NT), all heads.
+template <int NG, typename T>
+inline void qk_rows(const DecodeArgs& a, const float* qf, int64_t dp, const T* const* krows, int64_t i0, int64_t nt,
+                    float* scores, int64_t chunk, const float* zero_q) {
+  constexpr int NT = static_cast<int>(kF) / NG;
+  float res[kF];
+  for (int64_t g = 0; g < a.num_kv_heads; ++g) {
+    const T* k[NT];
+    for (int i = 0; i < NT; ++i) k[i] = krows[i0 + std::min<int64_t>(i, nt - 1)] + g * a.k_head_stride;
+    for (int32_t j = a.group_offsets[g]; j < a.group_offsets[g + 1]; j += NG) {
+      const int n = static_cast<int>(std::min<int32_t>(NG, a.group_offsets[g + 1] - j));
+      const float* qh[NG];
+      for (int x = 0; x < NG; ++x) qh[x] = x < n ? qf + a.group_heads[j + x] * dp : zero_q;
+      qk_block<NG, NT>(qh, k, a.head_dim, res);
+      for (int x = 0; x < n; ++x) {
+        float* srow = scores + a.group_heads[j + x] * chunk + i0;
+        for (int64_t i = 0; i < nt; ++i) srow[i] = res[x * NT + i];
+      }
+    }
+  }
+}
+
+template <int NG, typename T>
+inline void qk_chunk(const DecodeArgs& a, const float* qf, int64_t dp, const T* const* krows, int64_t cn,
+                     float* scores, int64_t chunk, const float* zero_q) {
+  if constexpr (NG <= kF) {
+    constexpr int64_t NT = kF / NG;
+    for (int64_t i = 0; i < cn; i += NT) {
+      qk_rows<NG>(a, qf, dp, krows, i, std::min<int64_t>(NT, cn - i), scores, chunk, zero_q);
+    }
+  }
+}
+
+// acc_h += sum_i p_h[i] * V row i, for NG heads over a chunk of cn rows; the
+// accumulators stay in registers across the chunk (one pass per D vector).
+template <int NG, typename T>
+inline void pv_heads(const float* const* ph, const T* const* vrows, int64_t cn, int64_t D, float* const* acc) {
+  for (int64_t j = 0; j < D; j += kF) {
+    const int64_t cnt = std::min(kF, D - j);
+    fVec a[NG];
+    for (int g = 0; g < NG; ++g) a[g] = fVec::loadu(acc[g] + j);
+    for (int64_t i = 0; i < cn; ++i) {
+      const fVec vv = cnt == kF ? load_f32(vrows[i] + j) : load_f32(vrows[i] + j, cnt);
+      for (int g = 0; g < NG; ++g) a[g] = at::vec::fmadd(fVec(ph[g][i]), vv, a[g]);
+    }
+    for (int g = 0; g < NG; ++g) a[g].store(acc[g] + j);
+  }
+}
+
+constexpr int kMaxNG = 8;
+
+// Calls fn(std::integral_constant<int, n>) for a head block of n in 1..kMaxNG.
+template <typename Fn>
+inline void with_ng(int n, const Fn& fn) {
+  switch (n) {
+    case 8: fn(std::integral_constant<int, 8>{}); break;
+    case 7: fn(std::integral_constant<int, 7>{}); break;
+    case 6: fn(std::integral_constant<int, 6>{}); break;
+    case 5: fn(std::integral_constant<int, 5>{}); break;
+    case 4: fn(std::integral_constant<int, 4>{}); break;
+    case 3: fn(std::integral_constant<int, 3>{}); break;
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    default: fn(std::integral_constant<int, 1>{}); break;
+  }
+}
+
+
+// alibi and bias terms for chunk rows [c0, c0 + cn)
+inline void add_score_terms(const DecodeTask& t, float* scores, int64_t chunk, int64_t c0, int64_t cn, int64_t H) {
+  if (t.alibi_slopes != nullptr) {
+    for (int64_t h = 0; h < H; ++h) {
+      const float slope = t.alibi_slopes[h];
+      for (int64_t i = 0; i < cn; ++i) scores[h * chunk + i] += slope * (static_cast<float>(c0 + i) + t.alibi_offset);
+    }
+  }
+  if (t.bias != nullptr) {
+    for (int64_t h = 0; h < H; ++h) {
+      const float* b = t.bias + h * t.bias_head_stride + c0 * t.bias_tok_stride;
+      for (int64_t i = 0; i < cn; ++i) scores[h * chunk + i] += b[i * t.bias_tok_stride];
+    }
+  }
+}
+
+// Online softmax update of every head over one chunk: scores [H, chunk]
+// become probabilities (0 past cn, rounded to bf16 when the P V product reads
+// them as bf16, so the running sum matches what is multiplied), the running
+// max / sum are updated and acc rows [H, ld] rescaled.
+inline void softmax_chunk(const DecodeTask& t, float* scores, int64_t chunk, int64_t cn, int64_t H, float* acc,
+                          int64_t ld, bool round_bf16) {
+  for (int64_t h = 0; h < H; ++h) {
+    float* s = scores + h * chunk;
+    fVec vmax(kNegInf);
+    for (int64_t i = 0; i < cn; i += kF) {
+      const int64_t cnt = std::min(kF, cn - i);
+      vmax = at::vec::maximum(vmax, cnt == kF ? fVec::loadu(s + i) : fVec::set(fVec(kNegInf), fVec::loadu(s + i, cnt), cnt));
+    }
+    const float mx = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, vmax);
+    const float m_old = t.m[h];
+    const float m_new = std::max(m_old, mx);
+    if (m_new == kNegInf) {  // everything so far masked out
+      std::fill(s, s + chunk, 0.f);
+      continue;
+    }
+    const fVec vm(m_new);
+    fVec vsum(0.f);
+    for (int64_t i = 0; i < chunk; i += kF) {
+      fVec e = (fVec::loadu(s + i) - vm).exp_u20();
+      if (round_bf16) e = round_to<c10::BFloat16>(e);
+      if (i + kF > cn) e = fVec::set(fVec(0.f), e, std::max<int64_t>(0, cn - i));
+      e.store(s + i);
+      vsum = vsum + e;
+    }
+    t.l[h] = (m_new == m_old ? t.l[h] : t.l[h] * std::exp(m_old - m_new)) + reduce_sum(vsum);
+    if (m_new != m_old && m_old != kNegInf) scale_f32(std::exp(m_old - m_new), acc + h * ld, ld);
+    t.m[h] = m_new;
+  }
+}
+
+constexpr int64_t kChunk = 32;  // tokens per online-softmax step; a multiple of kF
+constexpr int64_t kAhead = 2;   // K rows prefetched ahead
+
+// Rows of this chunk; the next K rows and this chunk's V rows are prefetched
+// (paged blocks and beam slots scatter rows beyond the hardware prefetcher).
+template <typename T>
+inline void chunk_rows(const DecodeArgs& a, const DecodeTask& t, int64_t c0, int64_t cn, const T** krows) {
+  const T* kb = static_cast<const T*>(a.k_base);
+  const T* vb = static_cast<const T*>(a.v_base);
+  // One token row of every kv head is contiguous in every layout we serve.
+  const int64_t k_span = ((a.num_kv_heads - 1) * a.k_head_stride + a.head_dim) * static_cast<int64_t>(sizeof(T));
+  const int64_t v_span = ((a.num_kv_heads - 1) * a.v_head_stride + a.head_dim) * static_cast<int64_t>(sizeof(T));
+  for (int64_t i = 0; i < cn; ++i) {
+    krows[i] = kb + t.k_off[c0 + i];
+    if (c0 + i + kAhead < t.n) prefetch_row(kb + t.k_off[c0 + i + kAhead], k_span);
+    prefetch_row(vb + t.v_off[c0 + i], v_span);
+  }
+}
+
+template <typename T>
+void decode_partial_impl(const DecodeArgs& a, const DecodeTask& t) {
+  const int64_t D = a.head_dim, H = a.num_heads, Hkv = a.num_kv_heads;
+  const int64_t dp = round_up(D, kF);
+  const T* vb = static_cast<const T*>(a.v_base);
+  const T* q = static_cast<const T*>(t.q);
+
+  float* qf = scratch(H * dp + H * kChunk, 0);
+  float* scores = qf + H * dp;  // [H, kChunk]
+  float* acc_p = scratch(H * dp, 1);
+  for (int64_t h = 0; h < H; ++h) {
+    row_to_f32(q + h * t.q_head_stride, D, dp, qf + h * dp, a.scale);
+    std::fill(acc_p + h * dp, acc_p + (h + 1) * dp, 0.f);
+    t.m[h] = kNegInf;
+    t.l[h] = 0.f;
+  }
+  float* zero_q = scratch(dp, 2);
+  std::fill(zero_q, zero_q + dp, 0.f);
+  // Heads per register block: the whole group where it fits, so a K row is
+  // converted once for all the heads that read it.
+  const int64_t group = a.group_offsets[1] - a.group_offsets[0];
+  const T* krows[kChunk];
+  const T* vrows[kChunk];
+  for (int64_t c0 = 0; c0 < t.n; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, t.n - c0);
+    chunk_rows(a, t, c0, cn, krows);
+    if (group <= 1) {
+      qk_chunk<1>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+    } else if (group <= 2) {
+      qk_chunk<2>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+    } else if (group <= 4) {
+      qk_chunk<4>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+    } else if (group <= 8 || kF == 8) {
+      qk_chunk<8>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+    } else {
+      qk_chunk<static_cast<int>(kF)>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+    }
+    add_score_terms(t, scores, kChunk, c0, cn, H);
+    softmax_chunk(t, scores, kChunk, cn, H, acc_p, dp, false);
+    // acc += P V with each V row read once for the heads that share it.
+    for (int64_t g = 0; g < Hkv; ++g) {
+      for (int64_t i = 0; i < cn; ++i) vrows[i] = vb + t.v_off[c0 + i] + g * a.v_head_stride;
+      int32_t j = a.group_offsets[g];
+      const int32_t end = a.group_offsets[g + 1];
+      const float* ph[kMaxNG];
+      float* acc[kMaxNG];
+      while (j < end) {
+        const int n = static_cast<int>(std::min<int32_t>(kMaxNG, end - j));
+        for (int x = 0; x < n; ++x) {
+          const int64_t h = a.group_heads[j + x];
+          ph[x] = scores + h * kChunk;
+          acc[x] = acc_p + h * dp;
+        }
+        with_ng(n, [&](auto ng) { pv_heads<decltype(ng)::value>(ph, vrows, cn, D, acc); });
+        j += n;
+      }
+    }
+  }
+  for (int64_t h = 0; h < H; ++h) std::memcpy(t.acc + h * D, acc_p + h * dp, D * sizeof(float));
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// bf16 decode with vdpbf16ps (AVX512-BF16): 32 bf16 products per instruction
+// and no conversions. Only called when the active ISA level has the
+// instructions; the attribute keeps them out of everything else here.
+#define IPEX_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+IPEX_BF16_FN inline __mmask32 bf16_mask(int64_t left) {
+  return left >= 32 ? 0xFFFFFFFFu : ((1u << left) - 1u);
+}
+
+// out[g * NT + i] = scale * q_g . k_i for NG heads and NT rows (NG * NT == 16).
+template <int NG>
+IPEX_BF16_FN inline void qk_block_bf16(const uint16_t* const* qh, const uint16_t* const* k, int64_t D, float scale,
+                                       float* out) {
+  constexpr int NT = 16 / NG;
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < D; j += 32) {
+    const __mmask32 m = bf16_mask(D - j);
+    __m512i kv[NT];
+    for (int i = 0; i < NT; ++i) kv[i] = _mm512_maskz_loadu_epi16(m, k[i] + j);
+    for (int g = 0; g < NG; ++g) {
+      const __m512i qv = _mm512_maskz_loadu_epi16(m, qh[g] + j);
+      for (int i = 0; i < NT; ++i) acc[g * NT + i] = _mm512_dpbf16_ps(acc[g * NT + i], (__m512bh)qv, (__m512bh)kv[i]);
+    }
+  }
+  fVec v[16];
+  for (int i = 0; i < 16; ++i) v[i] = fVec(acc[i]) * fVec(scale);
+  reduce_many(v, out);
+}
+
+template <int NG>
+IPEX_BF16_FN void qk_chunk_bf16(const DecodeArgs& a, const DecodeTask& t, const uint16_t* const* krows, int64_t cn,
+                                float* scores, const uint16_t* zero_q) {
+  constexpr int NT = 16 / NG;
+  const uint16_t* q = static_cast<const uint16_t*>(t.q);
+  float res[16];
+  for (int64_t i0 = 0; i0 < cn; i0 += NT) {
+    const int64_t nt = std::min<int64_t>(NT, cn - i0);
+    for (int64_t g = 0; g < a.num_kv_heads; ++g) {
+      const uint16_t* k[NT];
+      for (int i = 0; i < NT; ++i) k[i] = krows[i0 + std::min<int64_t>(i, nt - 1)] + g * a.k_head_stride;
+      for (int32_t j = a.group_offsets[g]; j < a.group_offsets[g + 1]; j += NG) {
+        const int n = static_cast<int>(std::min<int32_t>(NG, a.group_offsets[g + 1] - j));
+        const uint16_t* qh[NG];
+        for (int x = 0; x < NG; ++x) qh[x] = x < n ? q + a.group_heads[j + x] * t.q_head_stride : zero_q;
+        qk_block_bf16<NG>(qh, k, a.head_dim, a.scale, res);
+        for (int x = 0; x < n; ++x) {
+          float* srow = scores + a.group_heads[j + x] * kChunk + i0;
+          for (int64_t i = 0; i < nt; ++i) srow[i] = res[x * NT + i];
+        }
+      }
+    }
+  }
+}
+
+// acc += P V for NG heads over token pairs: V rows are interleaved in pairs
+// (unpacklo/hi), so each acc row is kept permuted within 32-column chunks:
+// position p < 16 holds column 8 (p / 4) + p % 4, position 16 + p holds
+// column 8 (p / 4) + 4 + p % 4 (undone by unpermute_acc).
+template <int NG>
+IPEX_BF16_FN inline void pv_block_bf16(const uint32_t* const* pp, const uint16_t* const* vrows, int64_t pairs,
+                                       int64_t D, float* const* acc) {
+  for (int64_t j = 0; j < D; j += 32) {
+    const __mmask32 m = bf16_mask(D - j);
+    __m512 lo[NG], hi[NG];
+    for (int g = 0; g < NG; ++g) {
+      lo[g] = _mm512_loadu_ps(acc[g] + j);
+      hi[g] = _mm512_loadu_ps(acc[g] + j + 16);
+    }
+    for (int64_t tp = 0; tp < pairs; ++tp) {
+      const __m512i va = _mm512_maskz_loadu_epi16(m, vrows[2 * tp] + j);
+      const __m512i vb = _mm512_maskz_loadu_epi16(m, vrows[2 * tp + 1] + j);
+      const __m512bh l = (__m512bh)_mm512_unpacklo_epi16(va, vb);
+      const __m512bh h = (__m512bh)_mm512_unpackhi_epi16(va, vb);
+      for (int g = 0; g < NG; ++g) {
+        const __m512bh p = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[g][tp]));
+        lo[g] = _mm512_dpbf16_ps(lo[g], l, p);
+        hi[g] = _mm512_dpbf16_ps(hi[g], h, p);
+      }
+    }
+    for (int g = 0; g < NG; ++g) {
+      _mm512_storeu_ps(acc[g] + j, lo[g]);
+      _mm512_storeu_ps(acc[g] + j + 16, hi[g]);
+    }
+  }
+}
+
+inline void unpermute_acc(const float* perm, int64_t D, float* out) {
+  for (int64_t j = 0; j < D; j += 32) {
+    for (int64_t p = 0; p < 16; ++p) {
+      const int64_t c0 = j + 8 * (p / 4) + p % 4, c1 = c0 + 4;
+      if (c0 < D) out[c0] = perm[j + p];
+      if (c1 < D) out[c1] = perm[j + 16 + p];
+    }
+  }
+}
+
+IPEX_BF16_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask& t) {
+  const int64_t D = a.head_dim, H = a.num_heads, Hkv = a.num_kv_heads;
+  const int64_t dp = round_up(D, 32);
+  const uint16_t* vb = static_cast<const uint16_t*>(a.v_base);
+  float* scores = scratch(H * kChunk, 0);
+  float* acc_p = scratch(H * dp, 1);
+  uint32_t* pp = reinterpret_cast<uint32_t*>(scratch(H * kChunk / 2 + dp, 2));  // [H, kChunk / 2] bf16 pairs
+  uint16_t* zero_q = reinterpret_cast<uint16_t*>(pp + H * kChunk / 2);
+  std::fill(zero_q, zero_q + dp, uint16_t(0));
+  for (int64_t h = 0; h < H; ++h) {
+    std::fill(acc_p + h * dp, acc_p + (h + 1) * dp, 0.f);
+    t.m[h] = kNegInf;
+    t.l[h] = 0.f;
+  }
+  const int64_t group = a.group_offsets[1] - a.group_offsets[0];
+  const uint16_t* krows[kChunk];
+  const uint16_t* vrows[kChunk];
+  for (int64_t c0 = 0; c0 < t.n; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, t.n - c0);
+    chunk_rows(a, t, c0, cn, krows);
+    if (group <= 1) {
+      qk_chunk_bf16<1>(a, t, krows, cn, scores, zero_q);
+    } else if (group <= 2) {
+      qk_chunk_bf16<2>(a, t, krows, cn, scores, zero_q);
+    } else if (group <= 4) {
+      qk_chunk_bf16<4>(a, t, krows, cn, scores, zero_q);
+    } else if (group <= 8) {
+      qk_chunk_bf16<8>(a, t, krows, cn, scores, zero_q);
+    } else {
+      qk_chunk_bf16<16>(a, t, krows, cn, scores, zero_q);
+    }
+    add_score_terms(t, scores, kChunk, c0, cn, H);
+    softmax_chunk(t, scores, kChunk, cn, H, acc_p, dp, true);
+    // Probabilities as bf16 pairs (exact: already rounded; 0 past cn).
+    for (int64_t h = 0; h < H; ++h) {
+      const float* s = scores + h * kChunk;
+      for (int64_t i = 0; i < kChunk; i += 32) {
+        const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + i + 16), _mm512_loadu_ps(s + i));
+        _mm512_storeu_si512(pp + h * (kChunk / 2) + i / 2, (__m512i)b);
+      }
+    }
+    const int64_t pairs = (cn + 1) / 2;
+    for (int64_t g = 0; g < Hkv; ++g) {
+      for (int64_t i = 0; i < 2 * pairs; ++i) {
+        vrows[i] = vb + t.v_off[c0 + std::min(i, cn - 1)] + g * a.v_head_stride;  // odd tail: P is 0 there
+      }
+      for (int32_t j = a.group_offsets[g]; j < a.group_offsets[g + 1]; j += kMaxNG) {
+        const int n = static_cast<int>(std::min<int32_t>(kMaxNG, a.group_offsets[g + 1] - j));
+        const uint32_t* php[kMaxNG];
+        float* acc[kMaxNG];
+        for (int x = 0; x < n; ++x) {
+          const int64_t h = a.group_heads[j + x];
+          php[x] = pp + h * (kChunk / 2);
+          acc[x] = acc_p + h * dp;
+        }
+        with_ng(n, [&](auto ng) { pv_block_bf16<decltype(ng)::value>(php, vrows, pairs, D, acc); });
+      }
+    }
+  }
+  for (int64_t h = 0; h < H; ++h) unpermute_acc(acc_p + h * dp, D, t.acc + h * D);
+}
+#endif  // CPU_CAPABILITY_AVX512
+
+template <typename T>
+void decode_combine_impl(const DecodeCombine& c) {
+  const int64_t H = c.num_heads, D = c.head_dim;
+  T* out = static_cast<T*>(c.out);
+  for (int64_t h = 0; h < H; ++h) {
+    float gmax = kNegInf;
+    for (int64_t p = 0; p < c.num_parts; ++p) gmax = std::max(gmax, c.parts[p * c.part_stride + h]);
+    T* o = out + h * c.out_head_stride;
+    if (gmax == kNegInf) {
+      std::fill(o, o + D, T(0.f));
+      continue;
+    }
+    float total = 0.f;
+    for (int64_t p = 0; p < c.num_parts; ++p) {
+      const float* part = c.parts + p * c.part_stride;
+      total += part[H + h] * std::exp(part[h] - gmax);
+    }
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    int64_t i = 0;
+    for (; i < D; i += kF) {
+      const int64_t cnt = std::min(kF, D - i);
+      fVec sum(0.f);
+      for (int64_t p = 0; p < c.num_parts; ++p) {
+        const float* part = c.parts + p * c.part_stride;
+        const float w = std::exp(part[h] - gmax) * inv;
+        if (w == 0.f) continue;
+        const float* pa = part + 2 * H + h * D + i;
+        sum = at::vec::fmadd(fVec(w), cnt == kF ? fVec::loadu(pa) : fVec::loadu(pa, cnt), sum);
+      }
+      if (cnt == kF) {
+        store_f32(o + i, sum);
+      } else {
+        store_f32(o + i, sum, cnt);
+      }
+    }
+  }
+}
+
+// --------------------------------------------------------------- prefill ---
+
+template <typename TA>
+inline float a_at(const TA* a, int64_t idx) {
+  return static_cast<float>(a[idx]);
+}
+
+// C[MR, NV*kF] tile; B/C rows hold at least NV*kF floats past j0.
+template <int MR, int NV, typename TA>
+inline void gemm_tile(const GemmF32& g, const TA* A, int64_t i0, int64_t j0) {
+  fVec c[MR][NV];
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      c[r][v] = g.accumulate ? fVec::loadu(g.c + (i0 + r) * g.ldc + j0 + v * kF) : fVec(0.f);
+    }
+  }
+  const TA* arow[MR];
+  for (int r = 0; r < MR; ++r) arow[r] = A + (i0 + r) * g.lda;
+  const float* b = g.b + j0;
+  for (int64_t k = 0; k < g.k; ++k) {
+    fVec bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = fVec::loadu(b + k * g.ldb + v * kF);
+    for (int r = 0; r < MR; ++r) {
+      fVec av(a_at(arow[r], k));
+      for (int v = 0; v < NV; ++v) c[r][v] = at::vec::fmadd(av, bv[v], c[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NV; ++v) c[r][v].store(g.c + (i0 + r) * g.ldc + j0 + v * kF);
+  }
+}
+
+template <int MR, typename TA>
+inline void gemm_rows(const GemmF32& g, const TA* A, int64_t i0, int64_t n_pad) {
+  int64_t j = 0;
+  for (; j + 2 * kF <= n_pad; j += 2 * kF) gemm_tile<MR, 2>(g, A, i0, j);
+  for (; j < n_pad; j += kF) gemm_tile<MR, 1>(g, A, i0, j);
+}
+
+template <typename TA>
+void gemm_impl(const GemmF32& g) {
+  const TA* A = static_cast<const TA*>(g.a);
+  const int64_t n_pad = round_up(g.n, kF);
+  constexpr int kMR = 6;
+  int64_t i = 0;
+  for (; i + kMR <= g.m; i += kMR) gemm_rows<kMR>(g, A, i, n_pad);
+  switch (g.m - i) {
+    case 5: gemm_rows<5>(g, A, i, n_pad); break;
+    case 4: gemm_rows<4>(g, A, i, n_pad); break;
+    case 3: gemm_rows<3>(g, A, i, n_pad); break;
+    case 2: gemm_rows<2>(g, A, i, n_pad); break;
+    case 1: gemm_rows<1>(g, A, i, n_pad); break;
+    default: break;
+  }
+}
+
+template <typename T>
+void pack_impl(const PackArgs& p) {
+  const T* src = static_cast<const T*>(p.src);
+  const int64_t D = p.head_dim, n = p.n, ts = p.tok_stride;
+  switch (p.kind) {
+    case PackKind::kF32Kt: {
+      float* dst = static_cast<float*>(p.dst);
+      for (int64_t d = 0; d < D; ++d) {
+        float* row = dst + d * p.ld;
+        for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(src[i * ts + d]);
+        std::fill(row + n, row + p.ld, 0.f);
+      }
+      break;
+    }
+    case PackKind::kF32V: {
+      float* dst = static_cast<float*>(p.dst);
+      const int64_t dp = round_up(D, 16);
+      for (int64_t i = 0; i < n; ++i) row_to_f32(src + i * ts, D, dp, dst + i * dp);
+      break;
+    }
+    case PackKind::kVnniKt: {
+      if constexpr (sizeof(T) != 2) break;  // VNNI pairs are 16-bit types only
+      // Token i's (d, d+1) pair is one 32-bit word: a 32-bit transpose.
+      uint32_t* dst = static_cast<uint32_t*>(p.dst);
+      const int64_t pairs = D / 2;
+      const int64_t chunks = (n + 63) / 64;
+      for (int64_t c = 0; c < chunks; ++c) {
+        uint32_t* out = dst + c * pairs * 64;
+        const int64_t valid = std::min<int64_t>(64, n - c * 64);
+        for (int64_t i = 0; i < valid; ++i) {
+          const T* row = src + (c * 64 + i) * ts;
+          for (int64_t k = 0; k < pairs; ++k) {
+            uint32_t w;
+            std::memcpy(&w, row + 2 * k, 4);
+            out[k * 64 + i] = w;
+          }
+        }
+        if (valid < 64) {
+          for (int64_t k = 0; k < pairs; ++k) std::fill(out + k * 64 + valid, out + k * 64 + 64, 0u);
+        }
+      }
+      break;
+    }
+    case PackKind::kVnniV: {
+      if constexpr (sizeof(T) != 2) break;
+      uint16_t* dst = static_cast<uint16_t*>(p.dst);
+      const int64_t n_pad = round_up(n, 64);
+      for (int64_t j = 0; j < D; j += 64) {
+        uint16_t* out = dst + j * n_pad;  // chunk j/64 holds n_pad * 64 elements
+        for (int64_t k = 0; k < n_pad; k += 2) {
+          uint16_t* o = out + k * 64;
+          const uint16_t* r0 = k < n ? reinterpret_cast<const uint16_t*>(src + k * ts + j) : nullptr;
+          const uint16_t* r1 = k + 1 < n ? reinterpret_cast<const uint16_t*>(src + (k + 1) * ts + j) : nullptr;
+          for (int64_t c = 0; c < 64; ++c) {
+            o[2 * c] = r0 ? r0[c] : 0;
+            o[2 * c + 1] = r1 ? r1[c] : 0;
+          }
+        }
+      }
+      break;
+    }
+  }
+}
+
+void softmax_block_impl(const SoftmaxBlock& b) {
+  const fVec vscale(b.scale);
+  const int64_t dp = round_up(b.head_dim, kF);
+  for (int64_t r = 0; r < b.m_rows; ++r) {
+    float* s = b.s + r * b.lds;
+    int64_t limit = b.n_cols;
+    if (b.causal) limit = std::max<int64_t>(0, std::min<int64_t>(b.n_cols, b.row_limit0 + r + 1));
+    // scale (+ bias) and row max over the visible columns
+    fVec vmax(kNegInf);
+    int64_t j = 0;
+    const float* brow = b.bias ? b.bias + r * b.bias_row_stride : nullptr;
+    if (brow && b.bias_col_stride != 1) {
+      for (int64_t c = 0; c < limit; ++c) s[c] = s[c] * b.scale + brow[c * b.bias_col_stride];
+      for (; j + kF <= limit; j += kF) vmax = at::vec::maximum(vmax, fVec::loadu(s + j));
+    } else {
+      for (; j + kF <= limit; j += kF) {
+        fVec x = fVec::loadu(s + j) * vscale;
+        if (brow) x = x + fVec::loadu(brow + j);
+        x.store(s + j);
+        vmax = at::vec::maximum(vmax, x);
+      }
+      for (int64_t c = j; c < limit; ++c) s[c] = s[c] * b.scale + (brow ? brow[c] : 0.f);
+    }
+    float mx = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, vmax);
+    for (int64_t c = j; c < limit; ++c) mx = std::max(mx, s[c]);
+
+    const float m_old = b.row_max[r];
+    const float m_new = std::max(m_old, mx);
+    float sum = 0.f;
+    int64_t done = 0;
+    if (m_new != kNegInf) {
+      fVec vm(m_new), vsum(0.f);
+      if (b.p_bf16) {
+        c10::BFloat16* p = static_cast<c10::BFloat16*>(b.p) + r * b.ldp;
+        for (; done + kF <= limit; done += kF) {
+          fVec e = (fVec::loadu(s + done) - vm).exp_u20();
+          vsum = vsum + e;
+          store_f32(p + done, e);
+        }
+        sum = reduce_sum(vsum);
+        for (; done < limit; ++done) {
+          float e = std::exp(s[done] - m_new);
+          sum += e;
+          p[done] = c10::BFloat16(e);
+        }
+      } else {
+        float* p = static_cast<float*>(b.p) + r * b.ldp;
+        for (; done + kF <= limit; done += kF) {
+          fVec e = (fVec::loadu(s + done) - vm).exp_u20();
+          vsum = vsum + e;
+          e.store(p + done);
+        }
+        sum = reduce_sum(vsum);
+        for (; done < limit; ++done) {
+          p[done] = std::exp(s[done] - m_new);
+          sum += p[done];
+        }
+      }
+    }
+    // masked / padding columns contribute nothing to P V
+    if (b.p_bf16) {
+      c10::BFloat16* p = static_cast<c10::BFloat16*>(b.p) + r * b.ldp;
+      std::fill(p + done, p + b.n_pad, c10::BFloat16(0.f));
+    } else {
+      float* p = static_cast<float*>(b.p) + r * b.ldp;
+      std::fill(p + done, p + b.n_pad, 0.f);
+    }
+    if (m_new == kNegInf) continue;
+    const float alpha = std::exp(m_old - m_new);  // 0 when m_old is -inf
+    b.row_sum[r] = b.row_sum[r] * alpha + sum;
+    b.row_max[r] = m_new;
+    if (!b.first_block && alpha != 1.f) scale_f32(alpha, b.acc + r * b.ld_acc, dp);
+  }
+}
+
+template <typename T>
+void finalize_impl(const FlashFinalize& f) {
+  T* out = static_cast<T*>(f.out);
+  const int64_t D = f.head_dim;
+  for (int64_t r = 0; r < f.m_rows; ++r) {
+    const float l = f.row_sum[r];
+    T* o = out + r * f.out_row_stride;
+    if (!(l > 0.f)) {  // no visible key: zeros (acc may hold nothing)
+      std::fill(o, o + D, T(0.f));
+      continue;
+    }
+    const fVec inv(1.f / l);
+    const float* a = f.acc + r * f.ld_acc;
+    int64_t i = 0;
+    for (; i + kF <= D; i += kF) store_f32(o + i, fVec::loadu(a + i) * inv);
+    if (i < D) store_f32(o + i, fVec::loadu(a + i, D - i) * inv, D - i);
+  }
+}
+
+template <template <typename> class Fn, typename Args>
+void by_dtype(c10::ScalarType dt, const Args& a) {
+  switch (dt) {
+    case c10::ScalarType::Float: Fn<float>::run(a); break;
+    case c10::ScalarType::BFloat16: Fn<c10::BFloat16>::run(a); break;
+    case c10::ScalarType::Half: Fn<c10::Half>::run(a); break;
+    default: break;  // validated by the op before we get here
+  }
+}
+
+template <typename T> struct DecodePartialFn { static void run(const std::pair<const DecodeArgs*, const DecodeTask*>& p) { decode_partial_impl<T>(*p.first, *p.second); } };
+template <typename T> struct DecodeCombineFn { static void run(const DecodeCombine& c) { decode_combine_impl<T>(c); } };
+template <typename T> struct GemmFn { static void run(const GemmF32& g) { gemm_impl<T>(g); } };
+template <typename T> struct PackFn { static void run(const PackArgs& p) { pack_impl<T>(p); } };
+template <typename T> struct FinalizeFn { static void run(const FlashFinalize& f) { finalize_impl<T>(f); } };
+
+}  // namespace
+
+void attn_decode_partial(const DecodeArgs& a, const DecodeTask& t) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (a.bf16_dot && a.dtype == c10::ScalarType::BFloat16) {
+    decode_partial_bf16(a, t);
+    return;
+  }
+#endif
+  by_dtype<DecodePartialFn>(a.dtype, std::make_pair(&a, &t));
+}
+
+void attn_decode_combine(const DecodeCombine& c) { by_dtype<DecodeCombineFn>(c.dtype, c); }
+
+void attn_gemm_f32(const GemmF32& g) { by_dtype<GemmFn>(g.a_dtype, g); }
+
+void attn_pack(const PackArgs& p) { by_dtype<PackFn>(p.dtype, p); }
+
+void attn_softmax_block(const SoftmaxBlock& b) { softmax_block_impl(b); }
+
+void attn_finalize(const FlashFinalize& f) { by_dtype<FinalizeFn>(f.dtype, f); }
+
+}  // namespace ipex::core::kernels::IPEX_ISA_NS
