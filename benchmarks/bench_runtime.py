@@ -20,10 +20,10 @@ import argparse
 import os
 
 import torch
-from harness import Row, machine_meta, progress, report, time_interleaved
 from torch import nn
 
 import ipex
+from harness import Row, machine_meta, progress, report, time_interleaved
 
 
 def small_cnn() -> nn.Module:
@@ -45,7 +45,7 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128, help="BERT sequence length")
-    parser.add_argument("--cnn-rounds", type=int, default=15)
+    parser.add_argument("--cnn-rounds", type=int, default=30)
     parser.add_argument("--bert-rounds", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=["cnn", "bert"], choices=["cnn", "bert"])
     args = parser.parse_args(argv)

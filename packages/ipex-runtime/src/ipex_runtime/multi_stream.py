@@ -68,7 +68,7 @@ def _split_sizes(batch: int, num_streams: int) -> list[int]:
 
 
 def _items(hint, value, where: str):
-    """(hint, value, where) of the children a container hint describes."""
+    """(key, child hint) for each child of ``value``; children the hint does not cover get None."""
     if isinstance(hint, tuple | list):
         if not isinstance(value, Sequence) or isinstance(value, str | bytes):
             raise TypeError(f"{where}: the hint is a {type(hint).__name__} but the value is {type(value).__name__}")
