@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipex_llm.modules.attention import IndirectAccessKVCacheAttention, PagedAttention, VarlenAttention
 from ipex_llm.modules.linear_fusion import (
     Linear2SiluMul,
     LinearAdd,
@@ -18,6 +19,7 @@ from ipex_llm.modules.rope import RotaryEmbedding
 
 __all__ = [
     "FastLayerNorm",
+    "IndirectAccessKVCacheAttention",
     "Linear2SiluMul",
     "LinearAdd",
     "LinearAddAdd",
@@ -27,6 +29,8 @@ __all__ = [
     "LinearRelu",
     "LinearSilu",
     "LinearSiluMul",
+    "PagedAttention",
     "RMSNorm",
     "RotaryEmbedding",
+    "VarlenAttention",
 ]
