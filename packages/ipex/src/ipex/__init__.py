@@ -23,6 +23,7 @@ _extensions.install_finder()
 
 # name -> (module, attribute) of the core API, imported on first access.
 _CORE_API = {
+    "optimize": ("ipex_core.optimize", "optimize"),
     "verbose": ("ipex_core.verbose", "verbose"),
     "enable_onednn_fusion": ("ipex_core.fusion", "enable_onednn_fusion"),
     "is_onednn_fusion_enabled": ("ipex_core.fusion", "is_onednn_fusion_enabled"),

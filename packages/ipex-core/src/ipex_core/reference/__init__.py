@@ -5,6 +5,7 @@ the semantic definition of an op. One module per op family.
 """
 
 from ipex_core.reference import attention as attention
+from ipex_core.reference import onednn as onednn
 from ipex_core.reference.linear import gelu_mul, linear, linear_pair_silu_mul, silu_mul
 from ipex_core.reference.norm import add_rms_norm, rms_norm
 from ipex_core.reference.rope import add_layer_norm, layer_norm, rotary_embedding
@@ -17,6 +18,7 @@ __all__ = [
     "layer_norm",
     "linear",
     "linear_pair_silu_mul",
+    "onednn",
     "rms_norm",
     "rotary_embedding",
     "silu_mul",

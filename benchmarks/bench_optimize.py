@@ -1,0 +1,121 @@
+"""ipex.optimize on ResNet-50 and BERT-base: stock eager, torch.compile (freezing), ipex eager, ipex graph mode.
+
+ResNet-50 topology (random weights, 224x224, channels_last) at batch 1 and 32;
+BERT-base from a transformers config (random weights, seq 128) at batch 1 and 8;
+fp32 and bf16. bf16 baselines are the stock model cast with ``.to(bfloat16)``
+(what "stock bf16 eager" means here); ipex uses ``ipex.optimize(m, dtype=...,
+sample_input=x)``. ``torch.compile`` runs inductor with freezing (set through
+``torch._inductor.config.patch(freezing=True)``: ``options={"freezing": True}``
+does not freeze in torch 2.13). All four run interleaved in one process;
+figures are medians, ratios are to stock eager of the same round.
+
+    python benchmarks/run.py optimize                     # all cases (several minutes)
+    python benchmarks/bench_optimize.py --models resnet50 --dtypes bfloat16 --batches 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from harness import Row, machine_meta, progress, report, time_interleaved
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "ipex-core" / "tests" / "optimize"))
+import optimize_models as models  # noqa: E402  (one ResNet-50 / BERT definition for tests and benchmark)
+
+import ipex  # noqa: E402
+
+DEFAULT_BATCHES = {"resnet50": [1, 32], "bert": [1, 8]}
+
+
+def _inputs(name: str, batch: int, dtype: torch.dtype):
+    if name == "resnet50":
+        return (torch.randn(batch, 3, 224, 224).to(dtype).to(memory_format=torch.channels_last),)
+    return (torch.randint(0, 30522, (batch, 128)),)
+
+
+def _model(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = models.resnet50() if name == "resnet50" else models.bert()
+    if name == "resnet50":
+        m = m.to(memory_format=torch.channels_last)
+    return m
+
+
+def _rounds(name: str, batch: int, default: int) -> int:
+    # A batch-32 ResNet-50 call takes about a second on two cores: fewer rounds keep the run in minutes.
+    heavy = (name == "resnet50" and batch >= 16) or (name == "bert" and batch >= 8)
+    return max(3, default // 3) if heavy else default
+
+
+def _unwrap(out):
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out
+
+
+def run_case(name: str, batch: int, dtype: torch.dtype, rounds: int) -> Row:
+    base = _model(name, torch.float32)
+    inputs = _inputs(name, batch, dtype)
+    stock = copy.deepcopy(base).to(dtype)
+    if name == "resnet50":
+        stock = stock.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        with torch._inductor.config.patch(freezing=True):
+            compiled = torch.compile(copy.deepcopy(stock))
+            ref = _unwrap(compiled(*inputs))
+        compile_s = time.perf_counter() - t0
+        opt_dtype = None if dtype == torch.float32 else dtype
+        eager = ipex.optimize(base, dtype=opt_dtype, sample_input=inputs)
+        t0 = time.perf_counter()
+        graph = ipex.optimize(base, dtype=opt_dtype, sample_input=inputs, graph_mode=True)
+        out = _unwrap(graph(*inputs))
+        graph_s = time.perf_counter() - t0
+        err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+        fns = {
+            "stock": lambda: stock(*inputs),
+            "compile": lambda: compiled(*inputs),
+            "ipex": lambda: eager(*inputs),
+            "graph": lambda: graph(*inputs),
+        }
+        t = time_interleaved(fns, rounds=rounds, warmup=2, target_s=0.05)
+    ms = {k: v * 1e3 for k, v in t.items()}
+    return Row(f"{name} bs={batch} {str(dtype).replace('torch.', '')}", ms["stock"], ms["ipex"], {
+        "compile ms": ms["compile"],
+        "ipex graph ms": ms["graph"],
+        "compile x": ms["stock"] / ms["compile"],
+        "ipex graph x": ms["stock"] / ms["graph"],
+        "graph/compile": ms["compile"] / ms["graph"],
+        "compile s": compile_s,
+        "graph compile s": graph_s,
+        "rel err": err,
+    })
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["resnet50", "bert"], choices=["resnet50", "bert"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="batch sizes for every model (default: 1 and 32 for ResNet-50, 1 and 8 for BERT)")
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args(argv)
+    cases = [(m, b, getattr(torch, d)) for m in args.models for b in (args.batches or DEFAULT_BATCHES[m])
+             for d in args.dtypes]
+    rows = []
+    for i, (name, batch, dtype) in enumerate(cases):
+        progress(i, len(cases), f"{name} bs={batch} {dtype}")
+        rows.append(run_case(name, batch, dtype, _rounds(name, batch, args.rounds)))
+    columns = ["compile ms", "ipex graph ms", "compile x", "ipex graph x", "graph/compile", "compile s",
+               "graph compile s", "rel err"]
+    table = report("optimize", rows, machine_meta(), columns=columns)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

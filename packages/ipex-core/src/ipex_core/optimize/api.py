@@ -1,0 +1,418 @@
+"""``ipex.optimize``: the inference optimizations of the Intel Extension for PyTorch API.
+
+Pipeline (each step behind its knob; ``level='O1'`` turns on all but
+``auto_kernel_selection``, ``graph_mode`` and ``concat_linear``):
+
+1. ``inplace=False`` deep-copies the model; the caller's model is untouched.
+2. ``sample_input`` is run once to record each layer's input shape (block
+   formats, kernel measurements, Linear+BatchNorm1d checks).
+3. ``torch.fx`` traces the model region by region (fx_passes.py) to find
+   BatchNorms to fold, activations / residual adds to fuse and Linears sharing
+   an input; a region FX cannot trace is optimized module by module and named
+   in one warning.
+4. Dropout becomes ``nn.Identity``; Linear / Conv1d/2d/3d / ConvTranspose2d/3d
+   become the prepacked modules of modules.py, LSTM the oneDNN one of lstm.py,
+   with weights cast per the API's dtype rules.
+5. ``graph_mode=True`` compiles the result with ``torch.compile`` (inductor,
+   freezing on) and ipex's graph passes (graph_mode.py).
+
+Dtype rules (``dtype=torch.bfloat16`` / ``torch.float16``), as the API
+documents: the weights of Conv2d, Linear and ConvTranspose2d are cast, and for
+inference those of Embedding and LSTM too; every other module keeps its dtype.
+Each cast module casts a floating-point input of another dtype to its own
+dtype (so fp32 inputs work) and returns its output in that dtype: the model's
+outputs come out in bf16/fp16 when its last layer is a cast one.
+
+``auto_kernel_selection``: ``False`` (the default) runs every Linear and
+convolution on oneDNN with a prepacked weight. ``True`` times, per layer, on
+the layer's input shape recorded from ``sample_input``, the oneDNN prepacked
+kernel against the stock PyTorch kernel on the dense weight (and, for fp32
+Linear, MKL's packed sgemm, which keeps the dense weight as well: more memory)
+and keeps the fastest; layers without a recorded shape keep the default.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ipex_core.fusion import is_onednn_fusion_enabled
+from ipex_core.optimize import fx_passes
+from ipex_core.optimize.concat_linear import ConcatLinear, ConcatLinearMember
+from ipex_core.optimize.lstm import PackedLSTM
+from ipex_core.optimize.modules import (
+    FoldedBatchNorm,
+    PackedConv1d,
+    PackedConv2d,
+    PackedConv3d,
+    PackedConvTranspose2d,
+    PackedConvTranspose3d,
+    PackedLinear,
+    _explicit_padding,
+    _PackedConvTransposeNd,
+    link_folded,
+)
+
+__all__ = ["optimize"]
+
+_LEVELS = {
+    "O0": dict(conv_bn_folding=False, linear_bn_folding=False, weights_prepack=False,
+               replace_dropout_with_identity=False, optimize_lstm=False, auto_kernel_selection=False,
+               graph_mode=False, concat_linear=False),
+    "O1": dict(conv_bn_folding=True, linear_bn_folding=True, weights_prepack=True,
+               replace_dropout_with_identity=True, optimize_lstm=True, auto_kernel_selection=False,
+               graph_mode=False, concat_linear=False),
+}
+_SWAPS = {
+    nn.Linear: PackedLinear,
+    nn.Conv1d: PackedConv1d,
+    nn.Conv2d: PackedConv2d,
+    nn.Conv3d: PackedConv3d,
+    nn.ConvTranspose2d: PackedConvTranspose2d,
+    nn.ConvTranspose3d: PackedConvTranspose3d,
+}
+# The API's cast list: always Conv2d, Linear, ConvTranspose2d; for inference also Embedding and LSTM.
+_CAST_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d, nn.Embedding, nn.LSTM)
+_DROPOUT = fx_passes._DROPOUT
+
+
+def cpu_supports(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs ``dtype`` (bfloat16 / float16) natively on this CPU."""
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
+def _check_dtype(dtype) -> None:
+    if dtype is None:
+        return
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"ipex.optimize: dtype must be None (keep the model's dtype), torch.bfloat16 or torch.float16; got "
+            f"{dtype!r}. For float32 inference leave dtype=None.")
+    if not cpu_supports(dtype):
+        name = "bfloat16" if dtype == torch.bfloat16 else "float16"
+        need = "AVX512-BF16 or AMX" if dtype == torch.bfloat16 else "AVX512-FP16 or AMX-FP16"
+        raise RuntimeError(
+            f"ipex.optimize: dtype=torch.{name} needs a CPU with {need} (oneDNN reports no {name} support on this "
+            f"one). Run in float32 (dtype=None) on this machine.")
+
+
+def _resolve(level: str, explicit: dict[str, Any]) -> dict[str, bool]:
+    if level not in _LEVELS:
+        raise ValueError(f"ipex.optimize: level must be 'O0' or 'O1'; got {level!r}")
+    knobs = dict(_LEVELS[level])
+    for name, value in explicit.items():
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise TypeError(f"ipex.optimize: {name} must be a bool or None; got {type(value).__name__}")
+        knobs[name] = value
+    return knobs
+
+
+class _CastInputs:
+    """Forward pre-hook of a cast stock module: floating-point inputs to the module's dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def _cast(self, value):
+        if isinstance(value, torch.Tensor):
+            return value.to(self.dtype) if value.is_floating_point() and value.dtype != self.dtype else value
+        if isinstance(value, tuple):
+            return tuple(self._cast(v) for v in value)
+        if isinstance(value, list):
+            return [self._cast(v) for v in value]
+        return value
+
+    def _cast_any(self, value):
+        if isinstance(value, dict):
+            return {k: self._cast(v) for k, v in value.items()}
+        return self._cast(value)
+
+    def __call__(self, module, args):
+        return self._cast(args)
+
+
+def _call_with(model: nn.Module, sample_input):
+    if isinstance(sample_input, dict):
+        return model(**sample_input)
+    if isinstance(sample_input, (tuple, list)):
+        return model(*sample_input)
+    return model(sample_input)
+
+
+def _record_input_shapes(model: nn.Module, sample_input) -> dict[str, list[int]]:
+    """Run ``sample_input`` once; the input shape each Linear / conv / LSTM saw (its first call)."""
+    shapes: dict[str, list[int]] = {}
+    handles = []
+    kinds = (*_SWAPS, nn.LSTM)
+    for name, module in model.named_modules():
+        if type(module) in kinds:
+            def hook(mod, args, name=name):
+                if args and isinstance(args[0], torch.Tensor) and name not in shapes:
+                    shapes[name] = list(args[0].shape)
+            handles.append(module.register_forward_pre_hook(hook))
+    # The shapes are what matters: run in the model's own dtype whatever dtype the sample comes in.
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is not None:
+        sample_input = _CastInputs(param.dtype)._cast_any(sample_input)
+    try:
+        with torch.no_grad():
+            _call_with(model, sample_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _swappable(module: nn.Module) -> bool:
+    if type(module) not in _SWAPS or module.weight is None or module.weight.device.type != "cpu":
+        return False
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        return False
+    if not module.weight.is_floating_point() or module.weight.dtype == torch.float64:
+        return False
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return _PackedConvTransposeNd.supports(module)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return _explicit_padding(module) is not None
+    return True
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    old = getattr(parent, attr)
+    if isinstance(old, nn.Module):
+        new._forward_hooks.update(old._forward_hooks)
+        new._forward_pre_hooks.update(old._forward_pre_hooks)
+    setattr(parent, attr, new)
+
+
+def _build(module: nn.Module, kernel: str, plan: fx_passes.Plan | None, bn: FoldedBatchNorm | None,
+           dtype: torch.dtype | None, shape: list[int] | None) -> nn.Module:
+    cls = _SWAPS[type(module)]
+    post_op = plan.post_op if plan is not None else None
+    if cls is PackedLinear:
+        batch = None if shape is None else max(1, int(torch.Size(shape).numel() // max(shape[-1], 1)))
+        return cls(module, kernel=kernel, post_op=post_op, batch_size=batch, dtype=dtype, bn=bn)
+    if issubclass(cls, _PackedConvTransposeNd):
+        return cls(module, kernel=kernel, post_op=post_op, input_size=shape, dtype=dtype)
+    return cls(module, kernel=kernel, post_op=post_op, input_size=shape, dtype=dtype, bn=bn)
+
+
+def _time_module(module: nn.Module, example: torch.Tensor, other: torch.Tensor | None) -> float:
+    args = (example,) if other is None else (example, other)
+    with torch.no_grad():
+        for _ in range(3):
+            module(*args)
+        samples = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            module(*args)
+            samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, shape) -> nn.Module:
+    """auto_kernel_selection: build each candidate, time it on the recorded shape, keep the fastest."""
+    target = dtype or module.weight.dtype
+    kernels = ["onednn", "dense"]
+    if type(module) is nn.Linear and target == torch.float32:
+        kernels.append("mkl")
+    example = torch.randn(shape, dtype=target)
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        example = example.to(memory_format=torch.channels_last if example.dim() == 4 else torch.channels_last_3d)
+    best, best_t = None, float("inf")
+    for kernel in kernels:
+        bn = FoldedBatchNorm(bn_source) if bn_source is not None else None
+        candidate = _build(module, kernel, plan, bn, dtype, shape)
+        other = None
+        if candidate.post_op.binary is not None:
+            with torch.no_grad():
+                other = candidate(example)
+        t = _time_module(candidate, example, other)
+        if t < best_t:
+            best, best_t = candidate, t
+    return best
+
+
+def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_bn_folding=None,
+             linear_bn_folding=None, weights_prepack=None, replace_dropout_with_identity=None, optimize_lstm=None,
+             split_master_weight_for_bf16=None, fuse_update_step=None, auto_kernel_selection=None,
+             sample_input=None, graph_mode=None, concat_linear=None):
+    """Optimize ``model`` for inference on this CPU; see ``reference/api.md`` (ipex.optimize) and this module.
+
+    Returns the optimized model (the same object when ``inplace=True``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"ipex.optimize: model must be a torch.nn.Module; got {type(model).__name__}")
+    if optimizer is not None:
+        raise NotImplementedError(
+            "ipex.optimize: training optimizations (optimizer=...) are not implemented yet. For inference call "
+            "model.eval() and pass no optimizer; for training use the stock model and optimizer for now.")
+    _check_dtype(dtype)
+    knobs = _resolve(level, dict(
+        conv_bn_folding=conv_bn_folding, linear_bn_folding=linear_bn_folding, weights_prepack=weights_prepack,
+        replace_dropout_with_identity=replace_dropout_with_identity, optimize_lstm=optimize_lstm,
+        auto_kernel_selection=auto_kernel_selection, graph_mode=graph_mode, concat_linear=concat_linear))
+    for name, value in (("split_master_weight_for_bf16", split_master_weight_for_bf16),
+                        ("fuse_update_step", fuse_update_step)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"ipex.optimize: {name} must be a bool or None; got {type(value).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"ipex.optimize: inplace must be a bool; got {type(inplace).__name__}")
+    changes = any(knobs.values()) or dtype is not None
+    if not changes:
+        return model if inplace else copy.deepcopy(model)
+    if model.training:
+        raise ValueError(
+            "ipex.optimize: the model is in training mode, but without an optimizer ipex.optimize optimizes for "
+            "inference (BatchNorm folding, dropout removal). Call model.eval() first.")
+    devices = {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()}
+    if devices - {"cpu"}:
+        raise ValueError(f"ipex.optimize: the model has tensors on {sorted(devices - {'cpu'})}; ipex.optimize "
+                         "optimizes CPU models. Move it with model.to('cpu') first.")
+
+    model = model if inplace else copy.deepcopy(model)
+    shapes = _record_input_shapes(model, sample_input) if sample_input is not None else {}
+    if knobs["auto_kernel_selection"] and sample_input is None:
+        warnings.warn("ipex.optimize: auto_kernel_selection=True measures kernels on the input shapes of "
+                      "sample_input; none was given, so every layer keeps the default (oneDNN, prepacked).",
+                      stacklevel=2)
+    if type(model) in (*_SWAPS, nn.LSTM, *_DROPOUT):
+        # The model is itself one swappable layer: swap it inside a holder, return the new layer.
+        holder = nn.Sequential(model)
+        _transform(holder, dtype, knobs, {f"0.{k}" if k else "0": v for k, v in shapes.items()})
+        model = holder[0]
+    else:
+        _transform(model, dtype, knobs, shapes)
+    if knobs["graph_mode"]:
+        from ipex_core.optimize.graph_mode import compile_model
+
+        compile_model(model, concat_linear=knobs["concat_linear"])
+    return model
+
+
+def _transform(model: nn.Module, dtype, knobs: dict[str, bool], shapes: dict[str, list[int]]) -> None:
+    prepack = knobs["weights_prepack"]
+    fusion = prepack and is_onednn_fusion_enabled()
+    plans: dict[str, fx_passes.Plan] = {}
+    regions: list[fx_passes.Region] = []
+    need_graph = knobs["conv_bn_folding"] or knobs["linear_bn_folding"] or fusion or knobs["concat_linear"]
+    if need_graph:
+        regions, skipped = fx_passes.trace_regions(model)
+        if skipped:
+            shown = ", ".join(f"{n} ({why})" for n, why in skipped[:6])
+            more = f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
+            warnings.warn(
+                f"ipex.optimize: torch.fx cannot trace {len(skipped)} module(s): {shown}{more}. Their own layers are "
+                "still optimized one by one (prepack, dtype, dropout), but BatchNorm folding, post-op fusion and "
+                "concat_linear are skipped there.", stacklevel=3)
+        input_dims = {name: len(s) for name, s in shapes.items()}
+        modules = dict(model.named_modules())
+
+        def swappable(name: str) -> bool:
+            return _swappable(modules[name])
+
+        for region in regions:
+            if knobs["replace_dropout_with_identity"]:
+                fx_passes.remove_dropout(region)
+            fx_passes.plan_folding(region, plans, knobs["conv_bn_folding"], knobs["linear_bn_folding"], input_dims,
+                                   swappable)
+            if knobs["concat_linear"]:
+                fx_passes.plan_concat_linear(region, plans)
+            if fusion:
+                fx_passes.plan_post_ops(region, plans, swappable)
+        del modules, swappable  # hold no reference to a module that is about to be replaced (peak memory)
+
+    # Module swaps. Collect first: the tree changes as we go.
+    folded: dict[str, FoldedBatchNorm] = {}
+    for name, plan in plans.items():
+        if plan.bn is not None:
+            folded[name] = FoldedBatchNorm(model.get_submodule(plan.bn))
+    for name, plan in plans.items():
+        if plan.bn is not None:
+            _set_submodule(model, plan.bn, folded[name])
+
+    # Walk by name, fetching each module when its turn comes: a list of the modules themselves would keep
+    # every replaced weight alive to the end (with inplace=True, twice the model's memory at the peak).
+    replaced: dict[int, nn.Module] = {}  # a module reachable under several names is swapped once
+    for name in [n for n, _ in model.named_modules(remove_duplicate=False)]:
+        if not name:
+            continue
+        module = model.get_submodule(name)
+        if id(module) in replaced:
+            if replaced[id(module)] is not module:
+                _set_submodule(model, name, replaced[id(module)])
+            continue
+        replaced[id(module)] = module
+        plan = plans.get(name)
+        if plan is not None and plan.concat_group is not None:
+            continue  # built with its group below
+        if isinstance(module, _DROPOUT) and knobs["replace_dropout_with_identity"]:
+            replaced[id(module)] = nn.Identity()
+            _set_submodule(model, name, replaced[id(module)])
+        elif type(module) is nn.LSTM and knobs["optimize_lstm"] and PackedLSTM.supports(module):
+            if dtype is not None:
+                module.to(dtype)
+            size = shapes.get(name)
+            if size is not None and module.batch_first and len(size) == 3:
+                size = [size[1], size[0], size[2]]
+            replaced[id(module)] = PackedLSTM(module, size if size and len(size) == 3 else None)
+            _set_submodule(model, name, replaced[id(module)])
+        elif _swappable(module) and (prepack or name in folded):
+            cast = dtype if type(module) in _CAST_TYPES else None
+            kernel = "onednn" if prepack else "dense"
+            bn = folded.get(name)
+            if knobs["auto_kernel_selection"] and prepack and name in shapes:
+                bn_source = model.get_submodule(plans[name].bn) if bn is not None else None
+                new = _select_kernel(module, plan, bn_source, cast, shapes[name])
+                if bn is not None:  # the winner folded its own copy: point the placeholder at it
+                    link_folded(new, bn)
+            else:
+                new = _build(module, kernel, plan, bn, cast, shapes.get(name))
+            replaced[id(module)] = new
+            _set_submodule(model, name, new)
+        elif dtype is not None and type(module) in _CAST_TYPES:
+            module.to(dtype)
+            module.register_forward_pre_hook(_CastInputs(dtype))
+
+    for region in regions:
+        names = []
+        prefix = f"{region.name}." if region.name else ""
+        for index, members in enumerate(region.concat_groups):
+            linears = [model.get_submodule(m) for m in members]
+            cast = dtype
+            batch = None
+            if members[0] in shapes:
+                s = shapes[members[0]]
+                batch = max(1, int(torch.Size(s).numel() // max(s[-1], 1)))
+            kernel = "onednn" if prepack else "dense"
+            group = ConcatLinear([lin if cast is None else _cast_copy(lin, cast) for lin in linears], kernel, batch)
+            attr = f"ipex_concat_linear_{index}"
+            region.module.add_module(attr, group)
+            for i, (member, lin) in enumerate(zip(members, linears)):
+                _set_submodule(model, member, ConcatLinearMember(group, i, lin))
+            names.append(attr)
+            assert all(m.startswith(prefix) for m in members)
+        if names:
+            fx_passes.rewrite_concat(region, names)
+        if region.changed:
+            fx_passes.bind_forward(region)
+
+
+def _cast_copy(linear: nn.Linear, dtype: torch.dtype) -> nn.Linear:
+    new = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+    new.weight = nn.Parameter(linear.weight.detach().to(dtype), requires_grad=False)
+    if linear.bias is not None:
+        new.bias = nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+    return new

@@ -1,0 +1,397 @@
+"""Graph-level analysis for ``ipex.optimize``: which BatchNorm folds into which layer, which
+activation / residual add fuses into which layer, which Linears share an input.
+
+The model is traced with ``torch.fx`` region by region: the whole model first,
+and where that fails, each child in turn (a module FX cannot trace is skipped,
+its children are tried). A traced region's graph is rewritten (BatchNorm,
+dropout and fused activation nodes removed, residual adds turned into a second
+input of the layer) and its regenerated ``forward`` is bound to the region's
+own module object, so the model keeps its class, attributes and methods; only
+the swapped submodules and that ``forward`` change.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ipex_core.optimize.modules import PostOp
+
+__all__ = ["Plan", "Region", "trace_regions"]
+
+_CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_DROPOUT_FNS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+                torch.dropout, torch.nn.functional.dropout}
+_FUSABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_INTERESTING = (*_FUSABLE, nn.modules.batchnorm._BatchNorm, *_DROPOUT)
+
+
+@dataclass
+class Plan:
+    """What the graph analysis decided for one Linear/Conv module (by qualified name)."""
+
+    bn: str | None = None  # qualified name of the BatchNorm to fold into it
+    post_op: PostOp | None = None
+    concat_group: int | None = None  # index into Region.concat_groups
+
+
+@dataclass
+class Region:
+    """One traced module whose graph was rewritten."""
+
+    name: str  # qualified name in the model ('' for the model itself)
+    module: nn.Module
+    graph: fx.Graph
+    concat_groups: list[list[str]] = field(default_factory=list)  # qualified names, in output order
+    changed: bool = False  # whether the graph now differs from the module's own forward (then it is bound)
+
+
+def _qual(prefix: str, target: str) -> str:
+    return f"{prefix}.{target}" if prefix else target
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's default tracer with ipex's swapped modules also kept as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from ipex_core.optimize import modules as ipex_modules
+
+        if isinstance(m, (ipex_modules._PackedModule, ipex_modules.FoldedBatchNorm)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _contains_interesting(module: nn.Module) -> bool:
+    return any(isinstance(m, _INTERESTING) for m in module.modules())
+
+
+def _signature_problem(module: nn.Module) -> str | None:
+    """Why FX's trace of ``module.forward`` may not be its general behaviour, or None.
+
+    FX feeds a proxy for every argument, so ``if mask is None`` always takes
+    the "given" branch: a forward with optional arguments traces without error
+    into a graph that is wrong when they are omitted. Such modules are not
+    rewritten (their children are tried instead).
+    """
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return "forward has no inspectable signature"
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            return "forward takes *args/**kwargs"
+        if p.default is not p.empty:
+            return f"forward has optional argument '{p.name}'"
+    return None
+
+
+def trace_regions(model: nn.Module) -> tuple[list[Region], list[tuple[str, str]]]:
+    """Trace ``model`` top-down; returns the traced regions and ``(name, reason)`` of those skipped.
+
+    Only modules that contain something ipex can fold, fuse or drop are traced.
+    A module that cannot be traced is named in ``skipped`` when it has a
+    Linear / convolution / BatchNorm of its own (those lose folding and fusion).
+    """
+    regions: list[Region] = []
+    skipped: list[tuple[str, str]] = []
+    leaf_check = _Tracer()
+
+    def visit(name: str, module: nn.Module) -> None:
+        if not _contains_interesting(module):
+            return
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            for child_name, child in module.named_children():
+                visit(_qual(name, child_name), child)
+            return
+        if leaf_check.is_leaf_module(module, name):
+            return
+        reason = _signature_problem(module)
+        if reason is None:
+            try:
+                graph = _Tracer().trace(module)
+            except Exception as exc:  # any failure means "not traceable": go one level down
+                text = str(exc).strip().splitlines()
+                reason = f"{type(exc).__name__}: {text[0][:100] if text else ''}"
+        if reason is None:
+            regions.append(Region(name, module, graph))
+            return
+        if any(isinstance(c, (*_FUSABLE, nn.modules.batchnorm._BatchNorm)) for c in module.children()):
+            skipped.append((name or type(module).__name__, reason))
+        for child_name, child in module.named_children():
+            visit(_qual(name, child_name), child)
+
+    visit("", model)
+    return regions, skipped
+
+
+# -- node classification --------------------------------------------------------------------------
+
+def _module_of(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
+    return modules.get(node.target) if node.op == "call_module" else None
+
+
+def unary_of_module(m: nn.Module) -> PostOp | None:
+    """The fusable post-op a stock activation module computes, or None."""
+    if type(m) is nn.ReLU:
+        return PostOp("relu")
+    if type(m) is nn.GELU:
+        return PostOp("gelu", algorithm=m.approximate)
+    if type(m) is nn.SiLU:
+        return PostOp("swish")
+    if type(m) is nn.Sigmoid:
+        return PostOp("sigmoid")
+    if type(m) is nn.Tanh:
+        return PostOp("tanh")
+    if type(m) is nn.Hardswish:
+        return PostOp("hardswish")
+    if type(m) is nn.Hardsigmoid:
+        return PostOp("hardsigmoid")
+    if type(m) is nn.LeakyReLU:
+        return PostOp("leaky_relu", scalars=[m.negative_slope])
+    if type(m) in (nn.Hardtanh, nn.ReLU6):
+        return PostOp("hardtanh", scalars=[m.min_val, m.max_val])
+    return None
+
+
+_UNARY_FNS = {
+    F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu",
+    F.silu: "swish", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
+    F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
+}
+_UNARY_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh",
+                  "tanh_": "tanh"}
+
+
+def _unary_of_node(node: fx.Node, src: fx.Node, modules) -> PostOp | None:
+    """The post-op ``node`` applies to ``src`` (its only tensor input), or None."""
+    if not node.args or node.args[0] is not src:
+        return None
+    rest = list(node.args[1:])
+    kwargs = dict(node.kwargs)
+    kwargs.pop("inplace", None)
+    if node.op == "call_module":
+        return unary_of_module(modules[node.target]) if not rest and not kwargs else None
+    if node.op == "call_method":
+        name = _UNARY_METHODS.get(node.target)
+        return PostOp(name) if name and not rest and not kwargs else None
+    if node.op != "call_function":
+        return None
+    target = node.target
+    if target is F.gelu:
+        approximate = kwargs.pop("approximate", rest.pop(0) if rest else "none")
+        return PostOp("gelu", algorithm=approximate) if not rest and not kwargs and approximate in ("none", "tanh") \
+            else None
+    if target is F.leaky_relu:
+        slope = kwargs.pop("negative_slope", rest.pop(0) if rest else 0.01)
+        rest = [r for r in rest if not isinstance(r, bool)]
+        return PostOp("leaky_relu", scalars=[slope]) if not rest and not kwargs and isinstance(slope, float) else None
+    if target in (F.hardtanh, F.relu6):
+        if target is F.relu6:
+            lo, hi = 0.0, 6.0
+        else:
+            lo = kwargs.pop("min_val", rest.pop(0) if rest else -1.0)
+            hi = kwargs.pop("max_val", rest.pop(0) if rest else 1.0)
+        rest = [r for r in rest if not isinstance(r, bool)]
+        ok = not rest and not kwargs and all(isinstance(v, (int, float)) for v in (lo, hi))
+        return PostOp("hardtanh", scalars=[float(lo), float(hi)]) if ok else None
+    name = _UNARY_FNS.get(target)
+    rest = [r for r in rest if not isinstance(r, bool)]  # the positional `inplace` of F.relu & co.
+    return PostOp(name) if name and not rest and not kwargs else None
+
+
+def _add_other(node: fx.Node, src: fx.Node) -> fx.Node | None:
+    """For ``src + other`` (any spelling, in place or not, alpha 1), the node ``other``; else None."""
+    is_add = (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)) or \
+             (node.op == "call_method" and node.target in ("add", "add_"))
+    if not is_add or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+        return None
+    if set(node.kwargs) - {"alpha"}:
+        return None
+    a, b = node.args
+    if node.op == "call_method" and a is not src:  # other.add_(src) would mutate other: not ours to fuse
+        return None
+    if a is src and isinstance(b, fx.Node) and b is not src:
+        return b
+    if b is src and isinstance(a, fx.Node) and a is not src and node.target is not operator.iadd:
+        return a
+    return None
+
+
+def _is_dropout(node: fx.Node, modules) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _DROPOUT)
+    return node.op == "call_function" and node.target in _DROPOUT_FNS
+
+
+# -- passes -------------------------------------------------------------------------------------------
+
+def _call_counts(graph: fx.Graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            counts[n.target] = counts.get(n.target, 0) + 1
+    return counts
+
+
+def remove_dropout(region: Region) -> None:
+    modules = dict(region.module.named_modules())
+    for node in list(region.graph.nodes):
+        if _is_dropout(node, modules) and node.args and isinstance(node.args[0], fx.Node):
+            node.replace_all_uses_with(node.args[0])
+            region.graph.erase_node(node)
+
+
+def plan_folding(region: Region, plans: dict[str, Plan], conv_bn: bool, linear_bn: bool,
+                 input_dims: dict[str, int], swappable) -> None:
+    """Fold ``bn(layer(x))`` where the layer output feeds only that BatchNorm and neither is shared.
+
+    ``swappable(qualified_name)`` says whether the layer can become an ipex module (which does the folding).
+    """
+    modules = dict(region.module.named_modules())
+    counts = _call_counts(region.graph)
+    for node in list(region.graph.nodes):
+        layer = _module_of(node, modules)
+        if layer is None or len(node.users) != 1 or counts[node.target] != 1:
+            continue
+        bn_node = next(iter(node.users))
+        bn = _module_of(bn_node, modules)
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or counts[bn_node.target] != 1 \
+                or len(bn_node.args) != 1 or bn_node.kwargs:
+            continue
+        if bn.running_mean is None or bn.running_var is None:
+            continue
+        name = _qual(region.name, node.target)
+        if not swappable(name):
+            continue
+        if conv_bn and type(layer) in _CONV_BN and type(bn) is _CONV_BN[type(layer)]:
+            ok = bn.num_features == layer.out_channels
+        elif linear_bn and type(layer) is nn.Linear and type(bn) is nn.BatchNorm1d:
+            # BatchNorm1d normalises dim 1: the same features as the linear's only for a 2-D input.
+            ok = bn.num_features == layer.out_features and input_dims.get(name, 2) == 2
+        else:
+            ok = False
+        if not ok:
+            continue
+        plans.setdefault(name, Plan()).bn = _qual(region.name, bn_node.target)
+        bn_node.replace_all_uses_with(node)
+        region.graph.erase_node(bn_node)
+        region.changed = True
+
+
+def plan_concat_linear(region: Region, plans: dict[str, Plan]) -> None:
+    """Group unshared Linears (no folded BatchNorm) that read the same input node."""
+    modules = dict(region.module.named_modules())
+    counts = _call_counts(region.graph)
+    by_input: dict[fx.Node, list[fx.Node]] = {}
+    for node in region.graph.nodes:
+        m = _module_of(node, modules)
+        if type(m) is not nn.Linear or counts[node.target] != 1 or len(node.args) != 1 or node.kwargs:
+            continue
+        if not isinstance(node.args[0], fx.Node) or plans.get(_qual(region.name, node.target), Plan()).bn:
+            continue
+        by_input.setdefault(node.args[0], []).append(node)
+    for nodes in by_input.values():
+        groups: dict[tuple, list[fx.Node]] = {}
+        for n in nodes:
+            m = modules[n.target]
+            groups.setdefault((m.in_features, m.weight.dtype, m.bias is not None), []).append(n)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            index = len(region.concat_groups)
+            region.concat_groups.append([_qual(region.name, n.target) for n in members])
+            for n in members:
+                plans.setdefault(_qual(region.name, n.target), Plan()).concat_group = index
+            region.changed = True
+
+
+def plan_post_ops(region: Region, plans: dict[str, Plan], packable) -> None:
+    """Fuse a following activation, residual add, or add then activation, into the layer.
+
+    ``packable(qualified_name)`` says whether the layer will run on oneDNN
+    (only those fuse). The residual add becomes the layer's second input.
+    """
+    modules = dict(region.module.named_modules())
+    counts = _call_counts(region.graph)
+    graph = region.graph
+    for node in list(graph.nodes):
+        if node.op != "call_module" or node.target not in modules:
+            continue
+        layer = modules[node.target]
+        name = _qual(region.name, node.target)
+        plan = plans.get(name, Plan())
+        if not isinstance(layer, _FUSABLE) or counts[node.target] != 1 or plan.concat_group is not None:
+            continue
+        if not packable(name) or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
+            continue
+        user = next(iter(node.users))
+        unary = _unary_of_node(user, node, modules)
+        if unary is not None:
+            plans.setdefault(name, plan).post_op = unary
+            user.replace_all_uses_with(node)
+            graph.erase_node(user)
+            region.changed = True
+            continue
+        other = _add_other(user, node)
+        if other is None or isinstance(layer, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            continue
+        if not isinstance(layer, nn.Linear) and layer.groups != 1:
+            continue  # oneDNN fuses the add into ungrouped convolutions only
+        post = PostOp(binary="add")
+        last = user
+        # oneDNN applies the activation after the add for convolutions (conv + add + relu).
+        if not isinstance(layer, nn.Linear) and len(user.users) == 1:
+            after = next(iter(user.users))
+            unary = _unary_of_node(after, user, modules)
+            if unary is not None and unary.unary == "relu":
+                post = PostOp("relu", binary="add")
+                last = after
+        with graph.inserting_before(last):
+            fused = graph.call_module(node.target, (node.args[0], other))
+        last.replace_all_uses_with(fused)
+        if last is not user:
+            graph.erase_node(last)
+        graph.erase_node(user)
+        graph.erase_node(node)
+        plans.setdefault(name, plan).post_op = post
+        region.changed = True
+
+
+def rewrite_concat(region: Region, names: list[str]) -> None:
+    """Replace each concat group's Linear calls by one call of the group module plus getitem."""
+    modules = dict(region.module.named_modules())
+    graph = region.graph
+    prefix = f"{region.name}." if region.name else ""
+    for index, members in enumerate(region.concat_groups):
+        local = [m[len(prefix):] for m in members]
+        nodes = [n for n in graph.nodes if n.op == "call_module" and n.target in local]
+        nodes.sort(key=lambda n: local.index(n.target))
+        first = min(nodes, key=lambda n: list(graph.nodes).index(n))
+        assert all(isinstance(modules.get(t), nn.Module) for t in local)
+        with graph.inserting_before(first):
+            call = graph.call_module(names[index], (first.args[0],))
+        for i, n in enumerate(nodes):
+            with graph.inserting_before(n):
+                item = graph.call_function(operator.getitem, (call, i))
+            n.replace_all_uses_with(item)
+            graph.erase_node(n)
+
+
+def bind_forward(region: Region) -> None:
+    """Give ``region.module`` the forward generated from its rewritten graph.
+
+    The generated code reads submodules by attribute path at call time, so it
+    runs on the swapped modules. It is bound to the module object itself (an
+    instance attribute): class, methods and other attributes stay.
+    """
+    region.graph.lint()
+    gm = fx.GraphModule(region.module, region.graph)
+    fn = type(gm).forward
+    region.module.forward = fn.__get__(region.module, type(region.module))
+    del gm

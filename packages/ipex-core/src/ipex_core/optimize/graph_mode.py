@@ -1,0 +1,43 @@
+"""``graph_mode=True``: the optimized model compiled by ``torch.compile`` (inductor, freezing on).
+
+No TorchScript. The model is compiled in place (``nn.Module.compile``), so it
+keeps its class and ``state_dict()``. The compiled call runs under
+``torch.no_grad()`` (the model is for inference, and inductor freezes weights
+only without autograd). Inductor's freezing constant-folds the prepacked
+weights and applies its own oneDNN pattern fusions on top of ipex's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+__all__ = ["compile_model", "inductor_freezing_backend"]
+
+
+def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, concat_linear: bool = False):
+    """A ``torch.compile`` backend: inductor with freezing, ipex's settings scoped to this compilation."""
+    from torch._inductor import config
+    from torch._inductor.compile_fx import compile_fx
+
+    patches = {"freezing": True, "cpp.enable_concat_linear": concat_linear}
+    with config.patch(patches):
+        return compile_fx(gm, example_inputs)
+
+
+class _InferenceCall:
+    """The compiled ``__call__`` of a graph-mode model, run without autograd."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def __call__(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.compiled(*args, **kwargs)
+
+
+def compile_model(model: nn.Module, concat_linear: bool = False) -> None:
+    model.compile(backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear))
+    model._compiled_call_impl = _InferenceCall(model._compiled_call_impl)

@@ -1,0 +1,608 @@
+"""The modules ``ipex.optimize`` swaps in: oneDNN-prepacked Linear / Conv / ConvTranspose.
+
+Each one holds its weight once, in the layout its kernel reads (oneDNN's blocked
+layout as an opaque mkldnn tensor, or the dense weight for the stock kernel),
+and runs its post-ops (activation, residual add) inside the same oneDNN call.
+
+What stays as in the module it replaced: the ``state_dict()`` keys, shapes and
+dtypes (the blocked weight is converted back to the plain layout on save, and
+re-packed on ``load_state_dict``), ``.to()`` / ``.float()`` / ``.bfloat16()``
+(re-packs), ``copy.deepcopy`` and ``repr``. A folded BatchNorm keeps its own
+parameters in a :class:`FoldedBatchNorm` at its old place, so a checkpoint of
+the original model loads into the optimized one and the other way round.
+
+Inputs: a module whose weight is bfloat16/float16 casts a floating-point input
+of another dtype to its own dtype, so an fp32 input works on a bf16 model; the
+output comes out in the module's dtype.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ipex_core.ops import onednn as _onednn
+
+__all__ = [
+    "FoldedBatchNorm",
+    "PackedConv1d",
+    "PackedConv2d",
+    "PackedConv3d",
+    "PackedConvTranspose2d",
+    "PackedConvTranspose3d",
+    "PackedLinear",
+    "PostOp",
+]
+
+_mkldnn = torch.ops.mkldnn
+_ipex = torch.ops.ipex
+
+# Kernels a swapped module can run (ipex.optimize's auto_kernel_selection picks
+# among them): "onednn" = blocked weight + fused oneDNN kernel; "mkl" = MKL
+# packed sgemm (fp32 Linear only; keeps the dense weight too); "dense" = stock
+# PyTorch kernel on the dense weight, post-ops unfused.
+KERNELS = ("onednn", "mkl", "dense")
+
+
+class PostOp:
+    """What runs after the GEMM/convolution: ``unary(binary(y, other))``.
+
+    ``binary`` is ``None`` or one of add/sub/mul/div with a second input of the
+    output's shape; ``unary`` is a name of :data:`ipex_core.ops.onednn.UNARY_ATTRS`.
+    """
+
+    __slots__ = ("unary", "scalars", "algorithm", "binary")
+
+    def __init__(self, unary: str = "none", scalars=(), algorithm: str | None = None, binary: str | None = None):
+        if unary not in _onednn.UNARY_ATTRS:
+            raise ValueError(f"unknown unary post-op {unary!r}; use one of {_onednn.UNARY_ATTRS}")
+        if binary is not None and binary not in _onednn.BINARY_ATTRS:
+            raise ValueError(f"unknown binary post-op {binary!r}; use one of {_onednn.BINARY_ATTRS}")
+        self.unary = unary
+        self.scalars = list(scalars)
+        self.algorithm = algorithm
+        self.binary = binary
+
+    def __repr__(self) -> str:
+        parts = []
+        if self.binary:
+            parts.append(self.binary)
+        if self.unary != "none":
+            parts.append(self.unary if self.algorithm in (None, "none", "") else f"{self.unary}_{self.algorithm}")
+        return "+".join(parts) or "none"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PostOp) and repr(self) == repr(other) and self.scalars == other.scalars
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def apply_unfused(self, y: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
+        from ipex_core.reference.onednn import apply_binary, apply_unary
+
+        if self.binary is not None:
+            y = apply_binary(y, other, self.binary)
+        return apply_unary(y, self.unary, self.scalars, self.algorithm)
+
+
+def link_folded(layer: _PackedModule, bn: FoldedBatchNorm) -> None:
+    """Point ``layer`` and the BatchNorm folded into it at each other (plain references, not submodules)."""
+    layer.__dict__["_folded_bn"] = bn
+    bn.__dict__["_owner"] = layer
+
+
+class _PackedModule(nn.Module):
+    """Shared machinery: the weight kept in kernel layout, state_dict in plain layout.
+
+    Subclasses implement ``_pack(dense)`` and ``_unpack(packed)`` for the
+    ``weight`` parameter. ``_folded`` (set by :func:`fold_batch_norm`) is the
+    :class:`FoldedBatchNorm` whose scale and shift are baked into the weight.
+    """
+
+    kernel: str
+
+    def _init_common(self, kernel: str, post_op: PostOp | None) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; use one of {KERNELS}")
+        self.kernel = kernel
+        self.post_op = post_op if post_op is not None else PostOp()
+        self.__dict__["_folded_bn"] = None  # FoldedBatchNorm, a plain reference (not a submodule)
+        self.register_buffer("_bias_folded", None, persistent=False)
+
+    # -- layout -----------------------------------------------------------------------------------
+
+    def _pack(self, dense: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _unpack(self, stored: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _weight_is_packed(self) -> bool:
+        return self.weight.is_mkldnn
+
+    def _set_weight(self, dense: torch.Tensor) -> None:
+        """Store ``dense`` (the effective, folded weight) in this module's kernel layout."""
+        dense = dense.detach()
+        stored = self._pack(dense) if self.kernel == "onednn" else dense.contiguous()
+        self._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
+        if self.kernel == "mkl":
+            self._mkl_weight = torch.ops.mkl._mkl_reorder_linear_weight(stored, self._mkl_batch)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The effective (folded) weight in the plain layout, as a new dense tensor when packed."""
+        return self._unpack(self.weight) if self._weight_is_packed() else self.weight.detach()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    def _kernel_bias(self):
+        return self._bias_folded if self._folded_bn is not None else self.bias
+
+    # -- BatchNorm folding ------------------------------------------------------------------------
+
+    def _init_weight(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype | None,
+                     bn: FoldedBatchNorm | None) -> None:
+        """Store ``weight``/``bias`` (of the module replaced) in ``dtype``, with ``bn`` folded in (fp32 math)."""
+        dtype = dtype or weight.dtype
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+        self._parameters["weight"] = None  # registered before bias: state_dict order as in nn.Linear / nn.ConvNd
+        if bias is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+        with torch.no_grad():
+            if bn is None:
+                self._set_weight(weight.to(dtype))
+            else:
+                link_folded(self, bn)
+                self._refold(weight.float(), None if bias is None else bias.float(), dtype)
+
+    def _raw_weight(self) -> torch.Tensor:
+        """The weight before folding (what the original model's checkpoint holds), fp32."""
+        w = self.dense_weight().float()
+        bn = self._folded_bn
+        if bn is None:
+            return w
+        if bn._raw_weight_copy is not None:
+            return bn._raw_weight_copy.float()
+        scale, _ = bn.scale_shift()
+        return w / scale.view(self._channel_view(w))
+
+    def _refold(self, raw_w: torch.Tensor, raw_b: torch.Tensor | None, dtype: torch.dtype | None = None) -> None:
+        dtype = dtype or self.dtype
+        bn = self._folded_bn
+        scale, shift = bn.scale_shift()
+        # A zero scale (gamma == 0) makes the folded rows zero and the raw
+        # weight unrecoverable from them: keep a copy for state_dict then.
+        bn._raw_weight_copy = raw_w.to(dtype).clone() if bool((scale == 0).any()) else None
+        w = raw_w * scale.view(self._channel_view(raw_w))
+        b = shift if raw_b is None else raw_b * scale + shift
+        self._set_weight(w.to(dtype))
+        self._bias_folded = b.to(dtype)
+
+    def _channel_view(self, w: torch.Tensor) -> tuple[int, ...]:
+        return (-1,) + (1,) * (w.dim() - 1)
+
+    # -- state_dict -------------------------------------------------------------------------------
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        stored = self._parameters["weight"]
+        plain = self._raw_weight().to(self.dtype) if self._folded_bn is not None else self.dense_weight()
+        self._parameters["weight"] = plain  # saved in the plain layout, in the original order
+        try:
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+        finally:
+            self._parameters["weight"] = stored
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "weight"
+        weight = self._parameters.pop("weight")
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+        finally:
+            self._parameters["weight"] = weight
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if key not in state_dict:
+            if strict:
+                missing_keys.append(key)
+            return
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(weight.shape):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape {shape} from checkpoint, "
+                              f"the shape in current model is {tuple(weight.shape)}.")
+            return
+        with torch.no_grad():
+            if self._folded_bn is not None:
+                raw_b = None if self.bias is None else self.bias.detach().float()
+                self._refold(value.detach().float(), raw_b)
+            else:
+                self._set_weight(value.detach().to(self.dtype))
+
+    # -- .to() / .float() / deepcopy ------------------------------------------------------------
+
+    def _apply(self, fn, recurse=True):
+        packed = self._weight_is_packed()
+        if packed:
+            self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
+        super()._apply(fn, recurse)
+        if packed or self.kernel == "mkl":
+            self._set_weight(self.weight.detach())
+        return self
+
+    def __deepcopy__(self, memo):
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key == "_parameters":
+                params = {}
+                for name, p in value.items():
+                    if p is not None and p.is_mkldnn:  # Parameter.__deepcopy__ cannot clone opaque tensors
+                        params[name] = nn.Parameter(p.data.clone(), requires_grad=False)
+                    else:
+                        params[name] = copy.deepcopy(p, memo)
+                new.__dict__[key] = params
+            elif key == "_mkl_weight":
+                new.__dict__[key] = value.clone()
+            else:
+                new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
+    def _repr_tail(self) -> str:
+        s = f", kernel={self.kernel}"
+        if repr(self.post_op) != "none":
+            s += f", post_op={self.post_op!r}"
+        if self._folded_bn is not None:
+            s += ", bn_folded"
+        return s
+
+    def _unfused(self, y: torch.Tensor, other) -> torch.Tensor:
+        return self.post_op.apply_unfused(y, other).to(y.dtype)
+
+
+class PackedLinear(_PackedModule):
+    """``nn.Linear`` on a prepacked weight, post-ops fused (kernels: onednn, mkl, dense)."""
+
+    def __init__(self, linear: nn.Linear, kernel: str = "onednn", post_op: PostOp | None = None,
+                 batch_size: int | None = None, dtype: torch.dtype | None = None, bn: FoldedBatchNorm | None = None):
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self._batch_size = batch_size
+        self._mkl_batch = batch_size or 1
+        if kernel == "mkl" and (dtype or linear.weight.dtype) != torch.float32:
+            raise ValueError("the mkl kernel runs float32 linears only")
+        self._init_common(kernel, post_op)
+        self._init_weight(linear.weight, linear.bias, dtype, bn)
+
+    def _pack(self, dense):
+        return _onednn.pack_linear_weight(dense, self._batch_size)
+
+    def _unpack(self, stored):
+        return stored.to_dense()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+                + self._repr_tail())
+
+    def forward(self, input: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.weight
+        if input.dtype != w.dtype and input.is_floating_point():
+            input = input.to(w.dtype)
+        b = self._kernel_bias()
+        post = self.post_op
+        if self.kernel == "onednn":
+            if post.binary is None:
+                return _ipex.onednn_linear(input, w, b, post.unary, post.scalars, post.algorithm)
+            if (post.unary == "none" and other is not None and other.dtype == w.dtype
+                    and other.shape[:-1] == input.shape[:-1] and other.shape[-1] == self.out_features):
+                return _ipex.onednn_linear_binary(input, other, w, b, post.binary)
+            y = _ipex.onednn_linear(input, w, b, "none", [], None)
+        elif self.kernel == "mkl":
+            rows = input.numel() // max(self.in_features, 1)
+            y = torch.ops.mkl._mkl_linear(input.reshape(rows, self.in_features), self._mkl_weight, w, b,
+                                          self._mkl_batch).view(*input.shape[:-1], self.out_features)
+        else:
+            y = F.linear(input, w, b)
+        return self._unfused(y, other)
+
+
+def _keeps_channels_last(input: torch.Tensor) -> bool:
+    """Whether ``input`` is channels-last as PyTorch's convolutions judge it (then the output is too).
+
+    A tensor that is both contiguous and channels-last (C == 1, or 1x1
+    spatial) counts as contiguous, as in ``suggest_memory_format``.
+    """
+    if input.dim() not in (4, 5) or input.is_contiguous():
+        return False
+    return input.is_contiguous(memory_format=torch.channels_last if input.dim() == 4 else torch.channels_last_3d)
+
+
+def _pair_of(value, n: int) -> list[int]:
+    return list(value) if isinstance(value, (tuple, list)) else [value] * n
+
+
+def _explicit_padding(conv) -> list[int] | None:
+    """The symmetric zero padding of ``conv`` as a list, or None when oneDNN cannot express it."""
+    n = len(conv.kernel_size)
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return [0] * n
+        pads = []
+        for k, d in zip(conv.kernel_size, conv.dilation):
+            total = d * (k - 1)
+            if total % 2:
+                return None  # 'same' with an even kernel pads one side more
+            pads.append(total // 2)
+        return pads
+    return _pair_of(conv.padding, n)
+
+
+class _PackedConvNd(_PackedModule):
+    """Convolution on a prepacked weight, post-ops fused; Conv1d runs as a 2-D convolution with H=1."""
+
+    _nd = 2
+
+    def __init__(self, conv: nn.modules.conv._ConvNd, kernel: str = "onednn", post_op: PostOp | None = None,
+                 input_size: list[int] | None = None, dtype: torch.dtype | None = None,
+                 bn: FoldedBatchNorm | None = None):
+        super().__init__()
+        padding = _explicit_padding(conv)
+        if padding is None:
+            raise ValueError(f"{type(conv).__name__} with padding={conv.padding!r} has no symmetric explicit padding")
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "dilation", "groups", "padding_mode"):
+            setattr(self, attr, getattr(conv, attr))
+        self.padding = tuple(padding)
+        if conv.padding_mode != "zeros":
+            # Same pre-padding as nn.Conv's _conv_forward, then a convolution without padding.
+            self._pre_pad = [p for p in reversed(padding) for _ in range(2)]
+            padding = [0] * len(padding)
+        else:
+            self._pre_pad = None
+        self._padding = padding
+        self._stride = list(conv.stride)
+        self._dilation = list(conv.dilation)
+        if self._nd == 1:  # oneDNN's packing has no 1-D form: H=1 2-D convolution
+            self._padding, self._stride, self._dilation = [0, *padding], [1, *self._stride], [1, *self._dilation]
+            if input_size is not None:
+                input_size = [input_size[0], input_size[1], 1, input_size[2]]
+        self._input_size = input_size
+        self._init_common(kernel, post_op)
+        self._init_weight(conv.weight, conv.bias, dtype, bn)
+
+    def _pack(self, dense):
+        if self._nd == 1:
+            dense = dense.unsqueeze(2)
+        return _mkldnn._reorder_convolution_weight(dense.contiguous(), self._padding, self._stride, self._dilation,
+                                                   self.groups, self._input_size)
+
+    def _unpack(self, stored):
+        dense = stored.to_dense()
+        return dense.squeeze(2) if self._nd == 1 else dense
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}")
+        if any(d != 1 for d in self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return s + self._repr_tail()
+
+    def _out_spatial(self, input: torch.Tensor) -> list[int]:
+        return [(s + 2 * p - d * (k - 1) - 1) // st + 1
+                for s, p, d, k, st in zip(input.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride)]
+
+    def forward(self, input: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.weight
+        if input.dtype != w.dtype and input.is_floating_point():
+            input = input.to(w.dtype)
+        post = self.post_op
+        fuse_binary = (post.binary is not None and other is not None and other.dtype == w.dtype
+                       and self.groups == 1 and other.dim() == input.dim() and other.shape[1] == self.out_channels
+                       and other.shape[0] == input.shape[0] and list(other.shape[2:]) == self._out_spatial(input))
+        keep_cl = _keeps_channels_last(input)
+        if self._pre_pad is not None:
+            input = F.pad(input, self._pre_pad, mode=self.padding_mode)
+        b = self._kernel_bias()
+        if self.kernel == "dense":
+            return self._unfused(self._dense_forward(input, w, b), other)
+        if self._nd == 1:
+            input = input.unsqueeze(2)
+        if fuse_binary:
+            y = _ipex.onednn_conv_binary(input, other.unsqueeze(2) if self._nd == 1 else other, w, b, self._padding,
+                                         self._stride, self._dilation, self.groups, post.binary, post.unary)
+        else:
+            unary = post if post.binary is None else PostOp()
+            y = _mkldnn._convolution_pointwise(input, w, b, self._padding, self._stride, self._dilation, self.groups,
+                                               unary.unary, unary.scalars, unary.algorithm)
+        if self._nd == 1:
+            y = y.squeeze(2)
+        # oneDNN writes channels-last; a model fed contiguous (NCHW) tensors gets them back
+        # contiguous, as from nn.Conv (its code may .view() the output).
+        if not keep_cl:
+            y = y.contiguous()
+        if post.binary is not None and not fuse_binary:
+            y = self._unfused(y, other)
+        return y
+
+    def _dense_forward(self, input, w, b):
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self._nd - 1]
+        padding = self._padding[1:] if self._nd == 1 else self._padding
+        stride = self._stride[1:] if self._nd == 1 else self._stride
+        dilation = self._dilation[1:] if self._nd == 1 else self._dilation
+        return conv(input, w, b, stride, padding, dilation, self.groups)
+
+
+class PackedConv1d(_PackedConvNd):
+    _nd = 1
+
+
+class PackedConv2d(_PackedConvNd):
+    _nd = 2
+
+
+class PackedConv3d(_PackedConvNd):
+    _nd = 3
+
+
+class _PackedConvTransposeNd(_PackedModule):
+    """Transposed convolution on a prepacked weight, post-ops fused (unary only)."""
+
+    _nd = 2
+
+    def __init__(self, conv: nn.modules.conv._ConvTransposeNd, kernel: str = "onednn",
+                 post_op: PostOp | None = None, input_size: list[int] | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        if post_op is not None and post_op.binary is not None:
+            raise ValueError("transposed convolutions fuse unary post-ops only")
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding",
+                     "dilation", "groups"):
+            setattr(self, attr, getattr(conv, attr))
+        self._padding = list(conv.padding)
+        self._output_padding = list(conv.output_padding)
+        self._stride = list(conv.stride)
+        self._dilation = list(conv.dilation)
+        self._input_size = input_size
+        self._init_common(kernel, post_op)
+        self._init_weight(conv.weight, conv.bias, dtype, None)
+
+    @staticmethod
+    def supports(conv: nn.modules.conv._ConvTransposeNd) -> bool:
+        """oneDNN's limits (as inductor's): no depthwise, output_padding below stride or dilation."""
+        if conv.padding_mode != "zeros":
+            return False
+        if conv.groups > 1 and conv.groups == conv.in_channels:
+            return False
+        return all(op < max(s, d) for op, s, d in zip(conv.output_padding, conv.stride, conv.dilation))
+
+    def _pack(self, dense):
+        return _mkldnn._reorder_convolution_transpose_weight(dense.contiguous(), self._padding, self._output_padding,
+                                                             self._stride, self._dilation, self.groups,
+                                                             self._input_size)
+
+    def _unpack(self, stored):
+        # oneDNN stores [groups * out/g, in/g, k...]; nn.ConvTranspose keeps [in, out/g, k...].
+        d = stored.to_dense()
+        g = self.groups
+        out_g, in_g = d.shape[0] // g, d.shape[1]
+        return d.view(g, out_g, in_g, *d.shape[2:]).transpose(1, 2).reshape(g * in_g, out_g, *d.shape[2:])
+
+    def _channel_view(self, w):
+        # Output channels are dim 1 of [in, out/g, k...] (per group).
+        return (1, -1) + (1,) * (w.dim() - 2)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}, output_padding={self.output_padding}")
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + self._repr_tail()
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        w = self.weight
+        if input.dtype != w.dtype and input.is_floating_point():
+            input = input.to(w.dtype)
+        b = self.bias
+        output_padding = self._output_padding
+        if output_size is not None:
+            output_padding = nn.modules.conv._ConvTransposeNd._output_padding(
+                self, input, output_size, list(self.stride), self._padding, list(self.kernel_size), self._nd,
+                list(self.dilation))
+        if self.kernel == "dense" or list(output_padding) != self._output_padding:
+            conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self._nd - 1]
+            y = conv(input, self.dense_weight(), b, self._stride, self._padding, list(output_padding), self.groups,
+                     self._dilation)
+            return self._unfused(y, None)
+        post = self.post_op
+        y = _ipex.onednn_conv_transpose(input, w, b, self._padding, self._output_padding, self._stride,
+                                        self._dilation, self.groups, post.unary, post.scalars, post.algorithm)
+        return y if _keeps_channels_last(input) else y.contiguous()
+
+
+class PackedConvTranspose2d(_PackedConvTransposeNd):
+    _nd = 2
+
+
+class PackedConvTranspose3d(_PackedConvTransposeNd):
+    _nd = 3
+
+
+class FoldedBatchNorm(nn.Module):
+    """A BatchNorm folded into the convolution/linear before it: identity in ``forward``.
+
+    It keeps the BatchNorm's parameters and running statistics so that the
+    ``state_dict()`` keys stay those of the original model; loading new values
+    re-folds them into the owning module's weight.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.num_features = bn.num_features
+        self.eps = bn.eps
+        self.momentum = bn.momentum
+        self.affine = bn.affine
+        self.track_running_stats = bn.track_running_stats
+        self._bn_type = type(bn).__name__
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError(f"{self._bn_type} without running statistics cannot be folded")
+        if bn.affine:
+            self.weight = nn.Parameter(bn.weight.detach(), requires_grad=False)
+            self.bias = nn.Parameter(bn.bias.detach(), requires_grad=False)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", bn.running_mean.detach())
+        self.register_buffer("running_var", bn.running_var.detach())
+        self.register_buffer("num_batches_tracked", getattr(bn, "num_batches_tracked", None))
+        self.__dict__["_owner"] = None  # the PackedLinear / PackedConv* holding the folded weight
+        self._raw_weight_copy = None
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(scale, shift)`` of this BatchNorm in inference: ``y * scale + shift``, fp32."""
+        inv_std = torch.rsqrt(self.running_var.detach().float() + self.eps)
+        scale = inv_std if self.weight is None else self.weight.detach().float() * inv_std
+        shift = -self.running_mean.detach().float() * scale
+        if self.bias is not None:
+            shift = shift + self.bias.detach().float()
+        return scale, shift
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        owner = self._owner
+        raw = None
+        if owner is not None:
+            raw_w = owner._raw_weight()
+            raw = (raw_w, None if owner.bias is None else owner.bias.detach().float())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if raw is not None:
+            with torch.no_grad():
+                owner._refold(*raw)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return input
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, folded {self._bn_type}"
+

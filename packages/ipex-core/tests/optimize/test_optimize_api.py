@@ -1,0 +1,268 @@
+"""ipex.optimize's contract: signature, levels and knobs, inplace, state_dict round trips, errors."""
+
+import copy
+import inspect
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import optimize_models as M
+import pytest
+import torch
+from torch import nn
+
+import ipex
+from ipex_core.optimize import FoldedBatchNorm, PackedConv2d, PackedLinear, PackedLSTM, api
+
+EXPECTED = {"dtype": None, "optimizer": None, "level": "O1", "inplace": False, "conv_bn_folding": None,
+            "linear_bn_folding": None, "weights_prepack": None, "replace_dropout_with_identity": None,
+            "optimize_lstm": None, "split_master_weight_for_bf16": None, "fuse_update_step": None,
+            "auto_kernel_selection": None, "sample_input": None, "graph_mode": None, "concat_linear": None}
+
+
+class Zoo(nn.Module):
+    """One of everything a knob acts on."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(8, 16)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.q = nn.Linear(16, 16)
+        self.k = nn.Linear(16, 16)
+        self.emb = nn.Embedding(10, 16)
+        self.lstm = nn.LSTM(16, 16, batch_first=True)
+
+    def forward(self, x, ids):
+        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        h = self.bn1(self.fc1(self.drop(h)))
+        s = self.q(h) * self.k(h)
+        out, _ = self.lstm(self.emb(ids) + s[:, None])
+        return out.sum(1)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    torch.manual_seed(0)
+    return M.randomize_bn(Zoo()).eval()
+
+
+INPUTS = (torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2, 5)))
+
+
+def run(model, inputs=INPUTS):
+    with torch.no_grad():
+        return model(*inputs)
+
+
+def close(a, b, tol=1e-4):
+    scale = b.float().abs().max().clamp_min(1e-6)
+    assert ((a.float() - b.float()).abs().max() / scale).item() <= tol
+
+
+def test_signature_matches_the_api():
+    params = inspect.signature(ipex.optimize).parameters
+    assert list(params)[0] == "model"
+    assert {k: p.default for k, p in list(params.items())[1:]} == EXPECTED
+    assert ipex.optimize is api.optimize
+
+
+def test_o0_changes_nothing(zoo):
+    opt = ipex.optimize(zoo, level="O0")
+    assert opt is not zoo and [type(m) for m in opt.modules()] == [type(m) for m in zoo.modules()]
+    assert torch.equal(run(opt), run(zoo))
+    assert ipex.optimize(zoo, level="O0", inplace=True) is zoo
+    # An explicit knob overrides the level.
+    only_prepack = ipex.optimize(zoo, level="O0", weights_prepack=True)
+    assert isinstance(only_prepack.conv, PackedConv2d) and type(only_prepack.bn) is nn.BatchNorm2d
+    assert repr(only_prepack.conv.post_op) == "none"  # the unfolded BatchNorm sits between conv and relu
+    close(run(only_prepack), run(zoo))
+
+
+KNOBS = {
+    "conv_bn_folding": lambda m: isinstance(m.bn, FoldedBatchNorm),
+    "linear_bn_folding": lambda m: isinstance(m.bn1, FoldedBatchNorm),
+    "weights_prepack": lambda m: isinstance(m.fc1, PackedLinear) and m.fc1.kernel == "onednn",
+    "replace_dropout_with_identity": lambda m: isinstance(m.drop, nn.Identity),
+    "optimize_lstm": lambda m: isinstance(m.lstm, PackedLSTM),
+    "concat_linear": lambda m: hasattr(m, "ipex_concat_linear_0"),
+}
+
+
+@pytest.mark.parametrize("knob", list(KNOBS))
+def test_each_knob_on_and_off(zoo, knob):
+    ref = run(zoo)
+    on = ipex.optimize(zoo, level="O0", **{knob: True})
+    off = ipex.optimize(zoo, level="O1", **{knob: False})
+    assert KNOBS[knob](on) and not KNOBS[knob](off)
+    close(run(on), ref)
+    close(run(off), ref)
+    o1 = ipex.optimize(zoo)
+    assert KNOBS[knob](o1) == (knob != "concat_linear")  # what O1 turns on
+
+
+def test_folding_without_prepack_keeps_checkpoints(zoo):
+    # Folding alone runs the stock kernels on the folded weights ("dense" kernel), same state_dict.
+    opt = ipex.optimize(zoo, weights_prepack=False)
+    assert opt.conv.kernel == "dense" and isinstance(opt.bn, FoldedBatchNorm)
+    assert type(opt.q) is nn.Linear
+    close(run(opt), run(zoo))
+    sd = opt.state_dict()
+    assert list(sd) == list(zoo.state_dict())
+
+
+def test_auto_kernel_selection(zoo):
+    opt = ipex.optimize(zoo, auto_kernel_selection=True, sample_input=INPUTS)
+    chosen = {m.kernel for m in opt.modules() if isinstance(m, (PackedLinear, PackedConv2d))}
+    assert chosen <= {"onednn", "dense", "mkl"}
+    close(run(opt), run(zoo))
+    assert list(opt.state_dict()) == list(zoo.state_dict())
+    with pytest.warns(UserWarning, match="auto_kernel_selection=True measures kernels on the input shapes"):
+        ipex.optimize(zoo, auto_kernel_selection=True)
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "dense", "mkl"])
+def test_linear_kernels(kernel):
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 40)
+    x = torch.randn(3, 7, 24)
+    packed = PackedLinear(lin, kernel=kernel, batch_size=21)
+    close(run(packed, (x,)), run(lin, (x,)), 1e-5)
+    packed.load_state_dict(lin.state_dict())
+    close(run(packed, (x,)), run(lin, (x,)), 1e-5)
+
+
+def test_dtype_rules_and_inputs(zoo):
+    opt = ipex.optimize(zoo, dtype=torch.bfloat16)
+    assert opt.conv.weight.dtype == torch.bfloat16 and opt.fc1.weight.dtype == torch.bfloat16
+    assert opt.emb.weight.dtype == torch.bfloat16 and opt.lstm.weight_ih_l0.dtype == torch.bfloat16
+    assert opt.bn.weight.dtype == torch.float32  # BatchNorm is not in the API's cast list
+    ref = run(zoo)
+    out = run(opt)  # fp32 input
+    assert out.dtype == torch.bfloat16
+    close(out, ref, 6e-2)
+    close(run(opt, (INPUTS[0].bfloat16(), INPUTS[1])), ref, 6e-2)
+    # Without prepacking the cast stock modules cast their inputs (a forward pre-hook).
+    stock = ipex.optimize(zoo, dtype=torch.bfloat16, weights_prepack=False, conv_bn_folding=False,
+                          linear_bn_folding=False, optimize_lstm=False)
+    assert type(stock.conv) is nn.Conv2d and stock.conv.weight.dtype == torch.bfloat16
+    close(run(stock), ref, 6e-2)
+
+
+def test_inplace_semantics(zoo):
+    before = {k: v.clone() for k, v in zoo.state_dict().items()}
+    types = [type(m) for m in zoo.modules()]
+    opt = ipex.optimize(zoo, dtype=torch.bfloat16)
+    assert opt is not zoo
+    assert [type(m) for m in zoo.modules()] == types and "forward" not in zoo.__dict__
+    after = zoo.state_dict()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    mine = copy.deepcopy(zoo)
+    assert ipex.optimize(mine, inplace=True) is mine and isinstance(mine.conv, PackedConv2d)
+
+
+_RSS_SCRIPT = textwrap.dedent("""
+    import resource, sys, torch
+    from torch import nn
+    import ipex
+    torch.set_num_threads(1)
+    model = nn.Sequential(*[nn.Linear(2048, 2048) for _ in range(20)]).eval()  # ~336 MB fp32
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    base = rss()
+    out = ipex.optimize(model, inplace=sys.argv[1] == "1")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print((peak - base) / size)
+""")
+
+
+def test_inplace_does_not_double_peak_memory():
+    # In a fresh process, so that ru_maxrss measures this optimize call.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ratios = {}
+    for inplace in (1, 0):
+        out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(inplace)], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        ratios[inplace] = float(out.stdout.split()[-1])
+    assert ratios[1] < 0.35, f"inplace=True grew the peak by {ratios[1]:.2f}x the model size"
+    assert ratios[0] > 0.9, f"inplace=False copies the model, so its peak should grow by ~1x; got {ratios[0]:.2f}"
+
+
+def test_state_dict_round_trips(zoo):
+    opt = ipex.optimize(zoo, concat_linear=True)
+    ref_sd = zoo.state_dict()
+    sd = opt.state_dict()
+    assert list(sd) == list(ref_sd)
+    assert all(sd[k].shape == ref_sd[k].shape and sd[k].dtype == ref_sd[k].dtype for k in sd)
+    for k in sd:
+        close(sd[k], ref_sd[k], 1e-6)
+    # optimized -> original architecture (strict), via pickling.
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    fresh = Zoo().eval()
+    fresh.load_state_dict(torch.load(buf))
+    close(run(fresh), run(zoo))
+    # original checkpoint -> optimized model: re-folds and re-packs.
+    torch.manual_seed(1)
+    other = M.randomize_bn(Zoo()).eval()
+    opt.load_state_dict(other.state_dict())
+    close(run(opt), run(other))
+    with pytest.raises(RuntimeError, match="size mismatch for conv.weight"):
+        bad = dict(other.state_dict(), **{"conv.weight": torch.randn(8, 3, 5, 5)})
+        opt.load_state_dict(bad)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        opt.load_state_dict({k: v for k, v in other.state_dict().items() if k != "fc1.weight"})
+
+
+def test_bf16_state_dict_dtypes(zoo):
+    opt = ipex.optimize(zoo, dtype=torch.bfloat16)
+    sd = opt.state_dict()
+    assert sd["conv.weight"].dtype == torch.bfloat16 and sd["bn.weight"].dtype == torch.float32
+    assert list(sd) == list(zoo.state_dict())
+    opt.load_state_dict(zoo.state_dict())  # fp32 checkpoint into the bf16 model: cast and re-packed
+    close(run(opt), run(zoo), 6e-2)
+
+
+def test_module_protocols(zoo):
+    opt = ipex.optimize(zoo, dtype=torch.bfloat16)
+    assert opt.eval() is opt
+    names = [n for n, _ in opt.named_modules()]
+    assert names == [n for n, _ in zoo.named_modules()]
+    assert "PackedConv2d" in repr(opt) and "FoldedBatchNorm" in repr(opt)
+    dup = copy.deepcopy(opt)
+    assert torch.equal(run(dup), run(opt))
+    assert dup.bn._owner is dup.conv and dup.conv._folded_bn is dup.bn  # references follow the copy
+    back = copy.deepcopy(opt).to(torch.float32)  # .to() re-packs every swapped module
+    assert back.conv.weight.dtype == torch.float32 and back.conv.weight.is_mkldnn
+    close(run(back), run(zoo), 6e-2)
+    assert sum(p.numel() for p in opt.parameters()) == sum(p.numel() for p in zoo.parameters())
+
+
+def test_bad_arguments(zoo, monkeypatch):
+    with pytest.raises(ValueError, match="level must be 'O0' or 'O1'; got 'O2'"):
+        ipex.optimize(zoo, level="O2")
+    for dtype in (torch.float32, torch.float64, torch.int8):
+        with pytest.raises(ValueError, match="dtype must be None .* torch.bfloat16 or torch.float16"):
+            ipex.optimize(zoo, dtype=dtype)
+    with pytest.raises(NotImplementedError, match="training optimizations .optimizer=.... are not implemented"):
+        ipex.optimize(zoo, optimizer=torch.optim.SGD(zoo.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        ipex.optimize(lambda x: x)
+    with pytest.raises(TypeError, match="weights_prepack must be a bool or None"):
+        ipex.optimize(zoo, weights_prepack="yes")
+    training = copy.deepcopy(zoo).train()
+    with pytest.raises(ValueError, match="model is in training mode.*Call model.eval"):
+        ipex.optimize(training)
+    monkeypatch.setattr(api, "cpu_supports", lambda dtype: False)
+    with pytest.raises(RuntimeError, match="dtype=torch.bfloat16 needs a CPU with AVX512-BF16 or AMX"):
+        ipex.optimize(zoo, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="dtype=torch.float16 needs a CPU with AVX512-FP16"):
+        ipex.optimize(zoo, dtype=torch.float16)

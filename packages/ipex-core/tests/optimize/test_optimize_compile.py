@@ -1,0 +1,79 @@
+"""torch.compile over ipex.optimize (no graph break from ipex modules) and graph_mode=True. Few, small models:
+each compilation takes seconds."""
+
+import optimize_models as M
+import torch
+from torch import nn
+
+import ipex
+
+
+def close(out, ref, tol):
+    scale = ref.float().abs().max().clamp_min(1e-6)
+    assert ((out.float() - ref.float()).abs().max() / scale).item() <= tol
+
+
+class Mixed(nn.Module):
+    """Every ipex module kind in one graph: packed conv (+ folded BN, fused add+relu), transposed conv,
+    Conv1d, LSTM, Linear (+ fused gelu, fused residual add)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 4, 2, 2)
+        self.c1 = nn.Conv1d(4, 8, 3, padding=1)
+        self.lstm = nn.LSTM(8, 8, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(16, 16)
+        self.fc2 = nn.Linear(16, 16)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        y = torch.relu(self.conv2(y) + y)
+        y = torch.sigmoid(self.up(y))  # [N, 4, 2H, 2W]
+        s = self.c1(y.flatten(2))  # [N, 8, L]
+        out, _ = self.lstm(s.transpose(1, 2))
+        h = nn.functional.gelu(self.fc(out))
+        return self.fc2(h) + h
+
+
+def test_torch_compile_fullgraph_over_optimized_model():
+    torch.manual_seed(0)
+    model = M.randomize_bn(Mixed()).eval()
+    x = torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+        opt = ipex.optimize(model, dtype=torch.bfloat16)
+        eager = opt(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(opt, fullgraph=True)  # stock inductor, no freezing: a graph break would raise
+        out = compiled(x)
+    close(eager, ref, 6e-2)
+    close(out, eager, 2e-2)
+
+
+def test_graph_mode_cnn():
+    torch.manual_seed(0)
+    model = M.resnet50(width=4, num_classes=10).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+    torch._dynamo.reset()
+    opt = ipex.optimize(model, graph_mode=True, sample_input=x)
+    assert type(opt) is type(model) and list(opt.state_dict()) == list(model.state_dict())
+    explained = torch._dynamo.explain(opt.forward)(x)
+    assert explained.graph_break_count == 0
+    out = opt(x)  # runs the compiled call, under no_grad
+    assert not out.requires_grad
+    close(out, ref, 1e-4)
+
+
+def test_graph_mode_bert_encoder_bf16():
+    model = M.bert(hidden=64, layers=2, heads=4, intermediate=128, vocab=100)
+    ids = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        ref = model(ids).last_hidden_state
+    torch._dynamo.reset()
+    opt = ipex.optimize(model, dtype=torch.bfloat16, graph_mode=True, concat_linear=True)
+    close(opt(ids).last_hidden_state, ref, 6e-2)
