@@ -185,3 +185,47 @@ def test_deployment_mode_false_stays_eager():
     opt = ipex.llm.optimize(build("llama"), deployment_mode=False)
     assert opt._ipex_optimized["compiled_decode"] is False
     assert opt.generation_config.cache_implementation != "static"
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "phi3"])
+@pytest.mark.parametrize("deployment_mode", [False, True])
+def test_beam_search_runs_on_iakv_without_cache_copies(model_type, deployment_mode):
+    from ipex_llm.optimize.iakv_cache import IpexIAKVCache
+
+    model = build(model_type)
+    opt = ipex.llm.optimize(model, deployment_mode=deployment_mode)
+    assert opt._ipex_optimized["iakv_beam_search"] is True
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [4, 5, 6, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # left padding
+    kw = dict(attention_mask=mask, max_new_tokens=10, num_beams=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        with IpexOpCounter() as counter:
+            out = opt.generate(ids, return_dict_in_generate=True, **kw)
+    assert torch.equal(out.sequences, ref)
+    assert counter.counts["iakv_attention"] > 0
+    cache = out.past_key_values
+    assert isinstance(cache, IpexIAKVCache)
+    layer = cache.layers[0]
+    # Reordering was recorded in the beam history (not done by copying the buffers).
+    identity = torch.arange(layer.beam_idx.shape[1])
+    assert any(not torch.equal(layer.beam_idx[t], identity) for t in range(layer.length))
+    # The stock model's config still uses its own attention.
+    assert model.config._attn_implementation != "ipex"
+
+
+def test_iakv_layer_grows_and_records_beams():
+    from ipex_llm.optimize.iakv_cache import IpexIAKVLayer
+
+    layer = IpexIAKVLayer(capacity=4)
+    k1, v1 = torch.randn(2, 3, 3, 8), torch.randn(2, 3, 3, 8)  # [beams, kv_heads, seq, dim]
+    keys, _ = layer.update(k1, v1)
+    assert keys.shape == (2, 3, 3, 8) and layer.keys.shape[0] == 6  # 2 x the first chunk
+    layer.reorder_cache(torch.tensor([1, 1]))
+    k2, v2 = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    keys, values = layer.update(k2, v2)  # 8 > 6: reallocated, not an error
+    assert layer.keys.shape[0] >= 8 and layer.get_seq_length() == 8
+    torch.testing.assert_close(keys[:, :, :3], k1)
+    torch.testing.assert_close(values[:, :, 3:], v2)
+    assert layer.beam_idx[2].tolist() == [1, 1] and layer.beam_idx[3].tolist() == [0, 1]
+    assert layer.get_mask_sizes(1) == (9, 0)

@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from ipex_llm.optimize import iakv_cache
 from ipex_llm.optimize.families import REMOTE_CODE_FAMILIES, SUPPORTED_MODEL_TYPES, is_supported, model_type_of
 from ipex_llm.optimize.swaps import apply_swaps
 
@@ -71,6 +72,9 @@ def optimize(
       transformers class supports it (``_can_compile_fullgraph``); the first
       ``generate()`` of a given total length compiles, later ones reuse the graph. ``False``
       keeps everything eager; ``model.forward`` is always eager;
+    * beam search on the families of ``iakv_cache.IAKV_MODEL_TYPES`` runs on the
+      indirect-access KV cache: beams are reordered by recording indices, never by
+      copying the cache;
     * quantization arguments raise ``NotImplementedError`` (not built yet).
     """
     if quantization_config is not None or qconfig_summary_file is not None or low_precision_checkpoint is not None:
@@ -128,8 +132,10 @@ def optimize(
             model.to(dtype)
         report = apply_swaps(model)
     compiled = deployment_mode and _enable_compiled_decode(model)
+    iakv = iakv_cache.install(model)
     model._ipex_optimized = {"model_type": model_type, "dtype": dtype, "swaps": dict(report),
-                             "deployment_mode": deployment_mode, "compiled_decode": compiled}
+                             "deployment_mode": deployment_mode, "compiled_decode": compiled,
+                             "iakv_beam_search": iakv}
     return model
 
 
