@@ -294,6 +294,7 @@ T* grow(std::unique_ptr<T[]>& buf, int64_t& cap, int64_t n) {
 }
 
 constexpr int64_t kQBlock = 64;
+constexpr int64_t kWidthStep = 128;  // kv_block is a multiple of it
 
 // One (sequence, kv head, query rows) task: pack the K/V rows it needs once,
 // then for every query head of the group run the blocked online softmax.
@@ -313,7 +314,9 @@ struct FlashWorker {
     const FlashSeq& sq = p.seqs[seq];
     const int64_t D = p.D, G = p.H / p.Hkv, lds = kv_block;
     const int64_t kv_need = p.causal ? std::min(sq.k_len, q_hi) : sq.k_len;
-    const int64_t kv_pad = round_up(std::max<int64_t>(kv_need, 1), 64);
+    // brgemm widths come in steps of 128 keys, so a few JIT kernels serve every
+    // causal block (oneDNN generates one per shape); padding keys are zeros.
+    const int64_t kv_pad = round_up(std::max<int64_t>(kv_need, 1), kWidthStep);
 
     float* S = grow(fbuf, fcap, 2 * kQBlock * lds + kQBlock * dp + 2 * kQBlock);
     void* P = S + kQBlock * lds;
@@ -327,7 +330,7 @@ struct FlashWorker {
     const char* vsrc = static_cast<const char*>(p.v) + (sq.v_off + kvh * p.v_head) * esz;
     if (kv_need > 0) {
       pack({amx ? K::PackKind::kVnniKt : K::PackKind::kF32Kt, p.dtype, ksrc, p.k_tok, kv_need, D, kpack, kv_pad});
-      pack({amx ? K::PackKind::kVnniV : K::PackKind::kF32V, p.dtype, vsrc, p.v_tok, kv_need, D, vpack, 0});
+      pack({amx ? K::PackKind::kVnniV : K::PackKind::kF32V, p.dtype, vsrc, p.v_tok, kv_need, D, vpack, kv_pad});
     }
     const auto* kq = reinterpret_cast<const at::BFloat16*>(kpack);
     const auto* vq = reinterpret_cast<const at::BFloat16*>(vpack);
@@ -343,13 +346,10 @@ struct FlashWorker {
         bool first = true;
         for (int64_t n0 = 0; n0 < kv_end; n0 += kv_block) {
           const int64_t nb = std::min(kv_block, kv_end - n0);
-          const int64_t n_pad = round_up(nb, 16);
+          const int64_t n_pad = round_up(nb, amx ? kWidthStep : 16);
           if (amx) {
-            for (int64_t c = 0; c < nb; c += 64) {
-              at::native::cpublas::brgemm(mb, 64, D, p.q_tok, 64, lds, false,
-                                          reinterpret_cast<const at::BFloat16*>(qrow), kq + (n0 + c) * D,
-                                          S + c);
-            }
+            at::native::cpublas::brgemm(mb, n_pad, D, p.q_tok, kv_pad, lds, false,
+                                        reinterpret_cast<const at::BFloat16*>(qrow), kq + 2 * n0, S);
           } else {
             gemm({p.dtype, mb, nb, D, qrow, p.q_tok, kpack + n0, kv_pad, S, lds, false});
           }
@@ -378,10 +378,8 @@ struct FlashWorker {
           sb.ldp = lds;
           softmax(sb);
           if (amx) {
-            for (int64_t j = 0; j < D; j += 64) {
-              at::native::cpublas::brgemm(mb, 64, n_pad, lds, 64, dp, !first, static_cast<const at::BFloat16*>(P),
-                                          vq + j * kv_pad + n0 * 64, acc + j);
-            }
+            at::native::cpublas::brgemm(mb, D, n_pad, lds, D, dp, !first, static_cast<const at::BFloat16*>(P),
+                                        vq + n0 * D, acc);
           } else {
             gemm({at::kFloat, mb, D, nb, P, lds, vpack + n0 * dp, dp, acc, dp, !first});
           }
@@ -413,7 +411,9 @@ FlashProblem flash_problem(const at::Tensor& q, const at::Tensor& k, const at::T
 
 void run_flash(const FlashProblem& p) {
   FlashWorker w{p, use_brgemm(p), 0, round_up(p.D, 16), static_cast<int64_t>(c10::elementSize(p.dtype))};
-  w.kv_block = w.amx ? 512 : 256;  // multiples of the 64-token packing chunk
+  // AMX: whole rows of scores up to 2048 keys (exact softmax, one QK and one
+  // PV brgemm per query block); the fp32 micro-kernel prefers L1/L2-sized blocks.
+  w.kv_block = w.amx ? 2048 : 256;
 
   // Tasks: (sequence, kv head, query rows). Split the query rows only when
   // there are too few (sequence, kv head) pairs to keep every thread busy.

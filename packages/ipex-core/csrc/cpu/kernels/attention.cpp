@@ -564,6 +564,36 @@ void gemm_impl(const GemmF32& g) {
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// In-register transpose of a 16x16 block of 32-bit words.
+inline void transpose16x16_epi32(__m512i* r) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // r[4q + c] now holds, in 128-bit lane L, column 4L + c of rows 4q..4q+3;
+  // gather each column's four lanes from the four row blocks.
+  for (int i = 0; i < 8; ++i) {
+    const int a = i < 4 ? i : i + 4;  // pair row blocks (0,1) and (2,3)
+    t[a] = _mm512_shuffle_i32x4(r[a], r[a + 4], 0x88);
+    t[a + 4] = _mm512_shuffle_i32x4(r[a], r[a + 4], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+#endif
+
 template <typename T>
 void pack_impl(const PackArgs& p) {
   const T* src = static_cast<const T*>(p.src);
@@ -587,40 +617,55 @@ void pack_impl(const PackArgs& p) {
     case PackKind::kVnniKt: {
       if constexpr (sizeof(T) != 2) break;  // VNNI pairs are 16-bit types only
       // Token i's (d, d+1) pair is one 32-bit word: a 32-bit transpose.
-      uint32_t* dst = static_cast<uint32_t*>(p.dst);
       const int64_t pairs = D / 2;
-      const int64_t chunks = (n + 63) / 64;
-      for (int64_t c = 0; c < chunks; ++c) {
-        uint32_t* out = dst + c * pairs * 64;
-        const int64_t valid = std::min<int64_t>(64, n - c * 64);
-        for (int64_t i = 0; i < valid; ++i) {
-          const T* row = src + (c * 64 + i) * ts;
-          for (int64_t k = 0; k < pairs; ++k) {
-            uint32_t w;
-            std::memcpy(&w, row + 2 * k, 4);
-            out[k * 64 + i] = w;
+      uint32_t* dst = static_cast<uint32_t*>(p.dst);
+      int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+      if (pairs % 16 == 0) {
+        for (; i + 16 <= n; i += 16) {
+          for (int64_t k = 0; k < pairs; k += 16) {
+            __m512i r[16];
+            for (int x = 0; x < 16; ++x) r[x] = _mm512_loadu_si512(src + (i + x) * ts + 2 * k);
+            transpose16x16_epi32(r);
+            for (int x = 0; x < 16; ++x) _mm512_storeu_si512(dst + (k + x) * p.ld + i, r[x]);
           }
         }
-        if (valid < 64) {
-          for (int64_t k = 0; k < pairs; ++k) std::fill(out + k * 64 + valid, out + k * 64 + 64, 0u);
+      }
+#endif
+      for (; i < n; ++i) {
+        const T* row = src + i * ts;
+        for (int64_t k = 0; k < pairs; ++k) {
+          uint32_t w;
+          std::memcpy(&w, row + 2 * k, 4);
+          dst[k * p.ld + i] = w;
         }
       }
+      for (int64_t k = 0; k < pairs; ++k) std::fill(dst + k * p.ld + n, dst + (k + 1) * p.ld, 0u);
       break;
     }
     case PackKind::kVnniV: {
       if constexpr (sizeof(T) != 2) break;
       uint16_t* dst = static_cast<uint16_t*>(p.dst);
-      const int64_t n_pad = round_up(n, 64);
-      for (int64_t j = 0; j < D; j += 64) {
-        uint16_t* out = dst + j * n_pad;  // chunk j/64 holds n_pad * 64 elements
-        for (int64_t k = 0; k < n_pad; k += 2) {
-          uint16_t* o = out + k * 64;
-          const uint16_t* r0 = k < n ? reinterpret_cast<const uint16_t*>(src + k * ts + j) : nullptr;
-          const uint16_t* r1 = k + 1 < n ? reinterpret_cast<const uint16_t*>(src + (k + 1) * ts + j) : nullptr;
-          for (int64_t c = 0; c < 64; ++c) {
-            o[2 * c] = r0 ? r0[c] : 0;
-            o[2 * c + 1] = r1 ? r1[c] : 0;
+      for (int64_t j = 0; j < p.ld; j += 2) {
+        uint16_t* o = dst + j * D;  // pair row j/2: D pairs
+        const uint16_t* r0 = j < n ? reinterpret_cast<const uint16_t*>(src + j * ts) : nullptr;
+        const uint16_t* r1 = j + 1 < n ? reinterpret_cast<const uint16_t*>(src + (j + 1) * ts) : nullptr;
+        int64_t d = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+        if (r0 && r1) {
+          const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                                  39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+          const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
+          for (; d + 32 <= D; d += 32) {
+            const __m512i a = _mm512_loadu_si512(r0 + d), b = _mm512_loadu_si512(r1 + d);
+            _mm512_storeu_si512(o + 2 * d, _mm512_permutex2var_epi16(a, lo_idx, b));
+            _mm512_storeu_si512(o + 2 * d + 32, _mm512_permutex2var_epi16(a, hi_idx, b));
           }
+        }
+#endif
+        for (; d < D; ++d) {
+          o[2 * d] = r0 ? r0[d] : 0;
+          o[2 * d + 1] = r1 ? r1[d] : 0;
         }
       }
       break;
@@ -631,15 +676,19 @@ void pack_impl(const PackArgs& p) {
 void softmax_block_impl(const SoftmaxBlock& b) {
   const fVec vscale(b.scale);
   const int64_t dp = round_up(b.head_dim, kF);
+  // Without a bias the scale folds into the exponent: max over the raw
+  // scores, then exp(s * scale - max * scale), one pass less over S.
+  const bool fold_scale = b.bias == nullptr && b.scale > 0.f;
   for (int64_t r = 0; r < b.m_rows; ++r) {
     float* s = b.s + r * b.lds;
     int64_t limit = b.n_cols;
     if (b.causal) limit = std::max<int64_t>(0, std::min<int64_t>(b.n_cols, b.row_limit0 + r + 1));
-    // scale (+ bias) and row max over the visible columns
     fVec vmax(kNegInf);
     int64_t j = 0;
     const float* brow = b.bias ? b.bias + r * b.bias_row_stride : nullptr;
-    if (brow && b.bias_col_stride != 1) {
+    if (fold_scale) {
+      for (; j + kF <= limit; j += kF) vmax = at::vec::maximum(vmax, fVec::loadu(s + j));
+    } else if (brow && b.bias_col_stride != 1) {
       for (int64_t c = 0; c < limit; ++c) s[c] = s[c] * b.scale + brow[c * b.bias_col_stride];
       for (; j + kF <= limit; j += kF) vmax = at::vec::maximum(vmax, fVec::loadu(s + j));
     } else {
@@ -653,36 +702,39 @@ void softmax_block_impl(const SoftmaxBlock& b) {
     }
     float mx = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, vmax);
     for (int64_t c = j; c < limit; ++c) mx = std::max(mx, s[c]);
+    if (fold_scale && mx != kNegInf) mx *= b.scale;
 
     const float m_old = b.row_max[r];
     const float m_new = std::max(m_old, mx);
+    const float mul = fold_scale ? b.scale : 1.f;
     float sum = 0.f;
     int64_t done = 0;
     if (m_new != kNegInf) {
-      fVec vm(m_new), vsum(0.f);
+      const fVec vm(-m_new), vmul(mul);
+      fVec vsum(0.f);
       if (b.p_bf16) {
         c10::BFloat16* p = static_cast<c10::BFloat16*>(b.p) + r * b.ldp;
         for (; done + kF <= limit; done += kF) {
-          fVec e = (fVec::loadu(s + done) - vm).exp_u20();
+          fVec e = at::vec::fmadd(fVec::loadu(s + done), vmul, vm).exp_u20();
           vsum = vsum + e;
           store_f32(p + done, e);
         }
         sum = reduce_sum(vsum);
         for (; done < limit; ++done) {
-          float e = std::exp(s[done] - m_new);
+          float e = std::exp(s[done] * mul - m_new);
           sum += e;
           p[done] = c10::BFloat16(e);
         }
       } else {
         float* p = static_cast<float*>(b.p) + r * b.ldp;
         for (; done + kF <= limit; done += kF) {
-          fVec e = (fVec::loadu(s + done) - vm).exp_u20();
+          fVec e = at::vec::fmadd(fVec::loadu(s + done), vmul, vm).exp_u20();
           vsum = vsum + e;
           e.store(p + done);
         }
         sum = reduce_sum(vsum);
         for (; done < limit; ++done) {
-          p[done] = std::exp(s[done] - m_new);
+          p[done] = std::exp(s[done] * mul - m_new);
           sum += p[done];
         }
       }

@@ -89,11 +89,12 @@ struct GemmF32 {
 // Pack `n` token rows of one kv head (row i at src + i * tok_stride, head_dim
 // contiguous elements) into the layout the GEMMs read:
 //  - f32_kt:   fp32 K^T, [D, ld] (column i = token i);
-//  - f32_v:    fp32 V, [n, D];
-//  - vnni_kt:  bf16 K^T in 64-token chunks [D/2, 64, 2] (brgemm B for Q K^T);
-//  - vnni_v:   bf16 V in 64-column chunks [n_pad/2, 64, 2], n_pad = n rounded up
-//              to even, zero filled (brgemm B for P V).
-// Padding columns/rows of a tail chunk are zero filled.
+//  - f32_v:    fp32 V, [n, D rounded up to 16];
+//  - vnni_kt:  bf16 K^T as brgemm's B for Q K^T: [D/2, ld, 2] (token i's pair
+//              (d, d+1) at ((d/2) * ld + i) * 2);
+//  - vnni_v:   bf16 V as brgemm's B for P V: [ld/2, D, 2] (rows 2j, 2j+1
+//              interleaved), ld = n rounded up to even.
+// Columns / rows from n up to ld are zero filled.
 enum class PackKind : int { kF32Kt = 0, kF32V = 1, kVnniKt = 2, kVnniV = 3 };
 struct PackArgs {
   PackKind kind;
@@ -103,7 +104,7 @@ struct PackArgs {
   int64_t n;
   int64_t head_dim;
   void* dst;
-  int64_t ld;                     // f32_kt only: columns of the packed matrix
+  int64_t ld;                     // padded token count (f32_kt, vnni_kt, vnni_v)
 };
 
 // One block of scores S[M, N] (fp32, rows lds apart) of the online softmax:

@@ -1,0 +1,184 @@
+"""Attention: ipex paged / IAKV decode and varlen prefill vs stock scaled_dot_product_attention, interleaved.
+
+Decode is memory bound: the figure of merit is the KV bytes read per second as a
+fraction of the read bandwidth probed in the same run. A real model reads a
+different layer's cache on every call, so the "cold" rows rotate through enough
+layers (> 1 GiB of cache) that nothing is left in the L3; the "hot" rows reuse
+one layer (what a single-layer micro-benchmark measures).
+
+Stock baselines get the most favourable form of the same data: decode runs
+SDPA(enable_gqa=True) on the cache already gathered into contiguous
+[batch, kv_heads, context, head_dim] tensors (so stock pays no gather, no beam
+reorder); prefill runs SDPA per sequence and on the right-padded batch
+(is_causal, where padding keys never reach a real query).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
+from ipex_core.ops import attention_ops as A
+
+COLD_BYTES = 1.1 * (1 << 30)
+
+
+def _rotating(make, nbytes_each: int, cold: bool) -> list:
+    count = max(2, int(COLD_BYTES // nbytes_each) + 1) if cold else 1
+    return [make() for _ in range(count)]
+
+
+def _cycle(items):
+    state = {"i": 0}
+
+    def nxt():
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    return nxt
+
+
+def paged_case(dtype, batch, heads, kv_heads, head_dim, context, block, cold, rounds):
+    blocks_per_seq = context // block
+    num_blocks = batch * blocks_per_seq
+    kv_bytes = 2 * num_blocks * block * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+
+    def layer():
+        kc = torch.randn(num_blocks, block, kv_heads, head_dim, dtype=dtype)
+        vc = torch.randn_like(kc)
+        tables = torch.randperm(num_blocks).view(batch, blocks_per_seq).int()
+        # stock: the same cache gathered into contiguous [batch, kv_heads, context, head_dim]
+        ks = kc[tables.long()].reshape(batch, context, kv_heads, head_dim).transpose(1, 2).contiguous()
+        vs = vc[tables.long()].reshape(batch, context, kv_heads, head_dim).transpose(1, 2).contiguous()
+        return kc, vc, tables, ks, vs
+
+    layers = _rotating(layer, 2 * kv_bytes, cold)
+    q = torch.randn(batch, heads, head_dim, dtype=dtype)
+    out = torch.empty_like(q)
+    head_mapping = torch.arange(heads, dtype=torch.int32) // (heads // kv_heads)
+    lens = torch.full((batch,), context, dtype=torch.int32)
+    ours_layer, stock_layer = _cycle(layers), _cycle(layers)
+
+    def ours():
+        kc, vc, tables, _, _ = ours_layer()
+        A.paged_attention_decode(out, q, kc, vc, head_mapping, head_dim**-0.5, tables, lens, block, context)
+
+    def stock():
+        _, _, _, ks, vs = stock_layer()
+        return F.scaled_dot_product_attention(q[:, :, None], ks, vs, enable_gqa=True)
+
+    t = time_interleaved({"stock": stock, "ours": ours}, rounds=rounds)
+    return t, kv_bytes
+
+
+def iakv_case(dtype, beams, heads, kv_heads, head_dim, context, cold, rounds):
+    kv_bytes = 2 * context * beams * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+
+    def layer():
+        kc = torch.randn(context + 1, beams, kv_heads, head_dim, dtype=dtype)
+        vc = torch.randn_like(kc)
+        hist = torch.randint(0, beams, (context + 1, beams))  # beams reordered at every step
+        ks = kc[:context].permute(1, 2, 0, 3).contiguous()
+        vs = vc[:context].permute(1, 2, 0, 3).contiguous()
+        return kc, vc, hist, ks, vs
+
+    layers = _rotating(layer, 2 * kv_bytes, cold)
+    q = torch.randn(beams, 1, heads, head_dim, dtype=dtype)
+    ours_layer, stock_layer, reorder_layer = _cycle(layers), _cycle(layers), _cycle(layers)
+    beam_idx = torch.randint(0, beams, (beams,))
+
+    def ours():
+        kc, vc, hist, _, _ = ours_layer()
+        return A.iakv_attention(q, kc, vc, hist, context - 1, head_dim**-0.5, None, True)
+
+    def stock():
+        _, _, _, ks, vs = stock_layer()
+        return F.scaled_dot_product_attention(q.transpose(1, 2), ks, vs, enable_gqa=True)
+
+    def stock_with_reorder():  # what a copying cache pays per step in beam search
+        _, _, _, ks, vs = reorder_layer()
+        ks, vs = ks.index_select(0, beam_idx), vs.index_select(0, beam_idx)
+        return F.scaled_dot_product_attention(q.transpose(1, 2), ks, vs, enable_gqa=True)
+
+    t = time_interleaved({"stock": stock, "ours": ours, "stock_reorder": stock_with_reorder}, rounds=rounds)
+    return t, kv_bytes
+
+
+def varlen_case(dtype, lens, heads, head_dim, rounds):
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    total = int(cu[-1])
+    q, k, v = (torch.randn(total, heads, head_dim, dtype=dtype) for _ in range(3))
+    out = torch.empty_like(q)
+    per_seq = [tuple(t[a:b].transpose(0, 1)[None].contiguous() for t in (q, k, v))
+               for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
+    longest = max(lens)
+    padded = [torch.zeros(len(lens), heads, longest, head_dim, dtype=dtype) for _ in range(3)]
+    for i, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        for dst, src in zip(padded, (q, k, v)):
+            dst[i, :, : b - a] = src[a:b].transpose(0, 1)
+
+    def ours():
+        A.varlen_attention(q, k, v, out, cu, cu, longest, longest, head_dim**-0.5, True)
+
+    def stock_per_seq():
+        for qs, ks, vs in per_seq:
+            F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+
+    def stock_padded():
+        return F.scaled_dot_product_attention(*padded, is_causal=True)
+
+    t = time_interleaved({"per_seq": stock_per_seq, "ours": ours, "padded": stock_padded}, rounds=rounds, inner=1)
+    flops = sum(4 * n * (n + 1) / 2 * head_dim * heads for n in lens)  # causal QK^T and PV
+    return t, flops
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    parser.add_argument("--cases", nargs="+", default=["paged", "iakv", "varlen"], choices=["paged", "iakv", "varlen"])
+    args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    bw = measure_bandwidth()
+    rows = []
+    steps = [s for s in ("paged cold", "paged hot", "iakv cold", "iakv hot", "varlen") if s.split()[0] in args.cases]
+    for i, step in enumerate(steps):
+        progress(i, len(steps), step)
+        if step.startswith("paged"):
+            cold = step.endswith("cold")
+            t, nbytes = paged_case(dtype, 8, 32, 8, 128, 2048, 16, cold, args.rounds)
+            gbs = nbytes / t["ours"] / 1e9
+            rows.append(Row(f"PagedAttention decode b8 h32/8 d128 ctx2048 blk16 ({'cold' if cold else 'hot L3'})",
+                            t["stock"] * 1e3, t["ours"] * 1e3,
+                            {"ipex KV GB/s": gbs, "% of read BW": 100 * gbs / bw["read_gbs"],
+                             "stock % read BW": 100 * nbytes / t["stock"] / 1e9 / bw["read_gbs"]}))
+        elif step.startswith("iakv"):
+            cold = step.endswith("cold")
+            t, nbytes = iakv_case(dtype, 4, 32, 8, 128, 1024, cold, args.rounds)
+            gbs = nbytes / t["ours"] / 1e9
+            extra = {"ipex KV GB/s": gbs, "% of read BW": 100 * gbs / bw["read_gbs"],
+                     "stock % read BW": 100 * nbytes / t["stock"] / 1e9 / bw["read_gbs"]}
+            label = f"IAKV decode 4 beams h32/8 d128 ctx1024 ({'cold' if cold else 'hot L3'})"
+            rows.append(Row(label, t["stock"] * 1e3, t["ours"] * 1e3, extra))
+            rows.append(Row(label + " vs stock reorder+SDPA", t["stock_reorder"] * 1e3, t["ours"] * 1e3, {}))
+        else:
+            lens = [512, 1024, 2048]
+            t, flops = varlen_case(dtype, lens, 32, 128, max(3, args.rounds // 3))
+            extra = {"ipex TFLOP/s": flops / t["ours"] / 1e12}
+            rows.append(Row("Varlen prefill 512+1024+2048 h32 d128 causal vs SDPA per sequence",
+                            t["per_seq"] * 1e3, t["ours"] * 1e3, extra))
+            rows.append(Row("Varlen prefill 512+1024+2048 h32 d128 causal vs SDPA padded batch",
+                            t["padded"] * 1e3, t["ours"] * 1e3, dict(extra)))
+    meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"dtype": args.dtype}
+    table = report(f"attention_{args.dtype}", rows, meta,
+                   columns=["ipex KV GB/s", "% of read BW", "stock % read BW", "ipex TFLOP/s"])
+    print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
