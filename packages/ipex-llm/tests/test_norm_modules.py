@@ -41,4 +41,5 @@ def test_functional_add_rms_norm():
 def test_rmsnorm_under_torch_compile():
     m = RMSNorm(128)
     x = torch.randn(4, 128)
-    torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), m(x))
+    with torch.no_grad():  # the ipex ops are inference kernels (no autograd formula)
+        torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), m(x))
