@@ -48,13 +48,6 @@ inline void scale_f32(float alpha, float* y, int64_t dp) {
   for (int64_t i = 0; i < dp; i += kF) (fVec::loadu(y + i) * a).store(y + i);
 }
 
-// Cache lines of the row `ahead` tokens on: paged blocks and beam slots
-// scatter token rows, which the hardware prefetcher cannot follow.
-inline void prefetch_row(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 1);
-}
-
 // ---------------------------------------------------------------- decode ---
 
 // Sum of each of kF vectors, in order: out[i] = sum(v[i]) (a transpose-add
@@ -230,21 +223,20 @@ inline void softmax_chunk(const DecodeTask& t, float* scores, int64_t chunk, int
 }
 
 constexpr int64_t kChunk = 32;  // tokens per online-softmax step; a multiple of kF
-constexpr int64_t kAhead = 2;   // K rows prefetched ahead
 
-// Rows of this chunk; the next K rows and this chunk's V rows are prefetched
-// (paged blocks and beam slots scatter rows beyond the hardware prefetcher).
+// Rows of this chunk. Rows are read in address order within a block / beam
+// row, which the hardware prefetcher follows; software prefetch of whole rows
+// only competes with it for the line fill buffers (measured), so we prefetch
+// just the first line of the next chunk's rows, where a new block starts.
 template <typename T>
 inline void chunk_rows(const DecodeArgs& a, const DecodeTask& t, int64_t c0, int64_t cn, const T** krows) {
   const T* kb = static_cast<const T*>(a.k_base);
   const T* vb = static_cast<const T*>(a.v_base);
-  // One token row of every kv head is contiguous in every layout we serve.
-  const int64_t k_span = ((a.num_kv_heads - 1) * a.k_head_stride + a.head_dim) * static_cast<int64_t>(sizeof(T));
-  const int64_t v_span = ((a.num_kv_heads - 1) * a.v_head_stride + a.head_dim) * static_cast<int64_t>(sizeof(T));
-  for (int64_t i = 0; i < cn; ++i) {
-    krows[i] = kb + t.k_off[c0 + i];
-    if (c0 + i + kAhead < t.n) prefetch_row(kb + t.k_off[c0 + i + kAhead], k_span);
-    prefetch_row(vb + t.v_off[c0 + i], v_span);
+  for (int64_t i = 0; i < cn; ++i) krows[i] = kb + t.k_off[c0 + i];
+  const int64_t next = c0 + kChunk;
+  for (int64_t i = next; i < std::min(t.n, next + kChunk); i += 4) {
+    __builtin_prefetch(kb + t.k_off[i], 0, 1);
+    __builtin_prefetch(vb + t.v_off[i], 0, 1);
   }
 }
 
@@ -336,8 +328,9 @@ IPEX_BF16_FN inline void qk_block_bf16(const uint16_t* const* qh, const uint16_t
     }
   }
   fVec v[16];
-  for (int i = 0; i < 16; ++i) v[i] = fVec(acc[i]) * fVec(scale);
+  for (int i = 0; i < 16; ++i) v[i] = fVec(acc[i]);
   reduce_many(v, out);
+  _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_loadu_ps(out), _mm512_set1_ps(scale)));
 }
 
 template <int NG>
@@ -358,32 +351,47 @@ IPEX_BF16_FN void qk_chunk_bf16(const DecodeArgs& a, const DecodeTask& t, const 
         qk_block_bf16<NG>(qh, k, a.head_dim, a.scale, res);
         for (int x = 0; x < n; ++x) {
           float* srow = scores + a.group_heads[j + x] * kChunk + i0;
-          for (int64_t i = 0; i < nt; ++i) srow[i] = res[x * NT + i];
+          if (nt == NT) {
+            std::memcpy(srow, res + x * NT, NT * sizeof(float));
+          } else {
+            for (int64_t i = 0; i < nt; ++i) srow[i] = res[x * NT + i];
+          }
         }
       }
     }
   }
 }
 
-// acc += P V for NG heads over token pairs: V rows are interleaved in pairs
-// (unpacklo/hi), so each acc row is kept permuted within 32-column chunks:
-// position p < 16 holds column 8 (p / 4) + p % 4, position 16 + p holds
-// column 8 (p / 4) + 4 + p % 4 (undone by unpermute_acc).
-template <int NG>
-IPEX_BF16_FN inline void pv_block_bf16(const uint32_t* const* pp, const uint16_t* const* vrows, int64_t pairs,
-                                       int64_t D, float* const* acc) {
+// Token rows (2i, 2i+1) of one kv head interleaved as vdpbf16ps pairs, one
+// 32-column chunk at a time: 32 words of unpacklo then 32 of unpackhi, so the
+// accumulators are permuted within each chunk: position p < 16 holds column
+// 8 (p / 4) + p % 4, position 16 + p holds column 8 (p / 4) + 4 + p % 4
+// (undone by unpermute_acc). Reading V once here, in address order, is also
+// what lets the hardware prefetcher stream it.
+IPEX_BF16_FN inline void interleave_pair(const uint16_t* r0, const uint16_t* r1, int64_t D, uint16_t* out) {
   for (int64_t j = 0; j < D; j += 32) {
     const __mmask32 m = bf16_mask(D - j);
+    const __m512i va = _mm512_maskz_loadu_epi16(m, r0 + j);
+    const __m512i vb = _mm512_maskz_loadu_epi16(m, r1 + j);
+    _mm512_storeu_si512(out + 2 * j, _mm512_unpacklo_epi16(va, vb));
+    _mm512_storeu_si512(out + 2 * j + 32, _mm512_unpackhi_epi16(va, vb));
+  }
+}
+
+// acc += P V for NG heads over `pairs` interleaved token pairs (pair_stride words apart).
+template <int NG>
+IPEX_BF16_FN inline void pv_block_bf16(const uint32_t* const* pp, const uint16_t* vpairs, int64_t pair_stride,
+                                       int64_t pairs, int64_t D, float* const* acc) {
+  for (int64_t j = 0; j < D; j += 32) {
     __m512 lo[NG], hi[NG];
     for (int g = 0; g < NG; ++g) {
       lo[g] = _mm512_loadu_ps(acc[g] + j);
       hi[g] = _mm512_loadu_ps(acc[g] + j + 16);
     }
-    for (int64_t tp = 0; tp < pairs; ++tp) {
-      const __m512i va = _mm512_maskz_loadu_epi16(m, vrows[2 * tp] + j);
-      const __m512i vb = _mm512_maskz_loadu_epi16(m, vrows[2 * tp + 1] + j);
-      const __m512bh l = (__m512bh)_mm512_unpacklo_epi16(va, vb);
-      const __m512bh h = (__m512bh)_mm512_unpackhi_epi16(va, vb);
+    const uint16_t* v = vpairs + 2 * j;
+    for (int64_t tp = 0; tp < pairs; ++tp, v += pair_stride) {
+      const __m512bh l = (__m512bh)_mm512_loadu_si512(v);
+      const __m512bh h = (__m512bh)_mm512_loadu_si512(v + 32);
       for (int g = 0; g < NG; ++g) {
         const __m512bh p = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[g][tp]));
         lo[g] = _mm512_dpbf16_ps(lo[g], l, p);
@@ -415,6 +423,9 @@ IPEX_BF16_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask& t) 
   float* acc_p = scratch(H * dp, 1);
   uint32_t* pp = reinterpret_cast<uint32_t*>(scratch(H * kChunk / 2 + dp, 2));  // [H, kChunk / 2] bf16 pairs
   uint16_t* zero_q = reinterpret_cast<uint16_t*>(pp + H * kChunk / 2);
+  // [kv head, token pair, 2 * dp] interleaved V rows of the current chunk
+  const int64_t pair_stride = 2 * dp;
+  uint16_t* vpairs = reinterpret_cast<uint16_t*>(scratch(Hkv * (kChunk / 2) * pair_stride / 2, 3));
   std::fill(zero_q, zero_q + dp, uint16_t(0));
   for (int64_t h = 0; h < H; ++h) {
     std::fill(acc_p + h * dp, acc_p + (h + 1) * dp, 0.f);
@@ -423,7 +434,6 @@ IPEX_BF16_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask& t) 
   }
   const int64_t group = a.group_offsets[1] - a.group_offsets[0];
   const uint16_t* krows[kChunk];
-  const uint16_t* vrows[kChunk];
   for (int64_t c0 = 0; c0 < t.n; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, t.n - c0);
     chunk_rows(a, t, c0, cn, krows);
@@ -449,10 +459,15 @@ IPEX_BF16_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask& t) 
       }
     }
     const int64_t pairs = (cn + 1) / 2;
-    for (int64_t g = 0; g < Hkv; ++g) {
-      for (int64_t i = 0; i < 2 * pairs; ++i) {
-        vrows[i] = vb + t.v_off[c0 + std::min(i, cn - 1)] + g * a.v_head_stride;  // odd tail: P is 0 there
+    for (int64_t tp = 0; tp < pairs; ++tp) {  // token-major: V streams in address order
+      const uint16_t* r0 = vb + t.v_off[c0 + 2 * tp];
+      const uint16_t* r1 = vb + t.v_off[c0 + std::min(2 * tp + 1, cn - 1)];  // odd tail: its P is 0
+      for (int64_t g = 0; g < Hkv; ++g) {
+        interleave_pair(r0 + g * a.v_head_stride, r1 + g * a.v_head_stride, D,
+                        vpairs + (g * (kChunk / 2) + tp) * pair_stride);
       }
+    }
+    for (int64_t g = 0; g < Hkv; ++g) {
       for (int32_t j = a.group_offsets[g]; j < a.group_offsets[g + 1]; j += kMaxNG) {
         const int n = static_cast<int>(std::min<int32_t>(kMaxNG, a.group_offsets[g + 1] - j));
         const uint32_t* php[kMaxNG];
@@ -462,7 +477,8 @@ IPEX_BF16_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask& t) 
           php[x] = pp + h * (kChunk / 2);
           acc[x] = acc_p + h * dp;
         }
-        with_ng(n, [&](auto ng) { pv_block_bf16<decltype(ng)::value>(php, vrows, pairs, D, acc); });
+        const uint16_t* vg = vpairs + g * (kChunk / 2) * pair_stride;
+        with_ng(n, [&](auto ng) { pv_block_bf16<decltype(ng)::value>(php, vg, pair_stride, pairs, D, acc); });
       }
     }
   }
