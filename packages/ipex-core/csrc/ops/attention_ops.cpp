@@ -169,7 +169,28 @@ void run_decode(const K::DecodeArgs& args, const std::vector<DecodeRow>& rows, c
 
   const int64_t part_stride = H * (D + 2);
   std::unique_ptr<float[]> parts(new float[std::max<int64_t>(slots, 1) * part_stride]);
+  // The task that completes a row's last partition merges the row: one
+  // parallel region per call (each region can cost a scheduler slice on a
+  // busy machine while a descheduled worker reaches the barrier).
+  std::unique_ptr<std::atomic<int64_t>[]> pending(new std::atomic<int64_t>[std::max<int64_t>(n_rows, 1)]);
+  for (int64_t r = 0; r < n_rows; ++r) pending[r].store(row_first_slot[r + 1] - row_first_slot[r]);
   auto partial = IPEX_PICK_ISA_KERNEL(attn_decode_partial);
+  auto combine = IPEX_PICK_ISA_KERNEL(attn_decode_combine);
+  auto merge_row = [&](int64_t r) {
+    K::DecodeCombine c{};
+    c.dtype = args.dtype;
+    c.num_heads = H;
+    c.head_dim = D;
+    c.parts = parts.get() + row_first_slot[r] * part_stride;
+    c.num_parts = row_first_slot[r + 1] - row_first_slot[r];
+    c.part_stride = part_stride;
+    c.out = rows[r].out;
+    c.out_head_stride = rows[r].out_head_stride;
+    combine(c);  // no parts (empty context): zeros
+  };
+  for (int64_t r = 0; r < n_rows; ++r) {
+    if (row_first_slot[r + 1] == row_first_slot[r]) merge_row(r);
+  }
   run_dynamic(static_cast<int64_t>(tasks.size()), [&](int64_t i) {
     const Task& task = tasks[i];
     const DecodeRow& row = rows[task.row];
@@ -192,22 +213,7 @@ void run_decode(const K::DecodeArgs& args, const std::vector<DecodeRow>& rows, c
     dt.l = part + H;
     dt.acc = part + 2 * H;
     partial(args, dt);
-  });
-
-  auto combine = IPEX_PICK_ISA_KERNEL(attn_decode_combine);
-  at::parallel_for(0, n_rows, 1, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      K::DecodeCombine c{};
-      c.dtype = args.dtype;
-      c.num_heads = H;
-      c.head_dim = D;
-      c.parts = parts.get() + row_first_slot[r] * part_stride;
-      c.num_parts = row_first_slot[r + 1] - row_first_slot[r];
-      c.part_stride = part_stride;
-      c.out = rows[r].out;
-      c.out_head_stride = rows[r].out_head_stride;
-      combine(c);  // no parts (empty context): zeros
-    }
+    if (pending[task.row].fetch_sub(1, std::memory_order_acq_rel) == 1) merge_row(task.row);
   });
 }
 
