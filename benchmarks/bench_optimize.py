@@ -103,7 +103,10 @@ def main(argv=None) -> str:
     parser.add_argument("--batches", type=int, nargs="+", default=None,
                         help="batch sizes for every model (default: 1 and 32 for ResNet-50, 1 and 8 for BERT)")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = [(m, b, getattr(torch, d)) for m in args.models for b in (args.batches or DEFAULT_BATCHES[m])
              for d in args.dtypes]
     rows = []

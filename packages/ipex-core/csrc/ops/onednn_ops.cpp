@@ -123,6 +123,39 @@ at::Tensor onednn_conv_binary_cpu(const at::Tensor& input, const at::Tensor& oth
                  std::nullopt, unary, Scalars(), std::nullopt);
 }
 
+// other = unary_attr(conv(input, W) + bias + other), written in place: oneDNN's
+// sum post-op accumulates into the residual buffer (no output allocation).
+void onednn_conv_add__cpu(at::Tensor& other, const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, IntList padding,
+                                 IntList stride, IntList dilation, int64_t groups,
+                                 c10::string_view unary_attr) {
+  check_conv_args("ipex::onednn_conv_add_", input, weight);
+  auto cl = input.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
+  // torch's unfused fallback for a non-channels-last residual has no bf16 add+relu: refuse it.
+  TORCH_CHECK(other.dim() == input.dim() && other.is_contiguous(cl) &&
+                  other.scalar_type() == input.scalar_type(),
+              "ipex::onednn_conv_add_: other (the residual written in place) must be a channels-last ",
+              input.scalar_type(), " tensor of the output's shape; got ", other.sizes(), " ",
+              other.scalar_type(), " with strides ", other.strides(),
+              ". Use ipex::onednn_conv_binary for other layouts");
+  // Either makes torch take its fused (channels-last) path.
+  TORCH_CHECK(weight.is_mkldnn() || input.is_contiguous(cl), "ipex::onednn_conv_add_: pack the weight "
+              "(torch.ops.mkldnn._reorder_convolution_weight) or pass a channels-last input");
+  TORCH_CHECK(unary_attr == "none" || unary_attr == "relu", "ipex::onednn_conv_add_: unary_attr must "
+              "be 'none' or 'relu'; got '", unary_attr, "'");
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_convolution_pointwise_", "binary")
+                       .typed<at::Tensor&(at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                          const std::optional<at::Tensor>&, IntList, IntList, IntList,
+                                          int64_t, c10::string_view, std::optional<at::Scalar>,
+                                          std::optional<c10::string_view>, Scalars,
+                                          std::optional<c10::string_view>)>();
+  std::optional<c10::string_view> unary;
+  if (unary_attr != "none") unary = unary_attr;
+  op.call(other, input, weight, bias, padding, stride, dilation, groups, "add", std::nullopt, unary,
+          Scalars(), std::nullopt);
+}
+
 at::Tensor onednn_conv_transpose_cpu(const at::Tensor& input, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& bias, IntList padding,
                                      IntList output_padding, IntList stride, IntList dilation,
@@ -150,6 +183,11 @@ TORCH_LIBRARY_FRAGMENT(ipex, m) {
   // or packed by mkldnn::_reorder_convolution_weight. Output channels-last.
   m.def("onednn_conv_binary(Tensor input, Tensor other, Tensor weight, Tensor? bias, int[] padding, "
         "int[] stride, int[] dilation, int groups, str binary_attr, str unary_attr) -> Tensor");
+  // In place: other = unary_attr(conv(input, W) + bias + other), other
+  // channels-last, W packed; unary_attr none or relu. Returns nothing (a
+  // custom op may not return an alias; functionalization tracks the mutation).
+  m.def("onednn_conv_add_(Tensor(a!) other, Tensor input, Tensor weight, Tensor? bias, int[] padding, "
+        "int[] stride, int[] dilation, int groups, str unary_attr) -> ()");
   // attr(conv_transpose(input, W) + bias), W packed by
   // mkldnn::_reorder_convolution_transpose_weight. Output channels-last.
   m.def("onednn_conv_transpose(Tensor input, Tensor weight, Tensor? bias, int[] padding, "
@@ -171,6 +209,7 @@ TORCH_LIBRARY_IMPL(ipex, CPU, m) {
   m.impl("onednn_linear", &onednn_linear_cpu);
   m.impl("onednn_linear_binary", &onednn_linear_binary_cpu);
   m.impl("onednn_conv_binary", &onednn_conv_binary_cpu);
+  m.impl("onednn_conv_add_", &onednn_conv_add__cpu);
   m.impl("onednn_conv_transpose", &onednn_conv_transpose_cpu);
 }
 
@@ -179,6 +218,7 @@ TORCH_LIBRARY_IMPL(ipex, MkldnnCPU, m) {
   m.impl("onednn_linear", &onednn_linear_cpu);
   m.impl("onednn_linear_binary", &onednn_linear_binary_cpu);
   m.impl("onednn_conv_binary", &onednn_conv_binary_cpu);
+  m.impl("onednn_conv_add_", &onednn_conv_add__cpu);
   m.impl("onednn_conv_transpose", &onednn_conv_transpose_cpu);
 }
 

@@ -53,9 +53,13 @@ def test_conv_binary(dtype):
         other = torch.randn(y.shape, dtype=dtype)
         pw = torch.ops.mkldnn._reorder_convolution_weight(w, pad, stride, [1] * len(pad), groups, list(shape))
         for unary in ("none", "relu"):
-            out = O.onednn_conv_binary(x, other, pw, b, pad, stride, [1] * len(pad), groups, "add", unary)
             ref = y + other.float()
-            close(out, F.relu(ref) if unary == "relu" else ref, dtype)
+            ref = F.relu(ref) if unary == "relu" else ref
+            out = O.onednn_conv_binary(x, other, pw, b, pad, stride, [1] * len(pad), groups, "add", unary)
+            close(out, ref, dtype)
+            acc = other.to(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
+            assert O.onednn_conv_add_(acc, x, pw, b, pad, stride, [1] * len(pad), groups, unary) is acc
+            close(acc, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -80,6 +84,9 @@ def test_opcheck():
     wc = torch.randn(8, 4, 3, 3)
     torch.library.opcheck(torch.ops.ipex.onednn_conv_binary.default,
                           (xc, torch.randn(1, 8, 6, 6), wc, None, [1, 1], [1, 1], [1, 1], 1, "add", "relu"))
+    acc = torch.randn(1, 8, 6, 6).to(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.ipex.onednn_conv_add_.default,
+                          (acc, xc, wc, None, [1, 1], [1, 1], [1, 1], 1, "relu"))
 
 
 def test_fake_matches_packed_transpose():
@@ -112,6 +119,9 @@ def test_bad_inputs():
     with pytest.raises(RuntimeError, match="ungrouped convolutions only; got groups=2"):
         O.onednn_conv_binary(torch.randn(1, 4, 6, 6), torch.randn(1, 8, 6, 6), torch.randn(8, 2, 3, 3), None, [1, 1],
                              [1, 1], [1, 1], 2)
+    pc = torch.ops.mkldnn._reorder_convolution_weight(torch.randn(8, 4, 3, 3), [1, 1], [1, 1], [1, 1], 1, None)
+    with pytest.raises(RuntimeError, match="must be a channels-last"):
+        O.onednn_conv_add_(torch.randn(1, 8, 6, 6), torch.randn(1, 4, 6, 6), pc, None, [1, 1], [1, 1], [1, 1], 1)
     with pytest.raises(RuntimeError, match="must be packed by"):
         O.onednn_conv_transpose(torch.randn(1, 4, 5, 5), torch.randn(4, 6, 3, 3), None, [0, 0], [0, 0], [1, 1],
                                 [1, 1], 1)

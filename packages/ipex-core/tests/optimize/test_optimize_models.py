@@ -70,6 +70,20 @@ def test_resnet50_fp32(resnet, channels_last):
     assert repr(opt.layer1[0].conv3.post_op) == "add+relu"
     assert repr(opt.layer1[0].downsample[0].post_op) == "none"
     assert isinstance(opt.fc, PackedLinear)
+    # The residual is dead after the add: conv3 accumulates into it (oneDNN sum post-op).
+    assert opt.layer1[1].conv3.post_op.inplace and opt.layer1[0].conv3.post_op.inplace
+
+
+def test_residual_input_is_never_overwritten():
+    # A block traced on its own: its residual is the caller's tensor, so the add is fused out of place.
+    torch.manual_seed(0)
+    block = M.randomize_bn(M.Bottleneck(32, 8)).eval()
+    x = torch.randn(1, 32, 8, 8).to(memory_format=torch.channels_last)
+    keep = x.clone()
+    opt = ipex.optimize(block)
+    assert repr(opt.conv3.post_op) == "add+relu" and not opt.conv3.post_op.inplace
+    assert_close(run(opt, x), run(block, x))
+    assert torch.equal(x, keep)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

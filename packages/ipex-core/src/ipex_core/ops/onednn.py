@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["UNARY_ATTRS", "BINARY_ATTRS", "onednn_conv_binary", "onednn_conv_transpose", "onednn_linear",
-           "onednn_linear_binary", "pack_linear_weight"]
+__all__ = ["UNARY_ATTRS", "BINARY_ATTRS", "onednn_conv_add_", "onednn_conv_binary", "onednn_conv_transpose",
+           "onednn_linear", "onednn_linear_binary", "pack_linear_weight"]
 
 # Post-ops oneDNN fuses into the linear/convolution kernels torch ships
 # (mkldnn/Utils.cpp's fusion maps): name -> (scalars, algorithm) it needs.
@@ -74,6 +74,15 @@ def onednn_conv_binary(input, other, weight, bias, padding, stride, dilation, gr
                                              groups, binary_attr, unary_attr)
 
 
+def onednn_conv_add_(other, input, weight, bias, padding, stride, dilation, groups: int, unary_attr: str = "none"):
+    """In place: ``other = unary_attr(conv(input, weight) + bias + other)``; ``other`` channels-last, weight packed.
+
+    Returns ``other``."""
+    torch.ops.ipex.onednn_conv_add_(other, input, weight, bias, list(padding), list(stride), list(dilation), groups,
+                                    unary_attr)
+    return other
+
+
 def onednn_conv_transpose(input, weight, bias, padding, output_padding, stride, dilation, groups: int,
                           attr: str = "none", scalars=(), algorithm: str | None = None):
     """``attr(conv_transpose(input, weight) + bias)`` on a weight packed by
@@ -98,6 +107,12 @@ def _onednn_conv_binary_fake(input, other, weight, bias, padding, stride, dilati
     shape = (input.shape[0], weight.shape[0], *spatial)
     torch._check(tuple(other.shape) == shape, lambda: "ipex::onednn_conv_binary: other must have the output's shape")
     return _channels_last(input.new_empty(shape))
+
+
+@torch.library.register_fake("ipex::onednn_conv_add_")
+def _onednn_conv_add_fake(other, input, weight, bias, padding, stride, dilation, groups, unary_attr):
+    torch._check(unary_attr in ("none", "relu"),
+                 lambda: f"ipex::onednn_conv_add_: unary_attr must be 'none' or 'relu'; got {unary_attr!r}")
 
 
 @torch.library.register_fake("ipex::onednn_conv_transpose")

@@ -352,6 +352,8 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable) -> None:
             if unary is not None and unary.unary == "relu":
                 post = PostOp("relu", binary="add")
                 last = after
+        if not isinstance(layer, nn.Linear):
+            post.inplace = _dead_after(other, user, graph, modules)
         with graph.inserting_before(last):
             fused = graph.call_module(node.target, (node.args[0], other))
         last.replace_all_uses_with(fused)
@@ -361,6 +363,23 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable) -> None:
         graph.erase_node(node)
         plans.setdefault(name, plan).post_op = post
         region.changed = True
+
+
+_FRESH_OUTPUT = (*_FUSABLE, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                 nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+
+
+def _dead_after(other: fx.Node, at: fx.Node, graph: fx.Graph, modules) -> bool:
+    """Whether ``other`` may be overwritten at ``at``: a tensor of its own (not a view, not an input) that no
+    node after ``at`` reads.
+
+    Its producer must be a layer or pooling module (a new tensor, or, for a fused layer that accumulated in
+    place, a tensor this same check already released) and every other reader must come before ``at``.
+    """
+    if other.op != "call_module" or not isinstance(modules.get(other.target), _FRESH_OUTPUT):
+        return False
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    return all(order[u] < order[at] for u in other.users if u is not at)
 
 
 def rewrite_concat(region: Region, names: list[str]) -> None:

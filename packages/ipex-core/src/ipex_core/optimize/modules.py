@@ -54,9 +54,10 @@ class PostOp:
     output's shape; ``unary`` is a name of :data:`ipex_core.ops.onednn.UNARY_ATTRS`.
     """
 
-    __slots__ = ("unary", "scalars", "algorithm", "binary")
+    __slots__ = ("unary", "scalars", "algorithm", "binary", "inplace")
 
-    def __init__(self, unary: str = "none", scalars=(), algorithm: str | None = None, binary: str | None = None):
+    def __init__(self, unary: str = "none", scalars=(), algorithm: str | None = None, binary: str | None = None,
+                 inplace: bool = False):
         if unary not in _onednn.UNARY_ATTRS:
             raise ValueError(f"unknown unary post-op {unary!r}; use one of {_onednn.UNARY_ATTRS}")
         if binary is not None and binary not in _onednn.BINARY_ATTRS:
@@ -65,6 +66,9 @@ class PostOp:
         self.scalars = list(scalars)
         self.algorithm = algorithm
         self.binary = binary
+        # The graph analysis found the second input dead after this layer: a convolution may
+        # accumulate into it (oneDNN's sum post-op) instead of writing a new tensor.
+        self.inplace = inplace
 
     def __repr__(self) -> str:
         parts = []
@@ -427,6 +431,12 @@ class _PackedConvNd(_PackedModule):
             return self._unfused(self._dense_forward(input, w, b), other)
         if self._nd == 1:
             input = input.unsqueeze(2)
+        if fuse_binary and post.inplace and post.binary == "add" and self._nd != 1 and _keeps_channels_last(other) \
+                and (keep_cl or input.is_contiguous(memory_format=torch.channels_last if self._nd == 2
+                                                    else torch.channels_last_3d)):
+            _ipex.onednn_conv_add_(other, input, w, b, self._padding, self._stride, self._dilation, self.groups,
+                                   post.unary)
+            return other
         if fuse_binary:
             y = _ipex.onednn_conv_binary(input, other.unsqueeze(2) if self._nd == 1 else other, w, b, self._padding,
                                          self._stride, self._dilation, self.groups, post.binary, post.unary)
