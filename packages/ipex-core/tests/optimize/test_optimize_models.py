@@ -298,3 +298,38 @@ def test_concat_linear():
     model2 = M.QKV().eval()
     model2.load_state_dict(opt.state_dict())
     assert_close(run(model2, x), run(other, x))
+
+
+class _CrossAttention(nn.Module):
+    """q reads x; k and v read y (an optional argument: FX does not rewrite this forward)."""
+
+    def __init__(self, d: int = 16):
+        super().__init__()
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+
+    def forward(self, x, y=None):
+        y = x if y is None else y
+        a = torch.softmax(self.q(x) @ self.k(y).transpose(-1, -2), -1)
+        return a @ self.v(y)
+
+
+def test_concat_linear_from_the_sample_run():
+    torch.manual_seed(0)
+    model = _CrossAttention().eval()
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    opt = ipex.optimize(model, concat_linear=True, sample_input=(x, y))
+    assert opt.ipex_concat_linear_0.sizes == [16, 16]  # k and v read the same tensor; q did not
+    assert isinstance(opt.q, PackedLinear)
+    assert_close(run(opt, x, y), run(model, x, y))
+    assert_close(run(opt, x), run(model, x))  # now all three read x: still right (k and v share one GEMM)
+    y2 = y.clone()
+    out = run(opt, x, y2)
+    assert_close(out, run(model, x, y2))
+    bert = M.bert(hidden=64, layers=2, heads=4, intermediate=128, vocab=100)
+    ids = torch.randint(0, 100, (2, 16))
+    ob = ipex.optimize(bert, concat_linear=True, sample_input=ids)
+    assert ob.encoder.layer[1].attention.self.ipex_concat_linear_0.sizes == [64, 64, 64]
+    assert list(ob.state_dict()) == list(bert.state_dict())
+    assert_close(run(ob, ids).last_hidden_state, run(bert, ids).last_hidden_state)

@@ -34,6 +34,7 @@ and keeps the fastest; layers without a recorded shape keep the default.
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 import warnings
@@ -149,28 +150,45 @@ def _call_with(model: nn.Module, sample_input):
     return model(sample_input)
 
 
-def _record_input_shapes(model: nn.Module, sample_input) -> dict[str, list[int]]:
-    """Run ``sample_input`` once; the input shape each Linear / conv / LSTM saw (its first call)."""
-    shapes: dict[str, list[int]] = {}
-    handles = []
-    kinds = (*_SWAPS, nn.LSTM)
-    for name, module in model.named_modules():
-        if type(module) in kinds:
-            def hook(mod, args, name=name):
-                if args and isinstance(args[0], torch.Tensor) and name not in shapes:
-                    shapes[name] = list(args[0].shape)
-            handles.append(module.register_forward_pre_hook(hook))
-    # The shapes are what matters: run in the model's own dtype whatever dtype the sample comes in.
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if param is not None:
-        sample_input = _CastInputs(param.dtype)._cast_any(sample_input)
-    try:
-        with torch.no_grad():
-            _call_with(model, sample_input)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
+class _SampleRun:
+    """What one run of ``sample_input`` showed: each layer's input shape (first call), how often each layer
+    ran, and which Linears read the very same input tensor (concat_linear candidates)."""
+
+    def __init__(self, model: nn.Module | None = None, sample_input=None):
+        self.shapes: dict[str, list[int]] = {}
+        self.calls: dict[str, int] = {}
+        self.shared_inputs: list[list[str]] = []
+        if model is not None:
+            self._run(model, sample_input)
+
+    def _run(self, model: nn.Module, sample_input) -> None:
+        handles = []
+        inputs: dict[str, torch.Tensor] = {}  # Linear name -> the tensor it read (kept alive: ids stay unique)
+        kinds = (*_SWAPS, nn.LSTM)
+        for name, module in model.named_modules():
+            if type(module) in kinds:
+                def hook(mod, args, name=name):
+                    self.calls[name] = self.calls.get(name, 0) + 1
+                    if args and isinstance(args[0], torch.Tensor) and name not in self.shapes:
+                        self.shapes[name] = list(args[0].shape)
+                        if type(mod) is nn.Linear:
+                            inputs[name] = args[0]
+                handles.append(module.register_forward_pre_hook(hook))
+        # The shapes are what matters: run in the model's own dtype whatever dtype the sample comes in.
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if param is not None:
+            sample_input = _CastInputs(param.dtype)._cast_any(sample_input)
+        try:
+            with torch.no_grad():
+                _call_with(model, sample_input)
+        finally:
+            for h in handles:
+                h.remove()
+        by_tensor: dict[int, list[str]] = {}
+        for name, tensor in inputs.items():
+            if self.calls[name] == 1:
+                by_tensor.setdefault(id(tensor), []).append(name)
+        self.shared_inputs = [names for names in by_tensor.values() if len(names) > 1]
 
 
 def _swappable(module: nn.Module) -> bool:
@@ -283,7 +301,7 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
                          "optimizes CPU models. Move it with model.to('cpu') first.")
 
     model = model if inplace else copy.deepcopy(model)
-    shapes = _record_input_shapes(model, sample_input) if sample_input is not None else {}
+    sample = _SampleRun(model, sample_input) if sample_input is not None else _SampleRun()
     if knobs["auto_kernel_selection"] and sample_input is None:
         warnings.warn("ipex.optimize: auto_kernel_selection=True measures kernels on the input shapes of "
                       "sample_input; none was given, so every layer keeps the default (oneDNN, prepacked).",
@@ -291,10 +309,11 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
     if type(model) in (*_SWAPS, nn.LSTM, *_DROPOUT):
         # The model is itself one swappable layer: swap it inside a holder, return the new layer.
         holder = nn.Sequential(model)
-        _transform(holder, dtype, knobs, {f"0.{k}" if k else "0": v for k, v in shapes.items()})
+        sample.shapes = {f"0.{k}" if k else "0": v for k, v in sample.shapes.items()}
+        _transform(holder, dtype, knobs, sample)
         model = holder[0]
     else:
-        _transform(model, dtype, knobs, shapes)
+        _transform(model, dtype, knobs, sample)
     if knobs["graph_mode"]:
         from ipex_core.optimize.graph_mode import compile_model
 
@@ -302,7 +321,8 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
     return model
 
 
-def _transform(model: nn.Module, dtype, knobs: dict[str, bool], shapes: dict[str, list[int]]) -> None:
+def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleRun) -> None:
+    shapes = sample.shapes
     prepack = knobs["weights_prepack"]
     fusion = prepack and is_onednn_fusion_enabled()
     plans: dict[str, fx_passes.Plan] = {}
@@ -315,8 +335,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], shapes: dict[str
             more = f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
             warnings.warn(
                 f"ipex.optimize: torch.fx cannot trace {len(skipped)} module(s): {shown}{more}. Their own layers are "
-                "still optimized one by one (prepack, dtype, dropout), but BatchNorm folding, post-op fusion and "
-                "concat_linear are skipped there.", stacklevel=3)
+                "still optimized one by one (prepack, dtype, dropout; concat_linear with sample_input), but "
+                "BatchNorm folding and post-op fusion are skipped there.", stacklevel=3)
         input_dims = {name: len(s) for name, s in shapes.items()}
         modules = dict(model.named_modules())
 
@@ -332,6 +352,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], shapes: dict[str
                 fx_passes.plan_concat_linear(region, plans)
             if fusion:
                 fx_passes.plan_post_ops(region, plans, swappable)
+    shared_groups = _plan_shared_input_groups(model, plans, sample) if knobs["concat_linear"] else []
+    if need_graph:
         del modules, swappable  # hold no reference to a module that is about to be replaced (peak memory)
 
     # Module swaps. Collect first: the tree changes as we go.
@@ -387,27 +409,58 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], shapes: dict[str
             module.register_forward_pre_hook(_CastInputs(dtype))
 
     for region in regions:
-        names = []
-        prefix = f"{region.name}." if region.name else ""
-        for index, members in enumerate(region.concat_groups):
-            linears = [model.get_submodule(m) for m in members]
-            cast = dtype
-            batch = None
-            if members[0] in shapes:
-                s = shapes[members[0]]
-                batch = max(1, int(torch.Size(s).numel() // max(s[-1], 1)))
-            kernel = "onednn" if prepack else "dense"
-            group = ConcatLinear([lin if cast is None else _cast_copy(lin, cast) for lin in linears], kernel, batch)
-            attr = f"ipex_concat_linear_{index}"
-            region.module.add_module(attr, group)
-            for i, (member, lin) in enumerate(zip(members, linears)):
-                _set_submodule(model, member, ConcatLinearMember(group, i, lin))
-            names.append(attr)
-            assert all(m.startswith(prefix) for m in members)
+        names = [_concat_group(model, region.module, members, dtype, prepack, shapes)
+                 for members in region.concat_groups]
         if names:
             fx_passes.rewrite_concat(region, names)
         if region.changed:
             fx_passes.bind_forward(region)
+    for members in shared_groups:
+        parent = os.path.commonprefix([m.split(".")[:-1] for m in members])
+        _concat_group(model, model.get_submodule(".".join(parent)), members, dtype, prepack, shapes)
+
+
+def _plan_shared_input_groups(model: nn.Module, plans: dict[str, fx_passes.Plan], sample: _SampleRun):
+    """concat_linear where FX could not see the graph: Linears that read the same tensor in the sample run.
+
+    Each member then takes its slice of one GEMM at run time (ConcatLinearMember); only Linears with
+    nothing else planned (no folded BatchNorm, no fused post-op, not in an FX group) take part.
+    """
+    groups = []
+    for names in sample.shared_inputs:
+        candidates: dict[tuple, list[str]] = {}
+        for name in names:
+            module = model.get_submodule(name)
+            if name in plans or type(module) is not nn.Linear or not _swappable(module):
+                continue
+            candidates.setdefault((module.in_features, module.weight.dtype), []).append(name)
+        for members in candidates.values():
+            if len(members) > 1:
+                groups.append(members)
+                for name in members:
+                    plans[name] = fx_passes.Plan(concat_group=-1)
+    return groups
+
+
+def _concat_group(model: nn.Module, parent: nn.Module, members: list[str], dtype, prepack: bool,
+                  shapes: dict[str, list[int]]) -> str:
+    """Build the ConcatLinear of ``members``, register it on ``parent``, put a member stand-in at each
+    member's place; returns the attribute name."""
+    linears = [model.get_submodule(m) for m in members]
+    batch = None
+    if members[0] in shapes:
+        s = shapes[members[0]]
+        batch = max(1, int(torch.Size(s).numel() // max(s[-1], 1)))
+    group = ConcatLinear([lin if dtype is None else _cast_copy(lin, dtype) for lin in linears],
+                         "onednn" if prepack else "dense", batch)
+    index = 0
+    while hasattr(parent, f"ipex_concat_linear_{index}"):
+        index += 1
+    attr = f"ipex_concat_linear_{index}"
+    parent.add_module(attr, group)
+    for i, (member, lin) in enumerate(zip(members, linears)):
+        _set_submodule(model, member, ConcatLinearMember(group, i, lin))
+    return attr
 
 
 def _cast_copy(linear: nn.Linear, dtype: torch.dtype) -> nn.Linear:

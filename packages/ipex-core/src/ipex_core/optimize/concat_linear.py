@@ -1,11 +1,19 @@
 """``concat_linear``: Linears that read the same input run as one GEMM.
 
 The group's weights are concatenated along the output dimension into one
-:class:`ConcatLinear` (registered on the traced module as
+:class:`ConcatLinear` (registered on the members' parent module as
 ``ipex_concat_linear_<i>``, contributing nothing to ``state_dict()``). Each
 original Linear is replaced by a :class:`ConcatLinearMember` that holds no
 tensor of its own but saves and loads its slice under its old keys, so
 checkpoints stay interchangeable with the original model.
+
+Two ways a group is used: where torch.fx traced the module, its rewritten
+forward calls the group once and takes the slices; elsewhere (groups found by
+watching which Linears read the same tensor in the ``sample_input`` run) each
+member is called as before, the first one runs the group's GEMM and the others
+take their slices of it while the input is the same, unmodified tensor. Under
+``torch.compile`` every member computes the group's GEMM and slices it: the
+compiler's common-subexpression elimination leaves one GEMM.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ class ConcatLinear(PackedLinear):
         merged.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         super().__init__(merged, kernel=kernel, batch_size=batch_size)
         self.sizes = [m.out_features for m in linears]
+        self._shared = None  # ConcatLinearMember's run-time cache (eager)
 
     def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return super().forward(input).split(self.sizes, dim=-1)
@@ -108,9 +117,18 @@ class ConcatLinearMember(nn.Module):
             self.group.write_slice(self.index, values.get("weight", w), values.get("bias", b))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        # Only reached when a caller outside the rewritten graph calls this Linear directly.
-        lo, hi = self.group._offsets(self.index)
-        return PackedLinear.forward(self.group, input)[..., lo:hi]
+        group = self.group
+        if torch.compiler.is_compiling():
+            return group(input)[self.index]
+        # The cache is one tuple, read and replaced whole: (input, its version, outputs, members still to read).
+        cache = group._shared
+        if cache is not None and cache[0] is input and cache[1] == input._version:
+            left = cache[3] - 1
+            group._shared = (cache[0], cache[1], cache[2], left) if left > 0 else None
+            return cache[2][self.index]
+        outs = group(input)
+        group._shared = (input, input._version, outs, len(outs) - 1)
+        return outs[self.index]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}, "
