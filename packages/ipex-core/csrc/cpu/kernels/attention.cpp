@@ -689,40 +689,56 @@ void pack_impl(const PackArgs& p) {
   }
 }
 
-void softmax_block_impl(const SoftmaxBlock& b) {
-  const fVec vscale(b.scale);
-  const int64_t dp = round_up(b.head_dim, kF);
-  // Without a bias the scale folds into the exponent: max over the raw
-  // scores, then exp(s * scale - max * scale), one pass less over S.
-  const bool fold_scale = b.bias == nullptr && b.scale > 0.f;
-  for (int64_t r = 0; r < b.m_rows; ++r) {
-    float* s = b.s + r * b.lds;
-    int64_t limit = b.n_cols;
-    if (b.causal) limit = std::max<int64_t>(0, std::min<int64_t>(b.n_cols, b.row_limit0 + r + 1));
-    fVec vmax(kNegInf);
-    int64_t j = 0;
-    const float* brow = b.bias ? b.bias + r * b.bias_row_stride : nullptr;
-    if (fold_scale) {
-      for (; j + kF <= limit; j += kF) vmax = at::vec::maximum(vmax, fVec::loadu(s + j));
-    } else if (brow && b.bias_col_stride != 1) {
-      for (int64_t c = 0; c < limit; ++c) s[c] = s[c] * b.scale + brow[c * b.bias_col_stride];
-      for (; j + kF <= limit; j += kF) vmax = at::vec::maximum(vmax, fVec::loadu(s + j));
-    } else {
-      for (; j + kF <= limit; j += kF) {
-        fVec x = fVec::loadu(s + j) * vscale;
-        if (brow) x = x + fVec::loadu(brow + j);
-        x.store(s + j);
-        vmax = at::vec::maximum(vmax, x);
-      }
-      for (int64_t c = j; c < limit; ++c) s[c] = s[c] * b.scale + (brow ? brow[c] : 0.f);
-    }
-    float mx = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, vmax);
-    for (int64_t c = j; c < limit; ++c) mx = std::max(mx, s[c]);
-    if (fold_scale && mx != kNegInf) mx *= b.scale;
+// Without a bias the scale folds into the exponent: max over the raw scores,
+// then exp(s * scale - max * scale), one pass less over S.
+inline bool folds_scale(const SoftmaxBlock& b) { return b.bias == nullptr && b.scale > 0.f; }
 
-    const float m_old = b.row_max[r];
-    const float m_new = std::max(m_old, mx);
-    const float mul = fold_scale ? b.scale : 1.f;
+inline int64_t visible_cols(const SoftmaxBlock& b, int64_t r) {
+  return b.causal ? std::max<int64_t>(0, std::min<int64_t>(b.n_cols, b.row_limit0 + r + 1)) : b.n_cols;
+}
+
+// Max of row r's visible scores, in scaled units; without folding, the row is
+// first rewritten as s * scale + bias.
+inline float scaled_row_max(const SoftmaxBlock& b, int64_t r, int64_t limit) {
+  float* s = b.s + r * b.lds;
+  const float* brow = b.bias ? b.bias + r * b.bias_row_stride : nullptr;
+  fVec vmax(kNegInf);
+  int64_t j = 0;
+  if (folds_scale(b)) {
+    for (; j + kF <= limit; j += kF) vmax = at::vec::maximum(vmax, fVec::loadu(s + j));
+  } else if (brow && b.bias_col_stride != 1) {
+    for (int64_t c = 0; c < limit; ++c) s[c] = s[c] * b.scale + brow[c * b.bias_col_stride];
+    for (; j + kF <= limit; j += kF) vmax = at::vec::maximum(vmax, fVec::loadu(s + j));
+  } else {
+    const fVec vscale(b.scale);
+    for (; j + kF <= limit; j += kF) {
+      fVec x = fVec::loadu(s + j) * vscale;
+      if (brow) x = x + fVec::loadu(brow + j);
+      x.store(s + j);
+      vmax = at::vec::maximum(vmax, x);
+    }
+    for (int64_t c = j; c < limit; ++c) s[c] = s[c] * b.scale + (brow ? brow[c] : 0.f);
+  }
+  float mx = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, vmax);
+  for (int64_t c = j; c < limit; ++c) mx = std::max(mx, s[c]);
+  return folds_scale(b) && mx != kNegInf ? mx * b.scale : mx;
+}
+
+// Running max / sum update of row r after its probabilities summed to `sum`.
+inline void finish_row(const SoftmaxBlock& b, int64_t r, float m_new, float sum) {
+  const float m_old = b.row_max[r];
+  const float alpha = std::exp(m_old - m_new);  // 0 when m_old is -inf
+  b.row_sum[r] = b.row_sum[r] * alpha + sum;
+  b.row_max[r] = m_new;
+  if (!b.first_block && alpha != 1.f) scale_f32(alpha, b.acc + r * b.ld_acc, round_up(b.head_dim, kF));
+}
+
+void softmax_block_impl(const SoftmaxBlock& b) {
+  const float mul = folds_scale(b) ? b.scale : 1.f;
+  for (int64_t r = 0; r < b.m_rows; ++r) {
+    const int64_t limit = visible_cols(b, r);
+    const float m_new = std::max(b.row_max[r], scaled_row_max(b, r, limit));
+    const float* s = b.s + r * b.lds;
     float sum = 0.f;
     int64_t done = 0;
     if (m_new != kNegInf) {
@@ -763,13 +779,59 @@ void softmax_block_impl(const SoftmaxBlock& b) {
       float* p = static_cast<float*>(b.p) + r * b.ldp;
       std::fill(p + done, p + b.n_pad, 0.f);
     }
-    if (m_new == kNegInf) continue;
-    const float alpha = std::exp(m_old - m_new);  // 0 when m_old is -inf
-    b.row_sum[r] = b.row_sum[r] * alpha + sum;
-    b.row_max[r] = m_new;
-    if (!b.first_block && alpha != 1.f) scale_f32(alpha, b.acc + r * b.ld_acc, dp);
+    if (m_new != kNegInf) finish_row(b, r, m_new, sum);
   }
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The AMX path's softmax (P in bf16): P only keeps 8 mantissa bits, so exp is
+// 2^y with a degree-4 polynomial on the fraction and vscalefps (relative error
+// ~4e-5, under bf16's rounding), scale * log2(e) folded into one FMA, and the
+// conversion is vcvtneps2bf16.
+IPEX_BF16_FN inline __m512 exp2_bf16(__m512 y) {
+  y = _mm512_max_ps(y, _mm512_set1_ps(-150.f));  // -inf (masked by a bias) -> 0
+  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(y, n);
+  __m512 p = _mm512_set1_ps(0.0096181291f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0555041087f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2402265070f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931471806f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+IPEX_BF16_FN void softmax_block_bf16(const SoftmaxBlock& b) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float mul = (folds_scale(b) ? b.scale : 1.f) * kLog2e;
+  for (int64_t r = 0; r < b.m_rows; ++r) {
+    const int64_t limit = visible_cols(b, r);
+    const float m_new = std::max(b.row_max[r], scaled_row_max(b, r, limit));
+    const float* s = b.s + r * b.lds;
+    uint16_t* p = static_cast<uint16_t*>(b.p) + r * b.ldp;
+    if (m_new == kNegInf) {
+      std::fill(p, p + b.n_pad, uint16_t(0));
+      continue;
+    }
+    const __m512 vmul = _mm512_set1_ps(mul), vsub = _mm512_set1_ps(-m_new * kLog2e);
+    __m512 vsum = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= limit; j += 16) {
+      const __m512 e = exp2_bf16(_mm512_fmadd_ps(_mm512_loadu_ps(s + j), vmul, vsub));
+      vsum = _mm512_add_ps(vsum, e);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    if (j < limit) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (limit - j)) - 1u);
+      const __m512 e = _mm512_maskz_mov_ps(m, exp2_bf16(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, s + j), vmul, vsub)));
+      vsum = _mm512_add_ps(vsum, e);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));  // zeros past limit
+      j += 16;
+    }
+    std::fill(p + std::min(j, b.n_pad), p + b.n_pad, uint16_t(0));
+    finish_row(b, r, m_new, _mm512_reduce_add_ps(vsum));
+  }
+}
+#endif
 
 template <typename T>
 void finalize_impl(const FlashFinalize& f) {
@@ -824,7 +886,15 @@ void attn_gemm_f32(const GemmF32& g) { by_dtype<GemmFn>(g.a_dtype, g); }
 
 void attn_pack(const PackArgs& p) { by_dtype<PackFn>(p.dtype, p); }
 
-void attn_softmax_block(const SoftmaxBlock& b) { softmax_block_impl(b); }
+void attn_softmax_block(const SoftmaxBlock& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (b.p_bf16) {  // only the AMX path asks for bf16 P, so AVX512-BF16 is there
+    softmax_block_bf16(b);
+    return;
+  }
+#endif
+  softmax_block_impl(b);
+}
 
 void attn_finalize(const FlashFinalize& f) { by_dtype<FinalizeFn>(f.dtype, f); }
 
