@@ -140,7 +140,10 @@ def main(argv=None) -> str:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
     parser.add_argument("--cases", nargs="+", default=["paged", "iakv", "varlen"], choices=["paged", "iakv", "varlen"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     bw = measure_bandwidth()
     rows = []
@@ -173,7 +176,8 @@ def main(argv=None) -> str:
             rows.append(Row("Varlen prefill 512+1024+2048 h32 d128 causal vs SDPA padded batch",
                             t["padded"] * 1e3, t["ours"] * 1e3, dict(extra)))
     meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"dtype": args.dtype}
-    table = report(f"attention_{args.dtype}", rows, meta,
+    name = f"attention_{args.dtype}" + (f"_{args.threads}t" if args.threads else "")
+    table = report(name, rows, meta,
                    columns=["ipex KV GB/s", "% of read BW", "stock % read BW", "ipex TFLOP/s"])
     print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
     print(table)
