@@ -85,6 +85,22 @@ def test_residual_input_is_never_overwritten():
     assert_close(run(opt, x), run(block, x))
     assert torch.equal(x, keep)
 
+    class SelfResidual(nn.Module):  # conv(y) + y: the conv reads the residual, so no accumulation into it
+        def __init__(self):
+            super().__init__()
+            self.pre = nn.Conv2d(8, 8, 1)
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = self.pre(x)
+            return self.conv(y) + y
+
+    model = SelfResidual().eval()
+    opt = ipex.optimize(model)
+    assert repr(opt.conv.post_op) == "add" and not opt.conv.post_op.inplace
+    x = torch.randn(1, 8, 6, 6).to(memory_format=torch.channels_last)
+    assert_close(run(opt, x), run(model, x))
+
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_resnet50_low_precision(resnet, dtype):

@@ -353,7 +353,7 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable) -> None:
                 post = PostOp("relu", binary="add")
                 last = after
         if not isinstance(layer, nn.Linear):
-            post.inplace = _dead_after(other, user, graph, modules)
+            post.inplace = _dead_after(other, node.args[0], user, graph, modules)
         with graph.inserting_before(last):
             fused = graph.call_module(node.target, (node.args[0], other))
         last.replace_all_uses_with(fused)
@@ -369,17 +369,22 @@ _FRESH_OUTPUT = (*_FUSABLE, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool
                  nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 
 
-def _dead_after(other: fx.Node, at: fx.Node, graph: fx.Graph, modules) -> bool:
-    """Whether ``other`` may be overwritten at ``at``: a tensor of its own (not a view, not an input) that no
-    node after ``at`` reads.
+def _dead_after(other: fx.Node, layer_input, at: fx.Node, graph: fx.Graph, modules) -> bool:
+    """Whether ``other`` may be overwritten at ``at`` by a layer reading ``layer_input``: a tensor of its own
+    that nothing reads after ``at`` and that nothing else aliases.
 
-    Its producer must be a layer or pooling module (a new tensor, or, for a fused layer that accumulated in
-    place, a tensor this same check already released) and every other reader must come before ``at``.
+    Its producer and every other reader must be layer or pooling modules (they make new tensors, no views),
+    every other reader must come before ``at``, and the layer must not read ``other`` itself.
     """
-    if other.op != "call_module" or not isinstance(modules.get(other.target), _FRESH_OUTPUT):
+    if other is layer_input or other.op != "call_module" or not isinstance(modules.get(other.target), _FRESH_OUTPUT):
         return False
     order = {n: i for i, n in enumerate(graph.nodes)}
-    return all(order[u] < order[at] for u in other.users if u is not at)
+    for u in other.users:
+        if u is at:
+            continue
+        if u.op != "call_module" or not isinstance(modules.get(u.target), _FRESH_OUTPUT) or order[u] > order[at]:
+            return False
+    return True
 
 
 def rewrite_concat(region: Region, names: list[str]) -> None:
