@@ -244,6 +244,10 @@ def varlen_attention(
 
     Returns:
         ``out``, or ``(out, probabilities)`` with ``return_softmax``.
+
+    Runs on CPU for float32, bfloat16 and float16. Scores and the softmax are fp32; float16 is
+    computed in fp32 (no AVX512-FP16 arithmetic); bfloat16 uses AMX tiles where the CPU has
+    them, with the probabilities rounded to bf16 before the product with V.
     """
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
