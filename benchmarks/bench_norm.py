@@ -22,7 +22,11 @@ def main(argv=None) -> str:
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 128, 2048])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: torch's); 1 avoids OpenMP barrier stalls on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     bw = measure_bandwidth()
     rows = []
