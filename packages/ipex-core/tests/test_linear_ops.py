@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from ipex_core import reference
+from ipex_core.isa import forced_isa, isa_levels
 from ipex_core.ops import linear_ops as L
+
+
+@pytest.fixture(params=isa_levels())
+def isa(request):
+    """Every level, not only the compiled element-wise variants: which GEMM runs (brgemm
+    for bf16 needs avx512_bf16/amx) depends on the level too."""
+    with forced_isa(request.param):
+        yield request.param
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative to the output scale: bf16 output rounding and K-long fp32 sums in another order.

@@ -2,6 +2,7 @@
 // layout (cpu/kernels/linear_kernels.h) with the epilogue fused into the
 // store. Small M (decode) runs our streaming kernel; larger M hands each packed
 // block to oneDNN's brgemm micro-kernel (AMX for bf16), then the same epilogue.
+#include "cpu/isa.h"
 #include "cpu/kernels/linear_kernels.h"
 
 #include <ATen/ATen.h>
@@ -35,6 +36,18 @@ int64_t small_m_threshold(c10::ScalarType dt) {
     case at::kBFloat16: return 0;
     case at::kHalf: return 2;
     default: return 8;
+  }
+}
+
+// oneDNN's brgemm needs AVX512-BF16 (or AMX) for bf16 and AVX-512 for fp16; below
+// that (or when IPEX_ISA forces a lower level) every M runs our own kernel, which
+// reads the same packed layout on any ISA.
+bool brgemm_usable(c10::ScalarType dt) {
+  const auto isa = static_cast<int>(active_isa());
+  switch (dt) {
+    case at::kBFloat16: return isa >= static_cast<int>(IsaLevel::kAvx512Bf16);
+    case at::kHalf: return isa >= static_cast<int>(IsaLevel::kAvx512);
+    default: return isa >= static_cast<int>(IsaLevel::kAvx2);
   }
 }
 
@@ -135,7 +148,7 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
   a.out_row_stride = N;
   a.epilogue = epi;
 
-  if (M <= small_m_threshold(dt)) {
+  if (M <= small_m_threshold(dt) || !brgemm_usable(dt)) {
     // The input once in fp32, zero-padded to K_pad, shared by all threads.
     auto xf = at::zeros({M, shape.k_pad}, input.options().dtype(at::kFloat));
     xf.narrow(1, 0, K).copy_(x);
