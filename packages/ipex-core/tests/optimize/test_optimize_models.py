@@ -211,6 +211,18 @@ def test_bert_encoder():
         assert_close(run(low, ids).last_hidden_state, ref, dtype)
 
 
+def test_bert_base_config():
+    # The real BERT-base shape (random weights) at a short sequence, fp32 and bf16.
+    model = M.bert()
+    ids = torch.randint(0, 30522, (1, 12))
+    ref = run(model, ids).last_hidden_state
+    opt = ipex.optimize(model, concat_linear=True, sample_input=ids)
+    assert_close(run(opt, ids).last_hidden_state, ref)
+    opt16 = ipex.optimize(model, dtype=torch.bfloat16, inplace=True)
+    assert opt16 is model
+    assert_close(run(opt16, ids).last_hidden_state, ref, torch.bfloat16)
+
+
 def test_linear_batchnorm1d_and_dropout():
     torch.manual_seed(0)
     model = M.randomize_bn(M.MLPBN()).eval()

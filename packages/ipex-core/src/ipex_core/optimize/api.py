@@ -24,11 +24,34 @@ dtype (so fp32 inputs work) and returns its output in that dtype: the model's
 outputs come out in bf16/fp16 when its last layer is a cast one.
 
 ``auto_kernel_selection``: ``False`` (the default) runs every Linear and
-convolution on oneDNN with a prepacked weight. ``True`` times, per layer, on
+convolution on oneDNN with a prepacked weight, except, under ``graph_mode``,
+fp32 Linears: they stay dense so that inductor packs them for MKL's sgemm, as
+plain ``torch.compile`` does (faster than oneDNN's fp32 GEMM at BERT shapes
+here, at the cost of the dense copy inductor keeps). ``True`` times, per layer, on
 the layer's input shape recorded from ``sample_input``, the oneDNN prepacked
 kernel against the stock PyTorch kernel on the dense weight (and, for fp32
 Linear, MKL's packed sgemm, which keeps the dense weight as well: more memory)
 and keeps the fastest; layers without a recorded shape keep the default.
+
+Post-op fusion (``ipex.enable_onednn_fusion``, read when ``optimize`` runs):
+with it on (the default) a Linear/convolution followed by ReLU, GELU (erf or
+tanh), SiLU, sigmoid, tanh, hardswish, hardsigmoid, LeakyReLU or Hardtanh runs
+them in its oneDNN call; a Linear/convolution followed by a residual add (and,
+for a convolution, add then ReLU) takes the residual as a second input, and a
+convolution accumulates into the residual in place when the graph shows
+nothing else reads it. ``enable_onednn_fusion(False)`` turns all of these off
+(BatchNorm folding and prepacking stay). ``graph_mode`` then compiles modules
+without fused post-ops; inductor's own oneDNN pattern fusions, which plain
+``torch.compile`` applies too, are inductor's and stay on.
+
+``graph_mode=True`` compiles the model in place (``nn.Module.compile``) with
+inductor, freezing on, and runs the compiled call under ``torch.no_grad()``;
+the model keeps its class and ``state_dict()``. ``copy.deepcopy`` or
+unpickling gives back the eager model (PyTorch drops compiled state there).
+
+Not supported: pickling the whole optimized model (``torch.save(model)``): its
+rewritten ``forward`` is generated code and its packed weights are opaque
+oneDNN tensors. Save ``state_dict()`` instead; it loads into the original model.
 """
 
 from __future__ import annotations
@@ -215,6 +238,17 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
+def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool) -> str:
+    """The kernel without auto_kernel_selection: oneDNN on a prepacked weight, except an fp32 Linear under
+    graph_mode, left dense so that inductor's freezing packs it for MKL's sgemm (faster than oneDNN's fp32
+    GEMM at BERT shapes here, as plain torch.compile does)."""
+    if not prepack:
+        return "dense"
+    if graph_mode and type(module) is nn.Linear and (cast or module.weight.dtype) == torch.float32:
+        return "dense"
+    return "onednn"
+
+
 def _build(module: nn.Module, kernel: str, plan: fx_passes.Plan | None, bn: FoldedBatchNorm | None,
            dtype: torch.dtype | None, shape: list[int] | None) -> nn.Module:
     cls = _SWAPS[type(module)]
@@ -351,7 +385,9 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             if knobs["concat_linear"]:
                 fx_passes.plan_concat_linear(region, plans)
             if fusion:
-                fx_passes.plan_post_ops(region, plans, swappable)
+                # Under graph_mode inductor turns conv + add (+ relu) into its in-place oneDNN call; an
+                # in-place custom op of ours would not survive its freezing passes.
+                fx_passes.plan_post_ops(region, plans, swappable, conv_binary=not knobs["graph_mode"])
     shared_groups = _plan_shared_input_groups(model, plans, sample) if knobs["concat_linear"] else []
     if need_graph:
         del modules, swappable  # hold no reference to a module that is about to be replaced (peak memory)
@@ -393,7 +429,7 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             _set_submodule(model, name, replaced[id(module)])
         elif _swappable(module) and (prepack or name in folded):
             cast = dtype if type(module) in _CAST_TYPES else None
-            kernel = "onednn" if prepack else "dense"
+            kernel = _default_kernel(module, cast, prepack, knobs["graph_mode"])
             bn = folded.get(name)
             if knobs["auto_kernel_selection"] and prepack and name in shapes:
                 bn_source = model.get_submodule(plans[name].bn) if bn is not None else None
@@ -409,7 +445,7 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             module.register_forward_pre_hook(_CastInputs(dtype))
 
     for region in regions:
-        names = [_concat_group(model, region.module, members, dtype, prepack, shapes)
+        names = [_concat_group(model, region.module, members, dtype, prepack, shapes, knobs["graph_mode"])
                  for members in region.concat_groups]
         if names:
             fx_passes.rewrite_concat(region, names)
@@ -417,7 +453,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             fx_passes.bind_forward(region)
     for members in shared_groups:
         parent = os.path.commonprefix([m.split(".")[:-1] for m in members])
-        _concat_group(model, model.get_submodule(".".join(parent)), members, dtype, prepack, shapes)
+        _concat_group(model, model.get_submodule(".".join(parent)), members, dtype, prepack, shapes,
+                      knobs["graph_mode"])
 
 
 def _plan_shared_input_groups(model: nn.Module, plans: dict[str, fx_passes.Plan], sample: _SampleRun):
@@ -443,7 +480,7 @@ def _plan_shared_input_groups(model: nn.Module, plans: dict[str, fx_passes.Plan]
 
 
 def _concat_group(model: nn.Module, parent: nn.Module, members: list[str], dtype, prepack: bool,
-                  shapes: dict[str, list[int]]) -> str:
+                  shapes: dict[str, list[int]], graph_mode: bool) -> str:
     """Build the ConcatLinear of ``members``, register it on ``parent``, put a member stand-in at each
     member's place; returns the attribute name."""
     linears = [model.get_submodule(m) for m in members]
@@ -452,7 +489,7 @@ def _concat_group(model: nn.Module, parent: nn.Module, members: list[str], dtype
         s = shapes[members[0]]
         batch = max(1, int(torch.Size(s).numel() // max(s[-1], 1)))
     group = ConcatLinear([lin if dtype is None else _cast_copy(lin, dtype) for lin in linears],
-                         "onednn" if prepack else "dense", batch)
+                         _default_kernel(linears[0], dtype, prepack, graph_mode), batch)
     index = 0
     while hasattr(parent, f"ipex_concat_linear_{index}"):
         index += 1

@@ -311,11 +311,13 @@ def plan_concat_linear(region: Region, plans: dict[str, Plan]) -> None:
             region.changed = True
 
 
-def plan_post_ops(region: Region, plans: dict[str, Plan], packable) -> None:
+def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary: bool = True) -> None:
     """Fuse a following activation, residual add, or add then activation, into the layer.
 
     ``packable(qualified_name)`` says whether the layer will run on oneDNN
     (only those fuse). The residual add becomes the layer's second input.
+    ``conv_binary=False`` leaves a convolution's residual add in the graph (graph
+    mode: inductor fuses it, in place, itself).
     """
     modules = dict(region.module.named_modules())
     counts = _call_counts(region.graph)
@@ -341,7 +343,7 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable) -> None:
         other = _add_other(user, node)
         if other is None or isinstance(layer, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
             continue
-        if not isinstance(layer, nn.Linear) and layer.groups != 1:
+        if not isinstance(layer, nn.Linear) and (layer.groups != 1 or not conv_binary):
             continue  # oneDNN fuses the add into ungrouped convolutions only
         post = PostOp(binary="add")
         last = user

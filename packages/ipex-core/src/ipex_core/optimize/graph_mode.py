@@ -28,13 +28,21 @@ def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, conca
 
 
 class _InferenceCall:
-    """The compiled ``__call__`` of a graph-mode model, run without autograd."""
+    """The compiled ``__call__`` of a graph-mode model, run without autograd and with freezing on.
+
+    Freezing must be on while dynamo traces (at a call, lazily), not only while inductor compiles: dynamo
+    then keeps parameters as graph constants, which freezing folds and inductor prepacks. Patching it in the
+    backend alone leaves the weights as graph inputs (and ``torch.compile(options={"freezing": True})`` does
+    not freeze in torch 2.13 for the same reason). The patch is scoped to the call.
+    """
 
     def __init__(self, compiled):
         self.compiled = compiled
 
     def __call__(self, *args, **kwargs):
-        with torch.no_grad():
+        from torch._inductor import config
+
+        with torch.no_grad(), config.patch(freezing=True):
             return self.compiled(*args, **kwargs)
 
 

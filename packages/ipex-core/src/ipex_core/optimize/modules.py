@@ -109,8 +109,10 @@ class _PackedModule(nn.Module):
     """Shared machinery: the weight kept in kernel layout, state_dict in plain layout.
 
     Subclasses implement ``_pack(dense)`` and ``_unpack(packed)`` for the
-    ``weight`` parameter. ``_folded`` (set by :func:`fold_batch_norm`) is the
-    :class:`FoldedBatchNorm` whose scale and shift are baked into the weight.
+    ``weight`` parameter. ``_folded_bn`` (set by :func:`link_folded`) is the
+    :class:`FoldedBatchNorm` whose scale and shift are baked into the weight;
+    the bias the kernel adds is then ``_bias_folded``, while ``bias`` keeps the
+    layer's own (unfolded) bias for ``state_dict()``.
     """
 
     kernel: str
