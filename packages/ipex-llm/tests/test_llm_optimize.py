@@ -69,12 +69,46 @@ def test_llama_swaps_and_kernels():
     layer = opt.model.layers[0]
     assert type(layer.mlp).__name__ == "IpexGatedMLP"
     assert type(layer.input_layernorm).__name__ == "IpexRMSNorm"
-    assert type(layer.self_attn.q_proj).__name__ == "IpexLinear"
-    assert opt._ipex_optimized["swaps"] == {"gated_mlp": 2, "rms_norm": 5, "linear": 9}
+    assert type(layer.self_attn.qkv_proj).__name__ == "IpexLinear"
+    # Class-swapped, not replaced: transformers' isinstance-based hooks still find them.
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
+
+    assert isinstance(layer, LlamaDecoderLayer) and type(layer).__name__ == "IpexLlamaDecoderLayer"
+    assert isinstance(layer.self_attn, LlamaAttention) and not hasattr(layer.self_attn, "q_proj")
+    assert opt._ipex_optimized["swaps"] == {"gated_mlp": 2, "rms_norm": 5, "linear": 5, "fused_qkv": 2,
+                                            "fused_decoder_layer": 2}
     with IpexOpCounter() as counter, torch.no_grad():
         opt(torch.randint(0, 300, (1, 5)))
     assert counter.counts["linear_pair_silu_mul"] == 2 and counter.counts["rms_norm"] == 5
-    assert counter.counts["linear"] == 2 * 5 + 1  # q, k, v, o, down per layer + lm_head
+    assert counter.counts["linear"] == 2 * 3 + 1  # qkv, o (+residual), down (+residual) per layer + lm_head
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "phi3"])
+def test_state_dict_keeps_original_keys_and_loads_other_checkpoints(model_type):
+    model = build(model_type)
+    opt = ipex.llm.optimize(model, deployment_mode=False)
+    saved = opt.state_dict()
+    assert sorted(saved) == sorted(model.state_dict())
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    # A checkpoint of another model (different weights) loads into the optimized one.
+    other = build(model_type)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    opt.load_state_dict(other.state_dict())
+    ids = torch.randint(3, 300, (2, 6))
+    assert torch.equal(_generate(opt, ids), _generate(other, ids))
+    assert not torch.equal(_generate(opt, ids), _generate(model, ids))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen2_moe", "qwen3_moe"])
+def test_llama_pattern_attention_runs_one_qkv_gemm(model_type):
+    opt = ipex.llm.optimize(build(model_type), deployment_mode=False)
+    swaps = opt._ipex_optimized["swaps"]
+    layers = opt.config.num_hidden_layers
+    assert swaps["fused_qkv"] == layers
+    dense = model_type in ("llama", "qwen2", "qwen3", "mistral")
+    assert swaps.get("fused_decoder_layer", 0) == (layers if dense else 0)
 
 
 def test_padding_sampling_streaming():
@@ -212,6 +246,25 @@ def test_beam_search_runs_on_iakv_without_cache_copies(model_type, deployment_mo
     assert any(not torch.equal(layer.beam_idx[t], identity) for t in range(layer.length))
     # The stock model's config still uses its own attention.
     assert model.config._attn_implementation != "ipex"
+    # The prompt ran once per batch entry (2 rows), not once per beam (8 rows), and every
+    # beam slot of an entry holds that entry's prompt keys.
+    torch.testing.assert_close(layer.keys[:6, 0:4], layer.keys[:6, 0:1].expand(-1, 4, -1, -1))
+    torch.testing.assert_close(layer.keys[:6, 4:8], layer.keys[:6, 4:5].expand(-1, 4, -1, -1))
+
+
+def test_beam_search_prefill_runs_the_prompt_once_per_batch_entry():
+    model = build("llama")
+    opt = ipex.llm.optimize(model, deployment_mode=False)
+    rows = []
+    opt.register_forward_pre_hook(lambda mod, args, kwargs: rows.append(kwargs["input_ids"].shape), with_kwargs=True)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [4, 5, 6, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    kw = dict(attention_mask=mask, max_new_tokens=4, num_beams=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        out = opt.generate(ids, **kw)
+        assert torch.equal(out, model.generate(ids, **kw))
+    assert rows[0] == (2, 6)  # the prompt: one copy per batch entry
+    assert all(r == (6, 1) for r in rows[1:])  # decode: every beam
 
 
 def test_iakv_layer_grows_and_records_beams():

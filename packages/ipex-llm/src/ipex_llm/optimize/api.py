@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-from ipex_llm.optimize import iakv_cache
+from ipex_llm.optimize import decoder, iakv_cache
 from ipex_llm.optimize.families import REMOTE_CODE_FAMILIES, SUPPORTED_MODEL_TYPES, is_supported, model_type_of
 from ipex_llm.optimize.swaps import apply_swaps
 
@@ -130,7 +130,13 @@ def optimize(
     with torch.no_grad():
         if next(model.parameters()).dtype != dtype:
             model.to(dtype)
+        fused_qkv = decoder.fuse_qkv(model)
         report = apply_swaps(model)
+        fused_layers = decoder.fuse_decoder_layers(model)
+    if fused_qkv:
+        report["fused_qkv"] = fused_qkv
+    if fused_layers:
+        report["fused_decoder_layer"] = fused_layers
     compiled = deployment_mode and _enable_compiled_decode(model)
     iakv = iakv_cache.install(model)
     model._ipex_optimized = {"model_type": model_type, "dtype": dtype, "swaps": dict(report),

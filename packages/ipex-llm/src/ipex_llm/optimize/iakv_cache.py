@@ -9,7 +9,11 @@
   recognises keys that came from such a layer and runs ``torch.ops.ipex.iakv_attention``,
   which follows the history to each beam's tokens. Anything else goes to transformers'
   own SDPA attention, unchanged.
-* :func:`install` switches an optimized model over (its own config and generate hook
+* The prompt is computed once per batch row, not once per beam: beam search hands the
+  model ``num_beams`` identical copies of every prompt, so the prefill runs on one copy
+  and the cache writes its keys/values into every beam's slot (a copy of the prompt's
+  KV, far cheaper than ``num_beams - 1`` extra forward passes); the logits are repeated.
+* :func:`install` switches an optimized model over (its own config and generate hooks
   only; other models keep what they had).
 
 Only families whose attention passes ``cache.update()``'s output straight to the
@@ -39,16 +43,24 @@ def _cache_layer_base():
 
 
 class IpexIAKVLayer(_cache_layer_base()):
+    """One layer's IAKV buffers.
+
+    ``prompt_copies``: the first update (the prompt) comes with one row per batch entry
+    and is stored into that many consecutive beam slots each (see the module docs).
+    """
+
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, capacity: int = 256, **kwargs):
+    def __init__(self, capacity: int = 256, prompt_copies: int = 1, **kwargs):
         super().__init__()
         self.capacity = capacity
+        self.prompt_copies = prompt_copies
         self.length = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, seq, dim = key_states.shape
+        batch *= self.prompt_copies
         cap = max(self.capacity, 2 * seq)
         self.keys = key_states.new_empty(cap, batch, heads, dim)
         self.values = value_states.new_empty(cap, batch, value_states.shape[1], value_states.shape[-1])
@@ -75,10 +87,19 @@ class IpexIAKVLayer(_cache_layer_base()):
         if self.length + seq > self.keys.shape[0]:
             self._grow(self.length + seq)
         end = self.length + seq
+        copies = self.keys.shape[1] // key_states.shape[0]
+        if copies > 1:  # a shared prompt: every beam slot of a batch entry gets its KV
+            key_states = key_states.repeat_interleave(copies, dim=0)
+            value_states = value_states.repeat_interleave(copies, dim=0)
         self.keys[self.length : end] = key_states.permute(2, 0, 1, 3)
         self.values[self.length : end] = value_states.permute(2, 0, 1, 3)
         self.beam_idx[self.length : end] = torch.arange(self.beam_idx.shape[1])
+        first = self.length == 0
         self.length = end
+        if first:
+            # The prompt attends only to itself: plain attention on the fresh states
+            # (transformers' SDPA, as stock runs it), no walk through the history.
+            return (key_states[::copies], value_states[::copies]) if copies > 1 else (key_states, value_states)
         # Views in the layout attention expects ([batch, heads, seq, dim]), no copy. The
         # tag tells the "ipex" attention function where the buffers and history are.
         keys = self.keys[:end].permute(1, 2, 0, 3)
@@ -112,8 +133,12 @@ def _cache_base():
 class IpexIAKVCache(_cache_base()):
     """A transformers Cache of :class:`IpexIAKVLayer` layers (created lazily, one per layer)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, prompt_copies: int = 1, **kwargs):
         super().__init__(layer_class_to_replicate=IpexIAKVLayer)
+        self.prompt_copies = prompt_copies
+        # Layers are created lazily by Cache.update(); each learns how many beam slots
+        # the prompt fills.
+        self.layer_class_to_replicate = lambda: IpexIAKVLayer(prompt_copies=self.prompt_copies)
 
 
 def ipex_attention(module: nn.Module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -165,6 +190,51 @@ def install(model: nn.Module) -> bool:
             return None
         return original(generation_config, model_kwargs, *args, **kwargs)
 
+    original_prefill = model._prefill
+
+    def prefill(self, input_ids, generation_config, model_kwargs, *args, **kwargs):
+        shared = _shared_prompt_inputs(input_ids, generation_config, model_kwargs)
+        if shared is None:
+            return original_prefill(input_ids, generation_config, model_kwargs, *args, **kwargs)
+        beams, one_ids, one_kwargs = shared
+        model_kwargs["cache"].prompt_copies = beams
+        outputs = original_prefill(one_ids, generation_config, one_kwargs, *args, **kwargs)
+        outputs.logits = outputs.logits.repeat_interleave(beams, dim=0)
+        return outputs
+
     # Bound to this model object only: other instances of the class are unaffected.
     model._prepare_cache_for_generation = types.MethodType(prepare_cache, model)
+    model._prefill = types.MethodType(prefill, model)
     return True
+
+
+# model_kwargs that beam search expands per beam and the prefill reads; anything else
+# with a batch dimension (images, encoder outputs) keeps the ordinary per-beam prefill.
+_PER_ROW_KWARGS = ("attention_mask", "position_ids")
+
+
+def _shared_prompt_inputs(input_ids, generation_config, model_kwargs):
+    """(beams, input_ids, model_kwargs) of one copy per batch entry, or None if the beams differ."""
+    beams = generation_config.num_beams or 1
+    cache = model_kwargs.get("cache")
+    if beams == 1 or not isinstance(cache, IpexIAKVCache) or cache.get_seq_length() != 0:
+        return None
+    if generation_config.prefill_chunk_size is not None or input_ids.shape[0] % beams:
+        return None
+    one_kwargs = {}
+    for key, value in model_kwargs.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == input_ids.shape[0]:
+            if key not in _PER_ROW_KWARGS:
+                return None
+            value = _one_per_group(value, beams)
+            if value is None:
+                return None
+        one_kwargs[key] = value
+    one_ids = _one_per_group(input_ids, beams)
+    return None if one_ids is None else (beams, one_ids, one_kwargs)
+
+
+def _one_per_group(rows: torch.Tensor, beams: int):
+    """rows[::beams] if every group of ``beams`` consecutive rows is identical, else None."""
+    first = rows[::beams]
+    return first if torch.equal(first.repeat_interleave(beams, dim=0), rows) else None

@@ -19,6 +19,7 @@ from collections import Counter
 import torch
 from torch import nn
 
+from ipex_core.ops import linear_ops as L
 from ipex_llm.functional import elementwise as FE
 from ipex_llm.functional import norm as FN
 from ipex_llm.modules.linear_fusion import Linear2SiluMul, _PackedLinear
@@ -32,21 +33,56 @@ class IpexLinear(_PackedLinear):
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
 
+    def add(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``self(input) + other`` with the add in the GEMM epilogue (a residual connection)."""
+        return L.linear(input, self.packed_weight, self.bias, self.out_features, "add", other, None)
+
 
 def _is_silu(act) -> bool:
     return isinstance(act, nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU") or act is torch.nn.functional.silu
 
 
 class IpexGatedMLP(nn.Module):
-    """``down(silu(gate(x)) * up(x))`` with gate and up fused into one kernel."""
+    """``down(silu(gate(x)) * up(x))`` with gate and up fused into one kernel.
 
-    def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear):
+    ``state_dict()`` keeps the original keys (``gate_proj``/``up_proj``, or Phi-3's
+    concatenated ``gate_up_proj``), so checkpoints load both ways.
+    """
+
+    def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear, concatenated: bool = False):
         super().__init__()
         self.gate_up = Linear2SiluMul(gate, up)
         self.down_proj = IpexLinear(down)
+        self._ipex_concatenated = concatenated
+        self.register_state_dict_post_hook(_gated_mlp_original_keys)
+        self.register_load_state_dict_pre_hook(_gated_mlp_fused_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.gate_up(x))
+
+
+def _gated_mlp_original_keys(module, state_dict, prefix, local_metadata):
+    for suffix in ("weight", "bias"):
+        gate = state_dict.pop(f"{prefix}gate_up.{suffix}_s", None)
+        up = state_dict.pop(f"{prefix}gate_up.{suffix}_m", None)
+        if gate is None:
+            continue
+        if module._ipex_concatenated:
+            state_dict[f"{prefix}gate_up_proj.{suffix}"] = torch.cat([gate, up])
+        else:
+            state_dict[f"{prefix}gate_proj.{suffix}"], state_dict[f"{prefix}up_proj.{suffix}"] = gate, up
+
+
+def _gated_mlp_fused_keys(module, state_dict, prefix, *args):
+    for suffix in ("weight", "bias"):
+        if module._ipex_concatenated:
+            fused = state_dict.pop(f"{prefix}gate_up_proj.{suffix}", None)
+            parts = None if fused is None else fused.chunk(2)
+        else:
+            keys = (f"{prefix}gate_proj.{suffix}", f"{prefix}up_proj.{suffix}")
+            parts = [state_dict.pop(k) for k in keys] if all(k in state_dict for k in keys) else None
+        if parts is not None:
+            state_dict[f"{prefix}gate_up.{suffix}_s"], state_dict[f"{prefix}gate_up.{suffix}_m"] = parts
 
 
 def _split_gate_up(fused: nn.Linear) -> tuple[nn.Linear, nn.Linear]:
@@ -73,7 +109,7 @@ def _gated_mlp(module: nn.Module) -> IpexGatedMLP | None:
         return IpexGatedMLP(gate, up, down)
     fused = getattr(module, "gate_up_proj", None)  # Phi-3: gate then up in one Linear
     if isinstance(fused, nn.Linear) and fused.out_features % 2 == 0:
-        return IpexGatedMLP(*_split_gate_up(fused), down)
+        return IpexGatedMLP(*_split_gate_up(fused), down, concatenated=True)
     return None
 
 
