@@ -221,7 +221,8 @@ def test_deployment_mode_false_stays_eager():
     assert opt.generation_config.cache_implementation != "static"
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3", "phi3"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "phi3", "gptj", "gpt_neox", "opt", "codegen", "gpt_bigcode",
+                                        "phi"])
 @pytest.mark.parametrize("deployment_mode", [False, True])
 def test_beam_search_runs_on_iakv_without_cache_copies(model_type, deployment_mode):
     from ipex_llm.optimize.iakv_cache import IpexIAKVCache

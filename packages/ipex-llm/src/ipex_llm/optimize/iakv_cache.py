@@ -31,8 +31,12 @@ from torch import nn
 __all__ = ["IAKV_MODEL_TYPES", "IpexIAKVCache", "IpexIAKVLayer", "install"]
 
 IAKV_MODEL_TYPES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "stablelm"}
+    {"llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "stablelm",
+     "gptj", "gpt_neox", "opt", "codegen", "gpt_bigcode", "phi"}
 )
+# Not here, so beam search reorders by copying: Bloom, Falcon and MPT compute attention
+# in their own code, not through transformers' AttentionInterface (they would read the
+# raw buffers, not each beam's history); T5 is an encoder-decoder (cross-attention cache).
 ATTN_NAME = "ipex"
 
 
