@@ -222,6 +222,72 @@ def test_reshape_then_decode_equals_dense_attention():
         torch.testing.assert_close(out[s], want, rtol=1e-4, atol=1e-4)
 
 
+# (heads, kv heads, head_dim): GQA groups of 1, 4, 8 and 20 (more query heads
+# than one AMX tile holds, so the group is split into sub-groups sharing the
+# packed V), head_dim 96 (three 32-wide K steps) and 256.
+DECODE_GROUP_CASES = [(8, 8, 128), (32, 8, 128), (16, 2, 64), (40, 2, 128), (8, 2, 96), (4, 1, 256)]
+
+
+@pytest.fixture
+def threads(request):
+    """torch thread count for the test (the decode splits contexts by it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", level_dtypes([torch.float32, torch.bfloat16]), indirect=True)
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("block_size", [8, 16])
+@pytest.mark.parametrize("case", DECODE_GROUP_CASES, ids=lambda c: f"h{c[0]}/{c[1]}d{c[2]}")
+def test_paged_decode_groups_and_split_contexts(dtype, threads, block_size, case):
+    # Contexts around the 32-token step and the context partitions (256 tokens
+    # or more, a multiple of 16), most of them not a multiple of either; block
+    # size 8 puts two blocks in every 16-row K tile (the copied-rows path).
+    H, Hkv, D = case
+    ctx = [1, 31, 33, 255, 257, 1000, 2047]
+    q, kc, vc, hm, bt, cl = _paged_inputs(dtype, len(ctx), H, Hkv, D, block_size, ctx, seed=H + D)
+    out = torch.full_like(q, float("nan"))
+    torch.ops.ipex.paged_attention_decode(out, q, kc, vc, hm, D**-0.5, bt, cl, block_size, max(ctx), None)
+    ref = torch.empty_like(q)
+    R.paged_attention_decode(ref, q, kc, vc, hm, D**-0.5, bt, cl, block_size, max(ctx), None)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("threads", [1], indirect=True)
+def test_decode_tiles_then_brgemm_prefill_same_thread(threads):
+    # The AMX decode loads its own tile configuration; oneDNN's brgemm (the
+    # prefill) must not run on it afterwards, nor the decode on oneDNN's.
+    q, kc, vc, hm, bt, cl = _paged_inputs(torch.bfloat16, 2, 8, 2, 128, 16, [300, 77], seed=12)
+    ref = torch.empty_like(q)
+    R.paged_attention_decode(ref, q, kc, vc, hm, 0.1, bt, cl, 16, 300, None)
+    cu = _cu([200, 130])
+    vq, vk, vv = (torch.randn(330, 4, 128, dtype=torch.bfloat16) for _ in range(3))
+    vref = torch.empty_like(vq)
+    R.varlen_attention(vq, vk, vv, vref, cu, cu, 200, 200, 0.1, True)
+    for _ in range(2):
+        out = torch.empty_like(q)
+        torch.ops.ipex.paged_attention_decode(out, q, kc, vc, hm, 0.1, bt, cl, 16, 300, None)
+        torch.testing.assert_close(out, ref, **TOL[torch.bfloat16])
+        vout = torch.empty_like(vq)
+        torch.ops.ipex.varlen_attention(vq, vk, vv, vout, cu, cu, 200, 200, 0.1, True)
+        torch.testing.assert_close(vout, vref, **TOL[torch.bfloat16])
+
+
+def test_paged_decode_large_scores_bf16():
+    # Scores spread over hundreds of units: the running max moves many times
+    # within a context, and exp(score - max) must never overflow.
+    q, kc, vc, hm, bt, cl = _paged_inputs(torch.bfloat16, 2, 8, 2, 128, 16, [700, 333], seed=11)
+    kc *= torch.linspace(0.1, 40, kc.shape[0], dtype=torch.bfloat16).view(-1, 1, 1, 1)
+    out = torch.empty_like(q)
+    torch.ops.ipex.paged_attention_decode(out, q, kc, vc, hm, 1.0, bt, cl, 16, 700, None)
+    ref = torch.empty_like(q)
+    R.paged_attention_decode(ref, q, kc, vc, hm, 1.0, bt, cl, 16, 700, None)
+    assert out.isfinite().all()
+    torch.testing.assert_close(out, ref, **TOL[torch.bfloat16])
+
+
 # ------------------------------------------------------------------ IAKV ---
 
 
@@ -273,6 +339,17 @@ def test_iakv_bias(dtype, off, S):
     # A row that sees nothing gives zeros, not NaN.
     full = torch.full((B, 1, S, L), float("-inf"))
     assert torch.equal(torch.ops.ipex.iakv_attention(q, kc, vc, hist, off, 0.125, full, True), torch.zeros_like(q))
+
+
+@pytest.mark.parametrize("dtype", level_dtypes([torch.float32, torch.bfloat16]), indirect=True)
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("case", DECODE_GROUP_CASES, ids=lambda c: f"h{c[0]}/{c[1]}d{c[2]}")
+def test_iakv_groups_and_split_contexts(dtype, threads, case):
+    H, Hkv, D = case
+    q, kc, vc, hist = _iakv_inputs(dtype, 3, 1, H, Hkv, D, 777, seed=H + D)
+    out = torch.ops.ipex.iakv_attention(q, kc, vc, hist, 777, D**-0.5, None, True)
+    ref = R.iakv_attention(q, kc, vc, hist, 777, D**-0.5, None, True)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
 
 
 def test_iakv_strided_query():

@@ -115,13 +115,21 @@ at::Tensor inner_contiguous(const at::Tensor& t) {
 // Tasks of very different cost (ragged sequences, causal triangles): each
 // thread pulls the next task, so nobody idles while work is left. The caller
 // orders tasks largest first.
+// `release_tiles`: the tasks used AMX tiles directly, so each worker resets
+// oneDNN's record of the loaded tile configuration afterwards (its brgemm
+// would otherwise run on ours).
 template <typename Fn>
-void run_dynamic(int64_t n_tasks, const Fn& fn) {
+void run_dynamic(int64_t n_tasks, const Fn& fn, bool release_tiles = false) {
   if (n_tasks <= 0) return;
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), n_tasks);
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < n_tasks; i = next.fetch_add(1)) fn(i);
+    bool any = false;
+    for (int64_t i = next.fetch_add(1); i < n_tasks; i = next.fetch_add(1)) {
+      fn(i);
+      any = true;
+    }
+    if (any && release_tiles) at::native::cpublas::brgemm_release();
   });
 }
 
@@ -214,7 +222,7 @@ void run_decode(const K::DecodeArgs& args, const std::vector<DecodeRow>& rows, c
     dt.acc = part + 2 * H;
     partial(args, dt);
     if (pending[task.row].fetch_sub(1, std::memory_order_acq_rel) == 1) merge_row(task.row);
-  });
+  }, args.amx);
 }
 
 bool use_bf16_dot(c10::ScalarType dt) { return dt == at::kBFloat16 && active_isa() >= IsaLevel::kAvx512Bf16; }
@@ -259,6 +267,7 @@ K::DecodeArgs decode_args(const at::Tensor& query, const at::Tensor& kc, const a
   args.v_head_stride = vc.stride(2);
   args.scale = static_cast<float>(scale);
   args.bf16_dot = use_bf16_dot(args.dtype);
+  args.amx = args.bf16_dot && active_isa() >= IsaLevel::kAmx && args.head_dim % 32 == 0;
   return args;
 }
 

@@ -11,6 +11,10 @@
 #include <memory>
 #include <type_traits>
 
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
+
 namespace ipex::core::kernels::IPEX_ISA_NS {
 namespace {
 
@@ -224,20 +228,27 @@ inline void softmax_chunk(const DecodeTask& t, float* scores, int64_t chunk, int
 
 constexpr int64_t kChunk = 32;  // tokens per online-softmax step; a multiple of kF
 
-// Rows of this chunk. Rows are read in address order within a block / beam
-// row, which the hardware prefetcher follows; software prefetch of whole rows
-// only competes with it for the line fill buffers (measured), so we prefetch
-// just the first line of the next chunk's rows, where a new block starts.
+// Rows are read in address order within a block / beam row, which the
+// hardware prefetcher follows; software prefetch of whole rows only competes
+// with it for the line fill buffers (measured for both decode kernels), so we
+// prefetch just the first line of every `step`-th row of the next chunk,
+// where a new block may start.
 template <typename T>
-inline void chunk_rows(const DecodeArgs& a, const DecodeTask& t, int64_t c0, int64_t cn, const T** krows) {
+inline void prefetch_next_chunk(const DecodeArgs& a, const DecodeTask& t, int64_t next, int64_t len, int64_t step) {
   const T* kb = static_cast<const T*>(a.k_base);
   const T* vb = static_cast<const T*>(a.v_base);
-  for (int64_t i = 0; i < cn; ++i) krows[i] = kb + t.k_off[c0 + i];
-  const int64_t next = c0 + kChunk;
-  for (int64_t i = next; i < std::min(t.n, next + kChunk); i += 4) {
+  for (int64_t i = next; i < std::min(t.n, next + len); i += step) {
     __builtin_prefetch(kb + t.k_off[i], 0, 1);
     __builtin_prefetch(vb + t.v_off[i], 0, 1);
   }
+}
+
+// Rows of this chunk.
+template <typename T>
+inline void chunk_rows(const DecodeArgs& a, const DecodeTask& t, int64_t c0, int64_t cn, const T** krows) {
+  const T* kb = static_cast<const T*>(a.k_base);
+  for (int64_t i = 0; i < cn; ++i) krows[i] = kb + t.k_off[c0 + i];
+  prefetch_next_chunk<T>(a, t, c0 + kChunk, kChunk, 4);
 }
 
 template <typename T>
@@ -833,6 +844,308 @@ IPEX_BF16_FN void softmax_block_bf16(const SoftmaxBlock& b) {
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX512)
+// ------------------------------------------------------------ AMX decode ---
+//
+// bf16 decode on AMX tiles, one pass over each kv head's K and V rows for all
+// the query heads of its group (up to 16 at a time; larger groups are split
+// into sub-groups that share the chunk's packed V):
+//   S^T[32 tokens, G] = K[32, D] x Q^T[D, G]   K rows straight from the cache
+//                                              when 16 rows are equally spaced
+//                                              (a paged block), else copied;
+//   O[G, D] += P[G, 32] x V[32, D]             V rows interleaved in token
+//                                              pairs (the VNNI layout).
+// On this machine an AVX-512 core does about one vdpbf16ps per ns, so the
+// vector form (16 vdpbf16ps + a transpose-add per token and kv head for Q K^T
+// alone) cannot keep up with the memory; one tdpbf16ps does 256 of them.
+//
+// The running max is lazy: a head's reference max moves only when a chunk's
+// max exceeds it by more than kLazyMax, so P stays <= e^kLazyMax (exact in
+// fp32 and within bf16's range) and O is rescaled a handful of times per
+// context instead of on most chunks. (m, l, acc) stay a consistent partial
+// state for the combine, which rescales by exp(m_part - m_global).
+#define IPEX_AMX_FN \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+
+constexpr float kLazyMax = 8.f;
+constexpr int64_t kAmxChunk = 32;  // tokens per step: one A tile of P (32 bf16 per row)
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tile registers: S halves (tokens 0-15, 16-31), a K tile, a Q^T tile, P, a V
+// tile and two O tiles (alternating d blocks so consecutive tdpbf16ps are
+// independent). Macros: the tile intrinsics paste the number into the asm.
+#define kTS0 0
+#define kTS1 1
+#define kTK 2
+#define kTQ 3
+#define kTP 4
+#define kTV 5
+#define kTO0 6
+#define kTO1 7
+
+IPEX_AMX_FN inline void amx_configure(int64_t gs) {
+  TileConfig c;
+  const auto g4 = static_cast<uint16_t>(gs * 4);
+  const auto gr = static_cast<uint8_t>(gs);
+  c.rows[kTS0] = 16; c.colsb[kTS0] = g4;
+  c.rows[kTS1] = 16; c.colsb[kTS1] = g4;
+  c.rows[kTK] = 16;  c.colsb[kTK] = 64;
+  c.rows[kTQ] = 16;  c.colsb[kTQ] = g4;
+  c.rows[kTP] = gr;  c.colsb[kTP] = 64;
+  c.rows[kTV] = 16;  c.colsb[kTV] = 64;
+  c.rows[kTO0] = gr; c.colsb[kTO0] = 64;
+  c.rows[kTO1] = gr; c.colsb[kTO1] = 64;
+  _tile_loadconfig(&c);
+}
+
+// Query heads [j0, j0 + n) of one group, at most 16.
+struct SubGroup {
+  int64_t kv_head;
+  int32_t j0;
+  int n;
+};
+
+// Rows [r0, r0 + 16) of the chunk as one K tile source: straight from the
+// cache when all 16 exist and are equally spaced, else nullptr (copy them).
+inline const uint16_t* uniform_rows(const uint16_t* kb, const int64_t* off, int64_t rows, int64_t* stride) {
+  if (rows < 16) return nullptr;
+  const int64_t d = off[1] - off[0];
+  if (d <= 0) return nullptr;
+  for (int i = 2; i < 16; ++i) {
+    if (off[i] - off[i - 1] != d) return nullptr;
+  }
+  *stride = d;
+  return kb + off[0];
+}
+
+IPEX_AMX_FN void decode_partial_amx(const DecodeArgs& a, const DecodeTask& t) {
+  const int64_t D = a.head_dim, Hkv = a.num_kv_heads, dchunks = D / 32, dblocks = D / 16;
+  const uint16_t* kb = static_cast<const uint16_t*>(a.k_base);
+  const uint16_t* vb = static_cast<const uint16_t*>(a.v_base);
+  const uint16_t* q = static_cast<const uint16_t*>(t.q);
+
+  SubGroup subs[64];
+  std::unique_ptr<SubGroup[]> subs_heap;
+  int64_t n_subs = 0, gs = 1;
+  for (int64_t g = 0; g < Hkv; ++g) n_subs += (a.group_offsets[g + 1] - a.group_offsets[g] + 15) / 16;
+  SubGroup* sub = subs;
+  if (n_subs > 64) {
+    subs_heap.reset(new SubGroup[n_subs]);
+    sub = subs_heap.get();
+  }
+  n_subs = 0;
+  for (int64_t g = 0; g < Hkv; ++g) {
+    for (int32_t j = a.group_offsets[g]; j < a.group_offsets[g + 1]; j += 16) {
+      const int n = static_cast<int>(std::min<int32_t>(16, a.group_offsets[g + 1] - j));
+      sub[n_subs++] = {g, j, n};
+      gs = std::max<int64_t>(gs, n);
+    }
+  }
+
+  // Scratch: Q^T tiles [sub][dchunk][16 pairs][gs], O [sub][gs][D], S [32][gs],
+  // P [16][32] bf16, copied K [2][16][D] bf16, V pairs [dblock][16][32] bf16.
+  const int64_t qt_words = n_subs * dchunks * 16 * gs;
+  const int64_t o_floats = n_subs * gs * D;
+  const int64_t mls = n_subs * 16;
+  float* base = scratch(qt_words + o_floats + 2 * mls + 32 * gs + 16 * 16 + 2 * 16 * D / 2 + dblocks * 16 * 16 + 64, 0);
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(base) + 63) & ~uintptr_t(63));
+  uint32_t* qt = reinterpret_cast<uint32_t*>(aligned);
+  float* obuf = aligned + qt_words;
+  float* mrun = obuf + o_floats;
+  float* lrun = mrun + mls;
+  float* sbuf = lrun + mls;
+  uint16_t* pbuf = reinterpret_cast<uint16_t*>(sbuf + 32 * gs);
+  uint16_t* kcopy = pbuf + 16 * 32;
+  uint16_t* vpairs = kcopy + 2 * 16 * D;
+
+  std::memset(qt, 0, qt_words * sizeof(uint32_t));
+  std::fill(obuf, obuf + o_floats, 0.f);
+  std::fill(mrun, mrun + mls, kNegInf);
+  std::fill(lrun, lrun + mls, 0.f);
+  std::memset(pbuf, 0, 16 * 32 * sizeof(uint16_t));
+  for (int64_t s = 0; s < n_subs; ++s) {
+    for (int x = 0; x < sub[s].n; ++x) {
+      const uint32_t* qh = reinterpret_cast<const uint32_t*>(q + a.group_heads[sub[s].j0 + x] * t.q_head_stride);
+      for (int64_t p = 0; p < D / 2; ++p) {
+        uint32_t w;
+        std::memcpy(&w, qh + p, 4);  // (q[2p], q[2p+1]), one VNNI pair
+        qt[((s * dchunks + p / 16) * 16 + p % 16) * gs + x] = w;
+      }
+    }
+  }
+  amx_configure(gs);
+
+  const __m512i gather_idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32(static_cast<int>(gs)));
+  const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  // vpermt2w indices: words (a[i], b[i]) of d block i in 0..15 / 16..31
+  const __m512i pair_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                           39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i pair_hi = _mm512_add_epi16(pair_lo, _mm512_set1_epi16(16));
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int64_t krow_bytes = D * 2;
+
+  for (int64_t c0 = 0; c0 < t.n; c0 += kAmxChunk) {
+    const int64_t cn = std::min(kAmxChunk, t.n - c0);
+    const int64_t halves = cn > 16 ? 2 : 1;
+    int64_t kstride[2] = {0, 0};
+    const uint16_t* kdirect[2] = {nullptr, nullptr};
+    for (int64_t hh = 0; hh < halves; ++hh) {
+      kdirect[hh] = uniform_rows(kb, t.k_off + c0 + 16 * hh, cn - 16 * hh, &kstride[hh]);
+    }
+    prefetch_next_chunk<uint16_t>(a, t, c0 + kAmxChunk, kAmxChunk, 16);
+    int64_t s_begin = 0;
+    for (int64_t g = 0; g < Hkv; ++g) {
+      int64_t s_end = s_begin;
+      while (s_end < n_subs && sub[s_end].kv_head == g) ++s_end;
+      if (s_end == s_begin) continue;
+      // K tile sources of this kv head
+      const uint16_t* ksrc[2];
+      int64_t kst[2];
+      for (int64_t hh = 0; hh < halves; ++hh) {
+        if (kdirect[hh] != nullptr) {
+          ksrc[hh] = kdirect[hh] + g * a.k_head_stride;
+          kst[hh] = kstride[hh] * 2;
+        } else {
+          uint16_t* dst = kcopy + hh * 16 * D;
+          const int64_t rows = std::min<int64_t>(16, cn - 16 * hh);
+          for (int64_t r = 0; r < 16; ++r) {
+            const uint16_t* src = kb + t.k_off[c0 + 16 * hh + std::min(r, rows - 1)] + g * a.k_head_stride;
+            for (int64_t d = 0; d < D; d += 32) {
+              // padding rows repeat the last row: finite, and their scores are masked
+              _mm512_storeu_si512(dst + r * D + d, _mm512_loadu_si512(src + d));
+            }
+          }
+          ksrc[hh] = dst;
+          kst[hh] = krow_bytes;
+        }
+      }
+      // V rows of this kv head as token pairs (zeros past cn: P is 0 there,
+      // and 0 * garbage could be NaN).
+      for (int64_t tp = 0; tp < 16; ++tp) {
+        const int64_t r0 = 2 * tp, r1 = 2 * tp + 1;
+        const uint16_t* v0 = r0 < cn ? vb + t.v_off[c0 + r0] + g * a.v_head_stride : nullptr;
+        const uint16_t* v1 = r1 < cn ? vb + t.v_off[c0 + r1] + g * a.v_head_stride : nullptr;
+        for (int64_t d = 0; d < D; d += 32) {
+          const __m512i x0 = v0 ? _mm512_loadu_si512(v0 + d) : _mm512_setzero_si512();
+          const __m512i x1 = v1 ? _mm512_loadu_si512(v1 + d) : _mm512_setzero_si512();
+          _mm512_storeu_si512(vpairs + ((d / 16) * 16 + tp) * 32, _mm512_permutex2var_epi16(x0, pair_lo, x1));
+          _mm512_storeu_si512(vpairs + ((d / 16 + 1) * 16 + tp) * 32, _mm512_permutex2var_epi16(x0, pair_hi, x1));
+        }
+      }
+      for (int64_t s = s_begin; s < s_end; ++s) {
+        const SubGroup& sg = sub[s];
+        // S^T = K Q^T
+        _tile_zero(kTS0);
+        _tile_zero(kTS1);
+        for (int64_t dc = 0; dc < dchunks; ++dc) {
+          _tile_loadd(kTQ, qt + (s * dchunks + dc) * 16 * gs, gs * 4);
+          _tile_loadd(kTK, ksrc[0] + dc * 32, kst[0]);
+          _tile_dpbf16ps(kTS0, kTK, kTQ);
+          if (halves > 1) {
+            _tile_loadd(kTK, ksrc[1] + dc * 32, kst[1]);
+            _tile_dpbf16ps(kTS1, kTK, kTQ);
+          }
+        }
+        _tile_stored(kTS0, sbuf, gs * 4);
+        if (halves > 1) _tile_stored(kTS1, sbuf + 16 * gs, gs * 4);
+        // online softmax per head
+        float* mh = mrun + s * 16;
+        float* lh = lrun + s * 16;
+        float* oh = obuf + s * gs * D;
+        const __mmask16 valid0 = static_cast<__mmask16>(cn >= 16 ? 0xFFFF : (1u << cn) - 1u);
+        const __mmask16 valid1 = static_cast<__mmask16>(cn >= 32 ? 0xFFFF : cn > 16 ? (1u << (cn - 16)) - 1u : 0u);
+        for (int x = 0; x < sg.n; ++x) {
+          const int64_t h = a.group_heads[sg.j0 + x];
+          const __m512 vs = _mm512_set1_ps(a.scale);
+          __m512 s0 = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid0, gather_idx, sbuf + x, 4), vs);
+          __m512 s1 = _mm512_mul_ps(
+              _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid1, gather_idx, sbuf + 16 * gs + x, 4), vs);
+          if (t.alibi_slopes != nullptr) {
+            const __m512 slope = _mm512_set1_ps(t.alibi_slopes[h]);
+            const __m512 pos = _mm512_add_ps(iota, _mm512_set1_ps(static_cast<float>(c0) + t.alibi_offset));
+            s0 = _mm512_fmadd_ps(slope, pos, s0);
+            s1 = _mm512_fmadd_ps(slope, _mm512_add_ps(pos, _mm512_set1_ps(16.f)), s1);
+          }
+          if (t.bias != nullptr) {
+            alignas(64) float tmp[32];
+            _mm512_store_ps(tmp, s0);
+            _mm512_store_ps(tmp + 16, s1);
+            const float* b = t.bias + h * t.bias_head_stride + c0 * t.bias_tok_stride;
+            for (int64_t i = 0; i < cn; ++i) tmp[i] += b[i * t.bias_tok_stride];
+            s0 = _mm512_load_ps(tmp);
+            s1 = _mm512_load_ps(tmp + 16);
+          }
+          s0 = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), valid0, s0);
+          s1 = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), valid1, s1);
+          const float cmax = _mm512_reduce_max_ps(_mm512_max_ps(s0, s1));
+          if (cmax == kNegInf) {  // every token of the chunk masked: P row 0
+            _mm512_storeu_si512(pbuf + x * 32, _mm512_setzero_si512());
+            continue;
+          }
+          if (cmax > mh[x] + kLazyMax) {
+            if (mh[x] != kNegInf) {
+              const float alpha = std::exp(mh[x] - cmax);
+              lh[x] *= alpha;
+              scale_f32(alpha, oh + x * D, D);
+            }
+            mh[x] = cmax;
+          }
+          const __m512 vmul = _mm512_set1_ps(kLog2e), vsub = _mm512_set1_ps(-mh[x] * kLog2e);
+          const __m512 e0 = _mm512_maskz_mov_ps(valid0, exp2_bf16(_mm512_fmadd_ps(s0, vmul, vsub)));
+          const __m512 e1 = _mm512_maskz_mov_ps(valid1, exp2_bf16(_mm512_fmadd_ps(s1, vmul, vsub)));
+          const __m512bh pb = _mm512_cvtne2ps_pbh(e1, e0);
+          _mm512_storeu_si512(pbuf + x * 32, (__m512i)pb);
+          // l sums what P V multiplies: the bf16-rounded probabilities
+          const __m512i pw = (__m512i)pb;
+          const __m512 r0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(pw)), 16));
+          const __m512 r1 =
+              _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(pw, 1)), 16));
+          lh[x] += _mm512_reduce_add_ps(_mm512_add_ps(r0, r1));
+        }
+        // O += P V
+        _tile_loadd(kTP, pbuf, 64);
+        for (int64_t db = 0; db < dblocks; db += 2) {
+          _tile_loadd(kTO0, oh + db * 16, D * 4);
+          _tile_loadd(kTV, vpairs + db * 16 * 32, 64);
+          _tile_dpbf16ps(kTO0, kTP, kTV);
+          _tile_stored(kTO0, oh + db * 16, D * 4);
+          _tile_loadd(kTO1, oh + (db + 1) * 16, D * 4);
+          _tile_loadd(kTV, vpairs + (db + 1) * 16 * 32, 64);
+          _tile_dpbf16ps(kTO1, kTP, kTV);
+          _tile_stored(kTO1, oh + (db + 1) * 16, D * 4);
+        }
+      }
+      s_begin = s_end;
+    }
+  }
+  _tile_release();
+#undef kTS0
+#undef kTS1
+#undef kTK
+#undef kTQ
+#undef kTP
+#undef kTV
+#undef kTO0
+#undef kTO1
+  for (int64_t s = 0; s < n_subs; ++s) {
+    for (int x = 0; x < sub[s].n; ++x) {
+      const int64_t h = a.group_heads[sub[s].j0 + x];
+      t.m[h] = mrun[s * 16 + x];
+      t.l[h] = lrun[s * 16 + x];
+      std::memcpy(t.acc + h * D, obuf + (s * gs + x) * D, D * sizeof(float));
+    }
+  }
+}
+#endif  // CPU_CAPABILITY_AVX512
+
 template <typename T>
 void finalize_impl(const FlashFinalize& f) {
   T* out = static_cast<T*>(f.out);
@@ -872,6 +1185,10 @@ template <typename T> struct FinalizeFn { static void run(const FlashFinalize& f
 
 void attn_decode_partial(const DecodeArgs& a, const DecodeTask& t) {
 #if defined(CPU_CAPABILITY_AVX512)
+  if (a.amx && a.dtype == c10::ScalarType::BFloat16 && a.head_dim % 32 == 0) {
+    decode_partial_amx(a, t);
+    return;
+  }
   if (a.bf16_dot && a.dtype == c10::ScalarType::BFloat16) {
     decode_partial_bf16(a, t);
     return;

@@ -33,6 +33,10 @@ struct DecodeArgs {
   // bf16 only, AVX512-BF16 level: dot products with vdpbf16ps (P rounded to
   // bf16 for P V, as the AMX prefill does); otherwise fp32 FMAs.
   bool bf16_dot;
+  // bf16 only, AMX level, head_dim a multiple of 32: Q K^T and P V on AMX
+  // tiles (P rounded to bf16 as above). The caller releases oneDNN's tile
+  // state (at::native::cpublas::brgemm_release) on each thread afterwards.
+  bool amx;
 };
 
 // One query row (all H heads) against tokens [t0, t0 + n) of its context.
