@@ -162,6 +162,15 @@ def _layer_norm(module: nn.Module) -> IpexLayerNorm | None:
     return None
 
 
+# nn.Linear subclasses whose forward is x @ W^T + b (nothing else): swapped like nn.Linear.
+_LINEAR_EQUIVALENTS = frozenset({"FalconLinear"})
+
+
+def _plain_linear(module: nn.Module) -> bool:
+    return type(module) is nn.Linear or (isinstance(module, nn.Linear)
+                                         and type(module).__name__ in _LINEAR_EQUIVALENTS)
+
+
 _RULES = (("gated_mlp", _gated_mlp), ("rms_norm", _rms_norm), ("layer_norm", _layer_norm))
 
 
@@ -179,7 +188,7 @@ def apply_swaps(model: nn.Module, *, skip: tuple[str, ...] = ()) -> Counter:
                 if replacement is not None:
                     kind = rule_kind
                     break
-            if replacement is None and type(child) is nn.Linear and "linear" not in skip:
+            if replacement is None and _plain_linear(child) and "linear" not in skip:
                 if child.weight.dtype in (torch.float32, torch.bfloat16, torch.float16):
                     replacement, kind = IpexLinear(child), "linear"
             if replacement is not None:
