@@ -36,14 +36,34 @@ TINY = {
 }
 
 
-def build(model_type: str, seed: int = 0):
-    """A tiny eval-mode model of ``model_type`` with random weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+# Image-to-text families: a tiny vision encoder (32x32 images cut into 8x8 patches, so 16
+# image positions) in front of a tiny text model.
+IMAGE_SIZE, PATCH_SIZE = 32, 8
+IMAGE_POSITIONS = (IMAGE_SIZE // PATCH_SIZE) ** 2
+_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=IMAGE_SIZE,
+               patch_size=PATCH_SIZE)
+#: Llava marks where the image features go with this token (the last of the vocabulary).
+LLAVA_IMAGE_TOKEN = _COMMON["vocab_size"] - 1
+MULTIMODAL = {
+    "git": dict(_COMMON, vision_config=_VISION, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "llava": dict(vision_config=dict(_VISION, model_type="clip_vision_model", projection_dim=32),
+                  text_config=dict(_COMMON, **TINY["llama"], model_type="llama"), image_token_index=LLAVA_IMAGE_TOKEN,
+                  image_seq_length=IMAGE_POSITIONS, vision_feature_layer=-1),
+}
 
-    kwargs = dict(_COMMON, **TINY[model_type])
-    config = AutoConfig.for_model(model_type, **kwargs)
+
+def build(model_type: str, seed: int = 0):
+    """A tiny eval-mode model of ``model_type`` (a key of TINY or MULTIMODAL) with random weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
+
+    if model_type in MULTIMODAL:
+        config = AutoConfig.for_model(model_type, **MULTIMODAL[model_type])
+        auto = AutoModelForCausalLM if model_type == "git" else AutoModelForImageTextToText
+    else:
+        config = AutoConfig.for_model(model_type, **dict(_COMMON, **TINY[model_type]))
+        auto = AutoModelForSeq2SeqLM if model_type == "t5" else AutoModelForCausalLM
     torch.manual_seed(seed)
-    auto = AutoModelForSeq2SeqLM if model_type == "t5" else AutoModelForCausalLM
     model = auto.from_config(config)
     # Random weights drawn with std 0.02 give near-uniform logits; a larger spread
     # makes greedy choices decisive, so token-exact comparisons test the kernels.
@@ -52,3 +72,13 @@ def build(model_type: str, seed: int = 0):
             if p.dim() >= 2:
                 p.normal_(0, 0.15)
     return model.eval()
+
+
+def image_prompt(model_type: str, batch: int = 2, text_tokens: int = 6, seed: int = 1):
+    """(input_ids, pixel_values) for a MULTIMODAL model: Llava's prompt starts with its image tokens."""
+    torch.manual_seed(seed)
+    pixel_values = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+    input_ids = torch.randint(3, 300, (batch, text_tokens))
+    if model_type == "llava":
+        input_ids = torch.cat([torch.full((batch, IMAGE_POSITIONS), LLAVA_IMAGE_TOKEN), input_ids], dim=1)
+    return input_ids, pixel_values
