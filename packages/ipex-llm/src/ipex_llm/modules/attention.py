@@ -72,8 +72,9 @@ class PagedAttention:
     permuted: ``cache.transpose(1, 2).contiguous()``.) Tokens of a sequence fill its blocks in
     order; ``block_tables`` maps a sequence's logical blocks to physical ones.
 
-    Runs on CPU for float32, bfloat16 and float16 (fp32 math; bf16 uses AVX512-BF16 dot products
-    where the CPU has them).
+    Runs on CPU for float32, bfloat16 and float16 (fp32 accumulation; bf16 uses AMX tiles where the
+    CPU has them, else AVX512-BF16 dot products, with the probabilities rounded to bf16 before the
+    product with V).
     """
 
     @classmethod
