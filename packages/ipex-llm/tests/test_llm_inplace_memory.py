@@ -91,18 +91,11 @@ def test_inplace_fp32_to_bf16_memory_near_one_copy(inplace_memory):
     _assert_peak_near_one_copy(inplace_memory["bfloat16"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ipex_core.ops.linear._blocks packs through a zero-padded copy and then a permuted copy: two transient "
-    "copies of each weight (the 250 MB lm_head here), peak +0.78x the weights; pack from a view of the weight "
-    "when no padding is needed"))
 def test_inplace_fp32_memory_near_one_copy(inplace_memory):
     _assert_nothing_kept_twice(inplace_memory["float32"])
     _assert_peak_near_one_copy(inplace_memory["float32"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a tied lm_head is packed into its own buffer while the input embedding keeps the shared weight: the "
-    "vocabulary matrix is kept twice"))
 def test_inplace_tied_embeddings_kept_once(inplace_memory):
     _assert_nothing_kept_twice(inplace_memory["bfloat16-tied"])
 

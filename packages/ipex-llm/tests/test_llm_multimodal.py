@@ -81,10 +81,6 @@ def test_image_to_text_swaps_run_in_vision_and_text_towers(model_type):
     assert counter.counts["linear"] == modules["IpexLinear"] > 0, counter.counts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "'llava' is not in iakv_cache.IAKV_MODEL_TYPES; adding it alone fails (image features/tokens mismatch): "
-    "_shared_prompt_inputs prefills one row per batch entry while model_kwargs['mm_encoder_outputs'] keeps the "
-    "image features of every beam"))
 def test_llava_beam_search_runs_on_iakv():
     from ipex_llm.optimize.iakv_cache import IpexIAKVCache
 

@@ -41,10 +41,12 @@ def _blocks(weight: torch.Tensor) -> torch.Tensor:
     v = _vnni_factor(weight.dtype)
     blocks = -(-n // BLOCK_N)
     k_pad = -(-k // v) * v
-    padded = torch.zeros(blocks * BLOCK_N, k_pad, dtype=weight.dtype)
-    padded[:n, :k] = weight.detach()
+    src = weight.detach().contiguous()
+    if blocks * BLOCK_N != n or k_pad != k:  # pad only when needed: packing a big weight costs one copy
+        src = torch.zeros(blocks * BLOCK_N, k_pad, dtype=weight.dtype)
+        src[:n, :k] = weight.detach()
     # [blocks, BLOCK_N, K_pad/V, V] -> [blocks, K_pad/V, BLOCK_N, V]
-    return padded.view(blocks, BLOCK_N, k_pad // v, v).permute(0, 2, 1, 3).contiguous()
+    return src.view(blocks, BLOCK_N, k_pad // v, v).permute(0, 2, 1, 3).contiguous()
 
 
 def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ __all__ = ["IAKV_MODEL_TYPES", "IpexIAKVCache", "IpexIAKVLayer", "install"]
 
 IAKV_MODEL_TYPES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "stablelm",
-     "gptj", "gpt_neox", "opt", "codegen", "gpt_bigcode", "phi"}
+     "gptj", "gpt_neox", "opt", "codegen", "gpt_bigcode", "phi", "llava"}
 )
 # Not here, so beam search reorders by copying: Bloom, Falcon and MPT compute attention
 # in their own code, not through transformers' AttentionInterface (they would read the
@@ -225,6 +225,8 @@ def _shared_prompt_inputs(input_ids, generation_config, model_kwargs):
         return None
     if generation_config.prefill_chunk_size is not None or input_ids.shape[0] % beams:
         return None
+    if any(isinstance(v, (dict, list, tuple)) and v for k, v in model_kwargs.items() if k != "cache"):
+        return None  # per-beam structures (e.g. encoded images): keep the per-beam prefill
     one_kwargs = {}
     for key, value in model_kwargs.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == input_ids.shape[0]:

@@ -24,7 +24,7 @@ from ipex_llm.functional import elementwise as FE
 from ipex_llm.functional import norm as FN
 from ipex_llm.modules.linear_fusion import Linear2SiluMul, _PackedLinear
 
-__all__ = ["IpexLinear", "IpexGatedMLP", "IpexRMSNorm", "IpexLayerNorm", "apply_swaps"]
+__all__ = ["IpexLinear", "IpexGatedMLP", "IpexRMSNorm", "IpexLayerNorm", "IpexPackedEmbedding", "apply_swaps"]
 
 
 class IpexLinear(_PackedLinear):
@@ -174,9 +174,56 @@ def _plain_linear(module: nn.Module) -> bool:
 _RULES = (("gated_mlp", _gated_mlp), ("rms_norm", _rms_norm), ("layer_norm", _layer_norm))
 
 
+class IpexPackedEmbedding(nn.Module):
+    """The input embedding of a model whose output layer shares its weight (tied).
+
+    The output layer packs the vocabulary matrix for the GEMM kernel; this embedding
+    reads its rows from that packed buffer, so the matrix is kept once, not twice.
+    ``state_dict()`` still has ``weight`` (unpacked), and loading it repacks the head.
+    """
+
+    def __init__(self, embedding: nn.Embedding, head: IpexLinear):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx = embedding.padding_idx
+        self._head = (head,)  # a tuple: the head is not a submodule here (its parameters are its own)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A meta tensor with the table's shape and dtype (see ``IpexLinear.weight``)."""
+        return self._head[0].weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        packed = self._head[0].packed_weight  # [N/32, K_pad/V, 32, V]
+        block_n = packed.shape[2]
+        rows = packed[input_ids // block_n, :, input_ids % block_n, :]  # [..., K_pad/V, V]
+        return rows.reshape(*input_ids.shape, -1)[..., : self.embedding_dim]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self._head[0].unpacked_weights()[0]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None:
+            head = self._head[0]
+            head._pack([weight.to(head.packed_weight.dtype)])
+        elif strict:
+            missing_keys.append(prefix + "weight")
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim} (rows of the tied output layer's packed weight)"
+
+
 def apply_swaps(model: nn.Module, *, skip: tuple[str, ...] = ()) -> Counter:
     """Swap modules in place; returns a count of what was swapped, by kind."""
     report: Counter = Counter()
+    # Embeddings whose weight an output layer shares: swapped along with that layer.
+    embeddings = {}
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.Embedding and child.max_norm is None:
+                embeddings[id(child.weight)] = (parent, name, child)
 
     def visit(parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
@@ -191,6 +238,11 @@ def apply_swaps(model: nn.Module, *, skip: tuple[str, ...] = ()) -> Counter:
             if replacement is None and _plain_linear(child) and "linear" not in skip:
                 if child.weight.dtype in (torch.float32, torch.bfloat16, torch.float16):
                     replacement, kind = IpexLinear(child), "linear"
+                    tied = embeddings.pop(id(child.weight), None)
+                    if tied is not None:
+                        emb_parent, emb_name, emb = tied
+                        setattr(emb_parent, emb_name, IpexPackedEmbedding(emb, replacement))
+                        report["tied_embedding"] += 1
             if replacement is not None:
                 setattr(parent, name, replacement)
                 report[kind] += 1
