@@ -35,6 +35,9 @@ struct LinearArgs {
   int64_t M, N, K_pad, V;
   int64_t num_blocks;
   const void* x;          // the input as fp32 [M, K_pad] (small-M path)
+  // bf16 small-M path on AVX512-BF16 (vdpbf16ps): the input as bf16 [M, K_pad],
+  // set only where the active ISA level has the instructions; else nullptr.
+  const void* x_bf16 = nullptr;
   const void* weight;     // packed
   const void* bias;       // [N] or [2N] for a pair (gate then up), or nullptr
   const void* other;      // [M, N] rows with stride other_row_stride, or nullptr
