@@ -17,43 +17,37 @@ import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, TextStreamer
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import ipex
 from harness import Row, machine_meta, measure_bandwidth, progress, report
 
 
-class _Stamps(TextStreamer):
-    """Records when each new token arrives (no printing)."""
+class _StepStamps:
+    """A stopping criterion that never stops: it records when each decoding step ends
+    (beam search takes no streamer, but calls its stopping criteria after every step)."""
 
     def __init__(self):
         self.times = []
 
-    def put(self, value):
+    def __call__(self, input_ids, scores, **kwargs):
         self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def time_greedy(model, ids, new_tokens):
-    """(first-token ms, median next-token ms) of one greedy generate."""
-    s = _Stamps()
+def time_steps(model, ids, new_tokens, **kw):
+    """(first-token ms, median next-token ms) of one generate, from per-step stamps."""
+    from transformers import StoppingCriteriaList
+
+    stamps = _StepStamps()
     start = time.perf_counter()
     with torch.inference_mode():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, streamer=s, pad_token_id=0)
-    toks = s.times[1:]  # the first put() is the prompt
-    steps = [b - a for a, b in zip(toks, toks[1:])]
-    return 1e3 * (toks[0] - start), 1e3 * statistics.median(steps)
-
-
-def time_generate(model, ids, new_tokens, **kw):
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, **kw)
-    return 1e3 * (time.perf_counter() - start)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                             stopping_criteria=StoppingCriteriaList([stamps]), **kw)
+    assert out.shape[-1] == ids.shape[-1] + new_tokens, "generation stopped early: timings would be wrong"
+    steps = [b - a for a, b in zip(stamps.times, stamps.times[1:])]
+    return 1e3 * (stamps.times[0] - start), 1e3 * statistics.median(steps)
 
 
 def llama_05b():
@@ -112,34 +106,31 @@ def main(argv=None) -> str:
     torch.manual_seed(1)
     prompt = torch.randint(10, 32000, (1, 128))
     for m in (stock, ours):  # warm-up at the measured length (compiles ours' decode step once)
-        time_greedy(m, prompt, args.new_tokens)
-    t = interleave({"stock": lambda: time_greedy(stock, prompt, args.new_tokens),
-                    "ours": lambda: time_greedy(ours, prompt, args.new_tokens)}, args.rounds)
+        time_steps(m, prompt, args.new_tokens)
+    t = interleave({"stock": lambda: time_steps(stock, prompt, args.new_tokens),
+                    "ours": lambda: time_steps(ours, prompt, args.new_tokens)}, args.rounds)
     for i, label in enumerate(("first token", "next token")):
         extra = {"roofline ms": roof_ms, "ipex / roofline": t["ours"][i] / roof_ms} if i == 1 else {}
         rows.append(Row(f"Llama-0.5B bf16 b1 p128 {label}", t["stock"][i], t["ours"][i], extra))
 
     if not args.skip_beams:
         progress(1, len(steps), "0.5B, 4 beams")
-        fns = {}
-        for name, m in (("stock", stock), ("ours", ours)):
-            fns[name] = (lambda m=m: (time_generate(m, prompt, 1, num_beams=4),
-                                      time_generate(m, prompt, args.new_tokens, num_beams=4)))
+        fns = {name: (lambda m=m: time_steps(m, prompt, args.new_tokens, num_beams=4))
+               for name, m in (("stock", stock), ("ours", ours))}
         for fn in fns.values():  # warm-up
             fn()
         t = interleave(fns, args.rounds)
-        nxt = {k: (v[1] - v[0]) / (args.new_tokens - 1) for k, v in t.items()}
         rows.append(Row("Llama-0.5B bf16 4 beams first token", t["stock"][0], t["ours"][0]))
-        rows.append(Row("Llama-0.5B bf16 4 beams next token", nxt["stock"], nxt["ours"],
-                        {"roofline ms": roof_ms, "ipex / roofline": nxt["ours"] / roof_ms}))
+        rows.append(Row("Llama-0.5B bf16 4 beams next token", t["stock"][1], t["ours"][1],
+                        {"roofline ms": roof_ms, "ipex / roofline": t["ours"][1] / roof_ms}))
 
     if not args.skip_batch:
         progress(2, len(steps), "0.5B, batch 8")
         batch = torch.randint(10, 32000, (8, 128))
         for m in (stock, ours):  # warm-up: ours compiles its batch-8 decode step here
-            time_greedy(m, batch, args.new_tokens)
-        t = interleave({"stock": lambda: time_greedy(stock, batch, args.new_tokens),
-                        "ours": lambda: time_greedy(ours, batch, args.new_tokens)}, args.rounds)
+            time_steps(m, batch, args.new_tokens)
+        t = interleave({"stock": lambda: time_steps(stock, batch, args.new_tokens),
+                        "ours": lambda: time_steps(ours, batch, args.new_tokens)}, args.rounds)
         rows.append(Row("Llama-0.5B bf16 batch 8 first token", t["stock"][0], t["ours"][0]))
         rows.append(Row("Llama-0.5B bf16 batch 8 next token", t["stock"][1], t["ours"][1],
                         {"stock tok/s": 8e3 / t["stock"][1], "ipex tok/s": 8e3 / t["ours"][1]}))
@@ -155,9 +146,9 @@ def main(argv=None) -> str:
             ours_s = ipex.llm.optimize(stock_s, dtype=dtype)
             ids = cli._encode(tokenizer, "What is the capital of France? Answer in one sentence.")
             for m in (stock_s, ours_s):
-                time_greedy(m, ids, args.new_tokens)
-            t = interleave({"stock": lambda: time_greedy(stock_s, ids, args.new_tokens),
-                            "ours": lambda: time_greedy(ours_s, ids, args.new_tokens)}, args.rounds)
+                time_steps(m, ids, args.new_tokens)
+            t = interleave({"stock": lambda: time_steps(stock_s, ids, args.new_tokens),
+                            "ours": lambda: time_steps(ours_s, ids, args.new_tokens)}, args.rounds)
             name = str(dtype).replace("torch.", "")
             rows.append(Row(f"SmolLM2-135M {name} next token", t["stock"][1], t["ours"][1],
                             {"ipex tok/s": 1e3 / t["ours"][1]}))
