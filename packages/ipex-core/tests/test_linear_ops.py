@@ -138,3 +138,17 @@ def test_compile_fullgraph():
 
     x = torch.randn(5, 64)
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))
+
+
+@pytest.mark.parametrize("m", [2, 16, 17])  # AMX-tile rows up to 16, brgemm past that
+def test_bf16_small_m_tiles_and_brgemm_interleave(isa, m):
+    # The small-M AMX kernel loads its own tile config; brgemm (prefill) must still be
+    # right when it runs next on the same threads, and vice versa.
+    torch.manual_seed(m)
+    k, n = 576, 96
+    w = torch.randn(n, k, dtype=torch.bfloat16) / k**0.5
+    p = L.pack_linear_weight(w)
+    small, large = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(64, k, dtype=torch.bfloat16)
+    for _ in range(3):
+        close(L.linear(small, p, None, n), reference.linear(small, w, None), torch.bfloat16)
+        close(L.linear(large, p, None, n), reference.linear(large, w, None), torch.bfloat16)

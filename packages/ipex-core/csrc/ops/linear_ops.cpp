@@ -25,6 +25,8 @@ bool bf16_dot_usable(c10::ScalarType dt) {
   return dt == at::kBFloat16 && static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAvx512Bf16);
 }
 
+bool amx_rows_usable() { return static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAmx); }
+
 // Up to this many rows our streaming kernel runs; above it brgemm (AMX for
 // bf16) does. Measured in benchmarks/bench_linear.py; IPEX_LINEAR_SMALL_M
 // overrides it (see ipex_core/env.py).
@@ -35,11 +37,14 @@ int64_t small_m_threshold(c10::ScalarType dt) {
   }();
   if (from_env >= 0) return from_env;
   // bf16: at M=1 our vdpbf16ps kernel streams the weights at 79-84% of the
-  // bandwidth against brgemm's 60-66% (4096x11008, 2 threads); from M=4 on,
-  // AMX brgemm is ahead (63% vs 57%). Without AVX512-BF16 the widening kernel
-  // loses to brgemm at every M. fp32/fp16 have no AMX: ours wins at small M.
+  // bandwidth against brgemm's 60-66% (4096x11008, 2 threads); at M=2..16 our
+  // AMX-tile kernel (one tile config per call, no per-block dispatch) beats
+  // brgemm on one 32-column block per call (0.5B Llama decode step at M=4/8,
+  // interleaved with stock: 0.76-0.80x stock's time vs 0.86x). Without
+  // AVX512-BF16 the widening kernel loses to brgemm at every M. fp32/fp16 have
+  // no AMX: ours wins at small M.
   switch (dt) {
-    case at::kBFloat16: return bf16_dot_usable(dt) ? 1 : 0;
+    case at::kBFloat16: return amx_rows_usable() ? 16 : bf16_dot_usable(dt) ? 1 : 0;
     case at::kHalf: return 2;
     default: return 8;
   }
@@ -154,7 +159,14 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
   a.out_row_stride = N;
   a.epilogue = epi;
 
-  if (M <= small_m_threshold(dt) || !brgemm_usable(dt)) {
+  bool small_m = M <= small_m_threshold(dt) || !brgemm_usable(dt);
+  // Past one row, bf16 rows run on AMX tiles only in whole 32-k steps; otherwise
+  // brgemm (vdpbf16ps falls behind it from M=4 on).
+  if (small_m && M > 1 && amx_rows_usable() && dt == at::kBFloat16 && shape.k_pad % 32 != 0 &&
+      brgemm_usable(dt)) {
+    small_m = false;
+  }
+  if (small_m) {
     // The input once, zero-padded to K_pad, shared by all threads: as bf16 for
     // the vdpbf16ps kernel, else in fp32.
     at::Tensor xf;
@@ -167,8 +179,14 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
       xf.narrow(1, 0, K).copy_(x);
       a.x = xf.data_ptr();
     }
+    // AMX rows: M fits one tile, whole 32-k steps; where AMX is not there or M is
+    // 1 (one row wastes 15/16 of a tile), vdpbf16ps.
+    a.amx = a.x_bf16 != nullptr && M > 1 && M <= 16 && shape.k_pad % 32 == 0 && amx_rows_usable();
     auto fn = IPEX_PICK_ISA_KERNEL(linear_small_m_blocks);
-    at::parallel_for(0, shape.blocks, 1, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
+    at::parallel_for(0, shape.blocks, 1, [&](int64_t begin, int64_t end) {
+      fn(a, begin, end);
+      if (a.amx) at::native::cpublas::brgemm_release();  // our tile config is not brgemm's
+    });
     return out.view(out_shape);
   }
 

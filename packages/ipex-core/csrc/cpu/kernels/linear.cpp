@@ -231,6 +231,69 @@ IPEX_LINEAR_BF16_FN void block_dot_bf16_rows(const LinearArgs& a, const uint16_t
   }
 }
 
+// bf16 small M on AMX tiles: per 32 k, one A tile (the M rows of x), two B
+// tiles straight from the packed block (its k-pair rows are 32 columns x 2:
+// the first 64 bytes are columns 0-15, the next 64 columns 16-31, exactly the
+// B tile layout) and two tdpbf16ps. One tile config per call, no per-block
+// kernel dispatch, and compute to spare at every M <= 16, so the weights
+// stream at memory speed.
+#define IPEX_LINEAR_AMX_FN \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles: 0/1 the accumulators (columns 0-15 / 16-31), 2 the rows of x, 3/4 the weights.
+IPEX_LINEAR_AMX_FN void amx_configure_rows(int64_t M) {
+  AmxTileConfig c;
+  const auto m = static_cast<uint8_t>(M);
+  c.rows[0] = m; c.colsb[0] = 64;
+  c.rows[1] = m; c.colsb[1] = 64;
+  c.rows[2] = m; c.colsb[2] = 64;
+  c.rows[3] = 16; c.colsb[3] = 64;
+  c.rows[4] = 16; c.colsb[4] = 64;
+  _tile_loadconfig(&c);
+}
+
+IPEX_LINEAR_AMX_FN void block_amx(const uint16_t* x, int64_t K_pad, const uint16_t* w, float* out) {
+  _tile_zero(0);
+  _tile_zero(1);
+  for (int64_t k = 0; k < K_pad; k += 32) {
+    const uint16_t* wk = w + k * kBlockN;  // k-pair row k/2, 2 * kBlockN elements per row
+    _tile_loadd(2, x + k, K_pad * 2);
+    _tile_loadd(3, wk, 4 * kBlockN);
+    _tile_loadd(4, wk + 32, 4 * kBlockN);
+    _tile_dpbf16ps(0, 2, 3);
+    _tile_dpbf16ps(1, 2, 4);
+  }
+  _tile_stored(0, out, kBlockN * 4);
+  _tile_stored(1, out + 16, kBlockN * 4);
+}
+
+IPEX_LINEAR_AMX_FN void small_m_blocks_amx(const LinearArgs& a, int64_t begin, int64_t end) {
+  const bool pair = a.epilogue == Epilogue::kPairSiluMul;
+  const int64_t block_elems = a.K_pad * kBlockN;
+  const auto* x = static_cast<const uint16_t*>(a.x_bf16);
+  alignas(64) float acc[16 * kBlockN], acc2[16 * kBlockN];
+  amx_configure_rows(a.M);
+  for (int64_t b = begin; b < end; ++b) {
+    const auto* w = static_cast<const uint16_t*>(a.weight) + b * block_elems * (pair ? 2 : 1);
+    block_amx(x, a.K_pad, w, acc);
+    if (pair) block_amx(x, a.K_pad, w + block_elems, acc2);
+    const int64_t n0 = b * kBlockN;
+    const int64_t cols = std::min<int64_t>(kBlockN, a.N - n0);
+    for (int64_t r = 0; r < a.M; ++r) {
+      epilogue_row<c10::BFloat16>(a, r, n0, cols, acc + r * kBlockN, pair ? acc2 + r * kBlockN : nullptr);
+    }
+  }
+  _tile_release();
+}
+
 void small_m_blocks_bf16_dot(const LinearArgs& a, int64_t begin, int64_t end) {
   const bool pair = a.epilogue == Epilogue::kPairSiluMul;
   const int64_t block_elems = a.K_pad * kBlockN;
@@ -253,7 +316,9 @@ void small_m_blocks_bf16_dot(const LinearArgs& a, int64_t begin, int64_t end) {
 
 void linear_small_m_blocks(const LinearArgs& a, int64_t begin, int64_t end) {
 #if defined(CPU_CAPABILITY_AVX512)
-  if (a.dtype == c10::ScalarType::BFloat16 && a.x_bf16 != nullptr) return small_m_blocks_bf16_dot(a, begin, end);
+  if (a.dtype == c10::ScalarType::BFloat16 && a.x_bf16 != nullptr) {
+    return a.amx ? small_m_blocks_amx(a, begin, end) : small_m_blocks_bf16_dot(a, begin, end);
+  }
 #endif
   switch (a.dtype) {
     case c10::ScalarType::Float: return small_m_blocks<float, 1>(a, begin, end);
