@@ -2,6 +2,7 @@
 // pieces (packing, fp32 micro-GEMM, block softmax, finalize). Compiled once per
 // ISA level; see attention_kernels.h for the contracts.
 #include "cpu/kernels/attention_kernels.h"
+#include "cpu/kernels/amx_tiles.h"
 #include "cpu/kernels/vec_io.h"
 
 #include <algorithm>
@@ -870,14 +871,6 @@ IPEX_BF16_FN void softmax_block_bf16(const SoftmaxBlock& b) {
 constexpr float kLazyMax = 8.f;
 constexpr int64_t kAmxChunk = 32;  // tokens per step: one A tile of P (32 bf16 per row)
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // Tile registers: S halves (tokens 0-15, 16-31), a K tile, a Q^T tile, P, a V
 // tile and two O tiles (alternating d blocks so consecutive tdpbf16ps are
 // independent). Macros: the tile intrinsics paste the number into the asm.
@@ -891,7 +884,7 @@ struct alignas(64) TileConfig {
 #define kTO1 7
 
 IPEX_AMX_FN inline void amx_configure(int64_t gs) {
-  TileConfig c;
+  AmxTileConfig c;
   const auto g4 = static_cast<uint16_t>(gs * 4);
   const auto gr = static_cast<uint8_t>(gs);
   c.rows[kTS0] = 16; c.colsb[kTS0] = g4;

@@ -1,5 +1,6 @@
 // Small-M linear (decode GEMV) and the shared epilogue, compiled once per ISA.
 #include "cpu/kernels/linear_kernels.h"
+#include "cpu/kernels/amx_tiles.h"
 #include "cpu/kernels/vec_io.h"
 
 #include <algorithm>
@@ -239,14 +240,6 @@ IPEX_LINEAR_BF16_FN void block_dot_bf16_rows(const LinearArgs& a, const uint16_t
 // stream at memory speed.
 #define IPEX_LINEAR_AMX_FN \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
-
-struct alignas(64) AmxTileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // Tiles: 0/1 the accumulators (columns 0-15 / 16-31), 2 the rows of x, 3/4 the weights.
 IPEX_LINEAR_AMX_FN void amx_configure_rows(int64_t M) {
