@@ -38,8 +38,8 @@ struct LinearArgs {
   // bf16 small-M path on AVX512-BF16 (vdpbf16ps): the input as bf16 [M, K_pad],
   // set only where the active ISA level has the instructions; else nullptr.
   const void* x_bf16 = nullptr;
-  // With x_bf16: run the rows on AMX tiles (M <= 16, K_pad a multiple of 32, AMX
-  // level). The caller resets oneDNN's brgemm tile state on each thread afterwards
+  // With x_bf16: run the rows on AMX tiles (1 <= M <= 16, K_pad a multiple of 32,
+  // AMX level). The caller resets oneDNN's brgemm tile state on each thread afterwards
   // (at::native::cpublas::brgemm_release), as this kernel loads its own tile config.
   bool amx = false;
   const void* weight;     // packed
