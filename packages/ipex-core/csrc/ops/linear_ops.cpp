@@ -20,31 +20,42 @@ namespace {
 using kernels::Epilogue;
 using kernels::kBlockN;
 
-// bf16 rows through vdpbf16ps: the AVX512-BF16 level (the avx512 kernel build runs it).
-bool bf16_dot_usable(c10::ScalarType dt) {
-  return dt == at::kBFloat16 && static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAvx512Bf16);
-}
+// The kernel for bf16 rows on native bf16 instructions (see LinearArgs::x_bf16):
+// AMX tiles for up to 16 rows in whole 32-k steps, else vdpbf16ps for one row
+// (AVX512-BF16), else none (the widening fp32 kernel or brgemm).
+enum class Bf16Rows { kNone, kDot, kAmx };
 
-bool amx_rows_usable() { return static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAmx); }
+Bf16Rows bf16_rows_kernel(int64_t M, int64_t k_pad) {
+  const auto isa = static_cast<int>(active_isa());
+  if (M <= 16 && k_pad % 32 == 0 && isa >= static_cast<int>(IsaLevel::kAmx)) return Bf16Rows::kAmx;
+  if (M == 1 && isa >= static_cast<int>(IsaLevel::kAvx512Bf16)) return Bf16Rows::kDot;
+  return Bf16Rows::kNone;
+}
 
 // Up to this many rows our streaming kernel runs; above it brgemm (AMX for
 // bf16) does. Measured in benchmarks/bench_linear.py; IPEX_LINEAR_SMALL_M
 // overrides it (see ipex_core/env.py).
-int64_t small_m_threshold(c10::ScalarType dt) {
+int64_t small_m_threshold(c10::ScalarType dt, int64_t k_pad) {
   static const int64_t from_env = [] {
     const char* v = std::getenv("IPEX_LINEAR_SMALL_M");
     return (v != nullptr && v[0] != '\0') ? std::atoll(v) : -1;
   }();
   if (from_env >= 0) return from_env;
-  // bf16 up to 16 rows: our AMX-tile kernel (one tile config per call, no
-  // per-block dispatch) beats brgemm on one 32-column block per call (0.5B Llama
+  // bf16: our AMX-tile kernel (one tile config per call, no per-block dispatch)
+  // beats brgemm on one 32-column block per call up to 16 rows (0.5B Llama
   // decode step at M=4/8, interleaved with stock: 0.76-0.80x stock's time vs
-  // 0.86x). At the AVX512-BF16 level (no AMX), one row runs vdpbf16ps (79-84%
-  // of the bandwidth vs brgemm's 60-66% at 4096x11008), more rows brgemm.
-  // Without AVX512-BF16 the widening kernel loses to brgemm at every M.
-  // fp32/fp16 have no AMX: ours wins at small M.
+  // 0.86x; at M=1 0.69-0.72x vs 0.75-0.80x with vdpbf16ps). Without AMX (or K
+  // not in whole 32-k steps), vdpbf16ps wins at one row (79-84% of the bandwidth
+  // vs brgemm's 60-66% at 4096x11008) and brgemm from two rows on; without
+  // AVX512-BF16 the widening kernel loses to brgemm at every M. fp32/fp16 have
+  // no AMX: ours wins at small M.
   switch (dt) {
-    case at::kBFloat16: return amx_rows_usable() ? 16 : bf16_dot_usable(dt) ? 1 : 0;
+    case at::kBFloat16:
+      switch (bf16_rows_kernel(1, k_pad)) {
+        case Bf16Rows::kAmx: return 16;
+        case Bf16Rows::kDot: return 1;
+        default: return 0;
+      }
     case at::kHalf: return 2;
     default: return 8;
   }
@@ -159,30 +170,21 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
   a.out_row_stride = N;
   a.epilogue = epi;
 
-  bool small_m = M <= small_m_threshold(dt) || !brgemm_usable(dt);
-  // Past one row, bf16 rows run on AMX tiles only in whole 32-k steps; otherwise
-  // brgemm (vdpbf16ps falls behind it from M=4 on).
-  if (small_m && M > 1 && amx_rows_usable() && dt == at::kBFloat16 && shape.k_pad % 32 != 0 &&
-      brgemm_usable(dt)) {
-    small_m = false;
-  }
-  if (small_m) {
+  if (M <= small_m_threshold(dt, shape.k_pad) || !brgemm_usable(dt)) {
     // The input once, zero-padded to K_pad, shared by all threads: as bf16 for
-    // the vdpbf16ps kernel, else in fp32.
+    // the native-bf16 kernels, else in fp32.
+    const Bf16Rows rows_kernel = dt == at::kBFloat16 ? bf16_rows_kernel(M, shape.k_pad) : Bf16Rows::kNone;
     at::Tensor xf;
-    if (bf16_dot_usable(dt)) {
+    if (rows_kernel != Bf16Rows::kNone) {
       xf = (K == shape.k_pad && x.is_contiguous()) ? x : at::zeros({M, shape.k_pad}, input.options());
       if (!xf.is_same(x)) xf.narrow(1, 0, K).copy_(x);
       a.x_bf16 = xf.data_ptr();
+      a.amx = rows_kernel == Bf16Rows::kAmx;
     } else {
       xf = at::zeros({M, shape.k_pad}, input.options().dtype(at::kFloat));
       xf.narrow(1, 0, K).copy_(x);
       a.x = xf.data_ptr();
     }
-    // AMX rows: M fits one tile, whole 32-k steps -- even at M=1, where 15/16 of
-    // the tile idles but the weights still stream faster than with vdpbf16ps
-    // (0.5B decode step: 0.69-0.72x stock's time vs 0.75-0.80x); else vdpbf16ps.
-    a.amx = a.x_bf16 != nullptr && M <= 16 && shape.k_pad % 32 == 0 && amx_rows_usable();
     auto fn = IPEX_PICK_ISA_KERNEL(linear_small_m_blocks);
     at::parallel_for(0, shape.blocks, 1, [&](int64_t begin, int64_t end) {
       fn(a, begin, end);

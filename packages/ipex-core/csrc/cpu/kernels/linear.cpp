@@ -156,15 +156,19 @@ void block_gemv(const LinearArgs& a, const T* w, float* accbuf, float* out /*[M]
   }
 }
 
-template <typename T, int V>
-void small_m_blocks(const LinearArgs& a, int64_t begin, int64_t end) {
+// The small-M driver: for output blocks [begin, end), `block_acc(w, acc)` fills
+// the fp32 accumulators [M][kBlockN] of one packed block (both halves of a
+// gate/up pair), then the epilogue stores them. Each kernel only supplies
+// block_acc.
+template <typename T, typename BlockAcc>
+void for_each_block(const LinearArgs& a, int64_t begin, int64_t end, const BlockAcc& block_acc) {
   const bool pair = a.epilogue == Epilogue::kPairSiluMul;
   const int64_t block_elems = a.K_pad * kBlockN;
-  std::vector<float> accbuf(a.M * kBlockN * V), acc(a.M * kBlockN), acc2(pair ? a.M * kBlockN : 0);
+  std::vector<float> acc(a.M * kBlockN), acc2(pair ? a.M * kBlockN : 0);
   for (int64_t b = begin; b < end; ++b) {
     const T* w = static_cast<const T*>(a.weight) + b * block_elems * (pair ? 2 : 1);
-    block_gemv<T, V>(a, w, accbuf.data(), acc.data());
-    if (pair) block_gemv<T, V>(a, w + block_elems, accbuf.data(), acc2.data());
+    block_acc(w, acc.data());
+    if (pair) block_acc(w + block_elems, acc2.data());
     const int64_t n0 = b * kBlockN;
     const int64_t cols = std::min<int64_t>(kBlockN, a.N - n0);
     for (int64_t r = 0; r < a.M; ++r) {
@@ -173,63 +177,46 @@ void small_m_blocks(const LinearArgs& a, int64_t begin, int64_t end) {
   }
 }
 
+template <typename T, int V>
+void small_m_blocks(const LinearArgs& a, int64_t begin, int64_t end) {
+  std::vector<float> accbuf(a.M * kBlockN * V);
+  for_each_block<T>(a, begin, end, [&](const T* w, float* acc) { block_gemv<T, V>(a, w, accbuf.data(), acc); });
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
-// bf16 decode with vdpbf16ps (AVX512-BF16): one instruction multiplies a k pair
-// of 16 columns, straight from the packed VNNI layout, with no conversions --
-// four times fewer instructions per weight byte than widening to fp32, so a
-// core streams weights at memory speed. Only called where the active ISA level
-// has the instructions (the op sets LinearArgs::x_bf16 only then).
+// bf16 decode (one row) with vdpbf16ps (AVX512-BF16): one instruction
+// multiplies a k pair of 16 columns, straight from the packed VNNI layout,
+// with no conversions -- four times fewer instructions per weight byte than
+// widening to fp32, so a core streams weights at memory speed. Only called
+// where the active ISA level has the instructions (the op decides, see
+// LinearArgs::x_bf16). More rows lose to AMX/brgemm (vdpbf16ps is the limit).
 #define IPEX_LINEAR_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
-// out[r][0..kBlockN) = x[r] . W_block for MR rows over the whole K.
-// Two k groups per step into separate accumulators (latency hiding).
-template <int MR>
-IPEX_LINEAR_BF16_FN void block_dot_bf16(const uint16_t* x, int64_t ldx, int64_t groups, const uint16_t* w,
-                                        float* out) {
+// out[0..kBlockN) = x . W_block over the whole K; two k groups per step into
+// separate accumulators (latency hiding).
+IPEX_LINEAR_BF16_FN void block_dot_bf16(const uint16_t* x, int64_t K_pad, const uint16_t* w, float* out) {
   static_assert(kBlockN == 32, "one k group of a block is two 512-bit registers");
-  __m512 acc[MR][4];
-  for (int r = 0; r < MR; ++r)
-    for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
+  const int64_t groups = K_pad / 2;
+  __m512 acc[4];
+  for (int i = 0; i < 4; ++i) acc[i] = _mm512_setzero_ps();
   int64_t g = 0;
   for (; g + 2 <= groups; g += 2) {
     const uint16_t* wg = w + g * 2 * kBlockN;
-    const __m512i w0 = _mm512_loadu_si512(wg), w1 = _mm512_loadu_si512(wg + 32);
-    const __m512i w2 = _mm512_loadu_si512(wg + 64), w3 = _mm512_loadu_si512(wg + 96);
-    for (int r = 0; r < MR; ++r) {
-      const __m512i x0 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(x + r * ldx + 2 * g));
-      const __m512i x1 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(x + r * ldx + 2 * g + 2));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)w0, (__m512bh)x0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)w1, (__m512bh)x0);
-      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], (__m512bh)w2, (__m512bh)x1);
-      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], (__m512bh)w3, (__m512bh)x1);
-    }
+    const __m512i x0 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(x + 2 * g));
+    const __m512i x1 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(x + 2 * g + 2));
+    acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_loadu_si512(wg), (__m512bh)x0);
+    acc[1] = _mm512_dpbf16_ps(acc[1], (__m512bh)_mm512_loadu_si512(wg + 32), (__m512bh)x0);
+    acc[2] = _mm512_dpbf16_ps(acc[2], (__m512bh)_mm512_loadu_si512(wg + 64), (__m512bh)x1);
+    acc[3] = _mm512_dpbf16_ps(acc[3], (__m512bh)_mm512_loadu_si512(wg + 96), (__m512bh)x1);
   }
   if (g < groups) {
     const uint16_t* wg = w + g * 2 * kBlockN;
-    const __m512i w0 = _mm512_loadu_si512(wg), w1 = _mm512_loadu_si512(wg + 32);
-    for (int r = 0; r < MR; ++r) {
-      const __m512i x0 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(x + r * ldx + 2 * g));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)w0, (__m512bh)x0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)w1, (__m512bh)x0);
-    }
+    const __m512i x0 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(x + 2 * g));
+    acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_loadu_si512(wg), (__m512bh)x0);
+    acc[1] = _mm512_dpbf16_ps(acc[1], (__m512bh)_mm512_loadu_si512(wg + 32), (__m512bh)x0);
   }
-  for (int r = 0; r < MR; ++r) {
-    _mm512_storeu_ps(out + r * kBlockN, _mm512_add_ps(acc[r][0], acc[r][2]));
-    _mm512_storeu_ps(out + r * kBlockN + 16, _mm512_add_ps(acc[r][1], acc[r][3]));
-  }
-}
-
-IPEX_LINEAR_BF16_FN void block_dot_bf16_rows(const LinearArgs& a, const uint16_t* w, float* out) {
-  const auto* x = static_cast<const uint16_t*>(a.x_bf16);
-  const int64_t groups = a.K_pad / 2;
-  int64_t m = 0;
-  for (; m + 4 <= a.M; m += 4) block_dot_bf16<4>(x + m * a.K_pad, a.K_pad, groups, w, out + m * kBlockN);
-  switch (a.M - m) {
-    case 3: block_dot_bf16<3>(x + m * a.K_pad, a.K_pad, groups, w, out + m * kBlockN); break;
-    case 2: block_dot_bf16<2>(x + m * a.K_pad, a.K_pad, groups, w, out + m * kBlockN); break;
-    case 1: block_dot_bf16<1>(x + m * a.K_pad, a.K_pad, groups, w, out + m * kBlockN); break;
-    default: break;
-  }
+  _mm512_storeu_ps(out, _mm512_add_ps(acc[0], acc[2]));
+  _mm512_storeu_ps(out + 16, _mm512_add_ps(acc[1], acc[3]));
 }
 
 // bf16 small M on AMX tiles: per 32 k, one A tile (the M rows of x), two B
@@ -269,39 +256,19 @@ IPEX_LINEAR_AMX_FN void block_amx(const uint16_t* x, int64_t K_pad, const uint16
 }
 
 IPEX_LINEAR_AMX_FN void small_m_blocks_amx(const LinearArgs& a, int64_t begin, int64_t end) {
-  const bool pair = a.epilogue == Epilogue::kPairSiluMul;
-  const int64_t block_elems = a.K_pad * kBlockN;
   const auto* x = static_cast<const uint16_t*>(a.x_bf16);
-  alignas(64) float acc[16 * kBlockN], acc2[16 * kBlockN];
   amx_configure_rows(a.M);
-  for (int64_t b = begin; b < end; ++b) {
-    const auto* w = static_cast<const uint16_t*>(a.weight) + b * block_elems * (pair ? 2 : 1);
-    block_amx(x, a.K_pad, w, acc);
-    if (pair) block_amx(x, a.K_pad, w + block_elems, acc2);
-    const int64_t n0 = b * kBlockN;
-    const int64_t cols = std::min<int64_t>(kBlockN, a.N - n0);
-    for (int64_t r = 0; r < a.M; ++r) {
-      epilogue_row<c10::BFloat16>(a, r, n0, cols, acc + r * kBlockN, pair ? acc2 + r * kBlockN : nullptr);
-    }
-  }
+  for_each_block<c10::BFloat16>(a, begin, end, [&](const c10::BFloat16* w, float* acc) {
+    block_amx(x, a.K_pad, reinterpret_cast<const uint16_t*>(w), acc);
+  });
   _tile_release();
 }
 
 void small_m_blocks_bf16_dot(const LinearArgs& a, int64_t begin, int64_t end) {
-  const bool pair = a.epilogue == Epilogue::kPairSiluMul;
-  const int64_t block_elems = a.K_pad * kBlockN;
-  std::vector<float> acc(a.M * kBlockN), acc2(pair ? a.M * kBlockN : 0);
-  for (int64_t b = begin; b < end; ++b) {
-    const auto* w = static_cast<const uint16_t*>(a.weight) + b * block_elems * (pair ? 2 : 1);
-    block_dot_bf16_rows(a, w, acc.data());
-    if (pair) block_dot_bf16_rows(a, w + block_elems, acc2.data());
-    const int64_t n0 = b * kBlockN;
-    const int64_t cols = std::min<int64_t>(kBlockN, a.N - n0);
-    for (int64_t r = 0; r < a.M; ++r) {
-      epilogue_row<c10::BFloat16>(a, r, n0, cols, acc.data() + r * kBlockN,
-                                  pair ? acc2.data() + r * kBlockN : nullptr);
-    }
-  }
+  const auto* x = static_cast<const uint16_t*>(a.x_bf16);
+  for_each_block<c10::BFloat16>(a, begin, end, [&](const c10::BFloat16* w, float* acc) {
+    block_dot_bf16(x, a.K_pad, reinterpret_cast<const uint16_t*>(w), acc);
+  });
 }
 #endif
 

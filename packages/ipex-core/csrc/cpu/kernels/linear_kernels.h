@@ -35,12 +35,13 @@ struct LinearArgs {
   int64_t M, N, K_pad, V;
   int64_t num_blocks;
   const void* x;          // the input as fp32 [M, K_pad] (small-M path)
-  // bf16 small-M path on AVX512-BF16 (vdpbf16ps): the input as bf16 [M, K_pad],
-  // set only where the active ISA level has the instructions; else nullptr.
+  // bf16 rows on native bf16 instructions: the input as bf16 [M, K_pad]; nullptr
+  // otherwise (then x, in fp32). Set by the op only where the active ISA level has
+  // them: AMX tiles when `amx` (1 <= M <= 16, K_pad a multiple of 32; the caller
+  // resets oneDNN's brgemm tile state on each thread afterwards with
+  // at::native::cpublas::brgemm_release, as this kernel loads its own tile
+  // config), else vdpbf16ps for one row (M == 1).
   const void* x_bf16 = nullptr;
-  // With x_bf16: run the rows on AMX tiles (1 <= M <= 16, K_pad a multiple of 32,
-  // AMX level). The caller resets oneDNN's brgemm tile state on each thread afterwards
-  // (at::native::cpublas::brgemm_release), as this kernel loads its own tile config.
   bool amx = false;
   const void* weight;     // packed
   const void* bias;       // [N] or [2N] for a pair (gate then up), or nullptr

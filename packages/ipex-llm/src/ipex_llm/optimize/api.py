@@ -130,13 +130,10 @@ def optimize(
     with torch.no_grad():
         if next(model.parameters()).dtype != dtype:
             model.to(dtype)
-        fused_qkv = decoder.fuse_qkv(model)
+        fused_qkv = decoder.fuse_qkv(model)  # before apply_swaps, which packs the fused Linear
         report = apply_swaps(model)
-        fused_layers = decoder.fuse_decoder_layers(model)
-    if fused_qkv:
-        report["fused_qkv"] = fused_qkv
-    if fused_layers:
-        report["fused_decoder_layer"] = fused_layers
+        report.update(fused_qkv=fused_qkv, fused_decoder_layer=decoder.fuse_decoder_layers(model))
+    report = +report  # only the kinds that occurred
     compiled = deployment_mode and _enable_compiled_decode(model)
     iakv = iakv_cache.install(model)
     model._ipex_optimized = {"model_type": model_type, "dtype": dtype, "swaps": dict(report),

@@ -91,19 +91,21 @@ class IpexIAKVLayer(_cache_layer_base()):
         if self.length + seq > self.keys.shape[0]:
             self._grow(self.length + seq)
         end = self.length + seq
-        copies = self.keys.shape[1] // key_states.shape[0]
-        if copies > 1:  # a shared prompt: every beam slot of a batch entry gets its KV
-            key_states = key_states.repeat_interleave(copies, dim=0)
-            value_states = value_states.repeat_interleave(copies, dim=0)
-        self.keys[self.length : end] = key_states.permute(2, 0, 1, 3)
-        self.values[self.length : end] = value_states.permute(2, 0, 1, 3)
+        copies = self.keys.shape[1] // key_states.shape[0]  # > 1: a shared prompt
+        # [seq, rows, heads, dim] views; each beam slot of a batch entry gets the entry's KV.
+        new_keys, new_values = key_states.permute(2, 0, 1, 3), value_states.permute(2, 0, 1, 3)
+        if copies > 1:
+            new_keys = new_keys.repeat_interleave(copies, dim=1)
+            new_values = new_values.repeat_interleave(copies, dim=1)
+        self.keys[self.length : end] = new_keys
+        self.values[self.length : end] = new_values
         self.beam_idx[self.length : end] = torch.arange(self.beam_idx.shape[1])
         first = self.length == 0
         self.length = end
         if first:
             # The prompt attends only to itself: plain attention on the fresh states
             # (transformers' SDPA, as stock runs it), no walk through the history.
-            return (key_states[::copies], value_states[::copies]) if copies > 1 else (key_states, value_states)
+            return key_states, value_states
         # Views in the layout attention expects ([batch, heads, seq, dim]), no copy. The
         # tag tells the "ipex" attention function where the buffers and history are.
         keys = self.keys[:end].permute(1, 2, 0, 3)
