@@ -35,6 +35,13 @@ TINY = {
                pad_token_id=0),
 }
 
+#: Configurations of a family that take other code paths: name -> (model_type, config kwargs over TINY's).
+VARIANTS = {
+    "falcon_alibi": ("falcon", dict(alibi=True, multi_query=False)),
+    # Falcon's non-SDPA ALiBi path adds ALiBi to the scores a second time (stock behaviour).
+    "falcon_alibi_eager": ("falcon", dict(alibi=True, multi_query=False, attn_implementation="eager")),
+    "falcon_new_arch": ("falcon", dict(new_decoder_architecture=True, num_kv_heads=2)),
+}
 
 # Image-to-text families: a tiny vision encoder (32x32 images cut into 8x8 patches, so 16
 # image positions) in front of a tiny text model.
@@ -54,10 +61,14 @@ MULTIMODAL = {
 
 
 def build(model_type: str, seed: int = 0):
-    """A tiny eval-mode model of ``model_type`` (a key of TINY or MULTIMODAL) with random weights."""
+    """A tiny eval-mode model of ``model_type`` (a key of TINY, VARIANTS or MULTIMODAL) with random weights."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
 
-    if model_type in MULTIMODAL:
+    if model_type in VARIANTS:
+        model_type, overrides = VARIANTS[model_type]
+        config = AutoConfig.for_model(model_type, **{**_COMMON, **TINY[model_type], **overrides})
+        auto = AutoModelForCausalLM
+    elif model_type in MULTIMODAL:
         config = AutoConfig.for_model(model_type, **MULTIMODAL[model_type])
         auto = AutoModelForCausalLM if model_type == "git" else AutoModelForImageTextToText
     else:

@@ -16,9 +16,14 @@
 * :func:`install` switches an optimized model over (its own config and generate hooks
   only; other models keep what they had).
 
-Only families whose attention passes ``cache.update()``'s output straight to the
-attention function use it (listed in :data:`IAKV_MODEL_TYPES`); others keep the
-default cache, where beam search reorders by copying.
+Families whose attention passes ``cache.update()``'s output straight to the attention
+function (most of :data:`IAKV_MODEL_TYPES`) need nothing more. Bloom, Falcon and MPT
+compute attention in their own code (ALiBi added to ``baddbmm``/``matmul`` scores): a
+small class-swapped attention subclass per family (:mod:`.iakv_adapters`) runs the
+decode step on the same kernel. T5 (encoder-decoder) keeps its self-attention on the
+IAKV cache and its cross-attention keys/values in a cache whose reorder is a no-op
+(:class:`BeamSharedCrossAttentionCache`). Other families keep the default cache, where
+beam search reorders by copying.
 """
 
 from __future__ import annotations
@@ -28,15 +33,17 @@ import types
 import torch
 from torch import nn
 
-__all__ = ["IAKV_MODEL_TYPES", "IpexIAKVCache", "IpexIAKVLayer", "install"]
+__all__ = ["IAKV_MODEL_TYPES", "BeamSharedCrossAttentionCache", "IpexIAKVCache", "IpexIAKVLayer", "install"]
 
-IAKV_MODEL_TYPES = frozenset(
+#: Families whose attention reaches the "ipex" attention function (T5 included: its
+#: relative position bias comes as ``position_bias``).
+ATTENTION_INTERFACE_TYPES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "stablelm",
-     "gptj", "gpt_neox", "opt", "codegen", "gpt_bigcode", "phi", "llava"}
+     "gptj", "gpt_neox", "opt", "codegen", "gpt_bigcode", "phi", "llava", "t5"}
 )
-# Not here, so beam search reorders by copying: Bloom, Falcon and MPT compute attention
-# in their own code, not through transformers' AttentionInterface (they would read the
-# raw buffers, not each beam's history); T5 is an encoder-decoder (cross-attention cache).
+#: Families whose attention modules get an IAKV decode adapter (see :mod:`.iakv_adapters`).
+ADAPTED_TYPES = frozenset({"bloom", "falcon", "mpt"})
+IAKV_MODEL_TYPES = ATTENTION_INTERFACE_TYPES | ADAPTED_TYPES
 ATTN_NAME = "ipex"
 
 
@@ -147,25 +154,62 @@ class IpexIAKVCache(_cache_base()):
         self.layer_class_to_replicate = lambda: IpexIAKVLayer(prompt_copies=self.prompt_copies)
 
 
+def decode_layer(cache, layer_idx: int):
+    """The IAKV layer of ``layer_idx`` if the next ``cache.update`` there is a decode step, else None.
+
+    A decode step is any update after the prompt's: that one returns tagged views
+    (see :meth:`IpexIAKVLayer.update`), which only IAKV-aware attention may read.
+    """
+    if not isinstance(cache, IpexIAKVCache) or layer_idx >= len(cache.layers):
+        return None
+    layer = cache.layers[layer_idx]
+    return layer if layer.length else None
+
+
+def attention_bias(*terms):
+    """The fp32 additive bias the kernel takes: the sum of ``terms`` (None skipped).
+
+    A float term is added as is (an additive mask, ALiBi, T5's position bias); a bool
+    term is a mask where True means "may attend" (transformers' SDPA convention) and
+    becomes 0 / -inf. Shapes broadcast to ``[batch, heads, q_len, kv_len]``.
+    """
+    bias = None
+    for term in terms:
+        if term is None:
+            continue
+        if term.dtype == torch.bool:
+            term = torch.zeros(term.shape, dtype=torch.float32).masked_fill_(~term, float("-inf"))
+        else:
+            term = term.float()
+        bias = term if bias is None else bias + term
+    return bias
+
+
+def iakv_attend(tagged_keys: torch.Tensor, query: torch.Tensor, scale: float, bias=None, causal=None):
+    """Attention of ``query [batch, heads, q_len, dim]`` over the history behind ``tagged_keys``.
+
+    ``tagged_keys`` is what :meth:`IpexIAKVLayer.update` returned for this step. Returns
+    ``[batch, q_len, heads, dim]``. ``causal`` defaults to "no bias given" (a mask, when
+    present, already says which positions each query sees).
+    """
+    layer, seq = tagged_keys._ipex_iakv
+    if causal is None:
+        causal = bias is None
+    return torch.ops.ipex.iakv_attention(query.transpose(1, 2), layer.keys, layer.values, layer.beam_idx,
+                                         layer.length - seq, scale, bias, causal)
+
+
 def ipex_attention(module: nn.Module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                   **kwargs):
+                   position_bias=None, **kwargs):
     """The "ipex" attention function: IAKV decode for tagged keys, transformers' SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    tag = None if torch.compiler.is_compiling() else getattr(key, "_ipex_iakv", None)
-    if tag is None:
+    if torch.compiler.is_compiling() or not hasattr(key, "_ipex_iakv"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    layer, seq = tag
+                                      position_bias=position_bias, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    bias = None
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            bias = torch.zeros(attention_mask.shape, dtype=torch.float32).masked_fill_(~attention_mask, float("-inf"))
-        else:
-            bias = attention_mask.float()
-    out = torch.ops.ipex.iakv_attention(query.transpose(1, 2), layer.keys, layer.values, layer.beam_idx,
-                                        layer.length - seq, scale, bias, bias is None)
+    out = iakv_attend(key, query, scale, attention_bias(attention_mask, position_bias),
+                      causal=attention_mask is None)
     return out, None
 
 
@@ -178,21 +222,53 @@ def _register() -> None:
         AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 
 
+def _dynamic_cache_base():
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache
+
+
+class BeamSharedCrossAttentionCache(_dynamic_cache_base()):
+    """An encoder-decoder's cross-attention keys/values during beam search: never reordered.
+
+    generate() expands the encoder output per beam, so the beams of one batch entry hold
+    identical cross-attention keys/values, and beam search's ``beam_idx`` only maps a
+    beam onto a beam of the same batch entry. A reorder would copy rows onto equal rows,
+    so it is skipped (the self-attention cache beside it records the indices).
+    """
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        return None
+
+
 def install(model: nn.Module) -> bool:
     """Use the IAKV cache for this model's beam search; returns whether it applies."""
     config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in IAKV_MODEL_TYPES or not hasattr(model, "_prepare_cache_for_generation"):
+    model_type = getattr(config, "model_type", None)
+    if model_type not in IAKV_MODEL_TYPES or not hasattr(model, "_prepare_cache_for_generation"):
         return False
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", None, ATTN_NAME):
         return False  # the user chose another kernel (flash, flex): leave it
-    _register()
-    model.set_attn_implementation(ATTN_NAME)
+    if model_type in ADAPTED_TYPES:
+        from ipex_llm.optimize.iakv_adapters import adapt_attention
+
+        if not adapt_attention(model):
+            return False  # an attention module without an adapter would read the raw buffers
+    else:
+        _register()
+        model.set_attn_implementation(ATTN_NAME)
     original = model._prepare_cache_for_generation
 
     def prepare_cache(self, generation_config, model_kwargs, *args, **kwargs):
         if (generation_config.num_beams or 1) > 1 and model_kwargs.get("cache") is None and \
                 generation_config.use_cache is not False:
-            model_kwargs["cache"] = IpexIAKVCache()
+            cache = IpexIAKVCache()
+            if self.config.is_encoder_decoder:
+                from transformers.cache_utils import EncoderDecoderCache
+
+                cross = BeamSharedCrossAttentionCache(config=self.config.get_text_config(decoder=True))
+                cache = EncoderDecoderCache(cache, cross)
+            model_kwargs["cache"] = cache
             return None
         return original(generation_config, model_kwargs, *args, **kwargs)
 
