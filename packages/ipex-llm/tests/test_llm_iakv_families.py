@@ -11,6 +11,7 @@ import importlib
 import pytest
 import torch
 from test_llm_optimize import IpexOpCounter
+from torch import nn
 
 import ipex
 from ipex_llm.optimize.iakv_adapters import ADAPTED_ATTENTIONS
@@ -138,16 +139,23 @@ def test_bf16_beam_search_on_iakv_close_to_stock_bf16(name):
 
 
 def test_bloom_tensor_parallel_slow_but_exact_keeps_copy_reordering():
-    """Bloom's slow_but_exact output projection (pretraining_tp > 1) has no adapter: no IAKV, stock reorder."""
+    """Bloom's slow_but_exact emulation (pretraining_tp > 1) slices its Linears' weights itself.
+
+    Those Linears stay stock (and the attention has no IAKV adapter, so beams are reordered by
+    copying); the tokens still equal stock's.
+    """
     model = build("bloom")
     model.config.pretraining_tp, model.config.slow_but_exact = 2, True
-    for attention in (m for m in model.modules() if type(m).__name__ == "BloomAttention"):
-        attention.pretraining_tp, attention.slow_but_exact = 2, True
+    for module in (m for m in model.modules() if type(m).__name__ in ("BloomAttention", "BloomMLP")):
+        module.pretraining_tp, module.slow_but_exact = 2, True
+    ref_model = copy.deepcopy(model)
     opt = ipex.llm.optimize(model, deployment_mode=False)
     assert opt._ipex_optimized["iakv_beam_search"] is False
     assert not any(type(m).__name__.startswith("IpexBloom") for m in opt.modules())
-    # Tokens are not compared: that projection reads the swapped Linear's weight by slices,
-    # which differs from stock with or without beams (an issue of the Linear swap, not of IAKV).
-    _, counts, _ = _beam_search(opt, PADDED, PADDED_MASK)
+    sliced = [m for m in opt.modules() if type(m).__name__ in ("BloomAttention", "BloomMLP")]
+    assert sliced and all(type(lin) is nn.Linear for m in sliced for lin in m.children() if isinstance(lin, nn.Linear))
+    ref, _, _ = _beam_search(ref_model, PADDED, PADDED_MASK)
+    out, counts, _ = _beam_search(opt, PADDED, PADDED_MASK)
+    assert torch.equal(out.sequences, ref.sequences)
     assert counts["iakv_attention"] == 0 and counts["cache_copy"] > 0
 

@@ -15,6 +15,31 @@ namespace ipex::core::kernels::IPEX_ISA_NS {
 using fVec = at::vec::Vectorized<float>;
 constexpr int64_t kF = fVec::size();
 
+#if defined(CPU_CAPABILITY_AVX512)
+// One fp32 vector to its 16 bf16 / fp16 bit patterns. ATen's convert_from_float
+// converts two vectors at a time (we only ever have one), which doubles the
+// work of every store and rounding in the row kernels: at one thread that made
+// RoPE and the norms instruction-bound, not memory-bound.
+inline __m256i f32_to_bf16_bits(__m512 v) {
+  // Round to nearest even on the bit pattern (as c10::BFloat16 does); NaN -> 0xffff.
+  const __m512i bits = _mm512_castps_si512(v);
+  __m512i r = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  r = _mm512_add_epi32(_mm512_add_epi32(r, _mm512_set1_epi32(0x7fff)), bits);
+  r = _mm512_srli_epi32(r, 16);
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), _mm512_set1_epi32(0xffff), r);
+  return _mm512_cvtepi32_epi16(r);
+}
+
+template <typename T>
+inline __m256i f32_to_half_bits(__m512 v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    return f32_to_bf16_bits(v);
+  } else {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+}
+#endif
+
 template <typename T>
 inline fVec load_f32(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
@@ -31,8 +56,18 @@ inline fVec load_f32(const T* p, int64_t count) {
   if constexpr (std::is_same_v<T, float>) {
     return fVec::loadu(p, count);
   } else {
+#if defined(CPU_CAPABILITY_AVX512)
+    const auto mask = static_cast<__mmask16>((1u << count) - 1);  // count <= kF = 16; the rest reads as 0
+    const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else {
+      return _mm512_cvtph_ps(h);
+    }
+#else
     auto v = at::vec::Vectorized<T>::loadu(p, count);
     return std::get<0>(at::vec::convert_to_float<T>(v));
+#endif
   }
 }
 
@@ -41,7 +76,11 @@ inline void store_f32(T* p, fVec v) {
   if constexpr (std::is_same_v<T, float>) {
     v.store(p);
   } else {
+#if defined(CPU_CAPABILITY_AVX512)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f32_to_half_bits<T>(v));
+#else
     at::vec::convert_from_float<T>(v, v).store(p, kF);
+#endif
   }
 }
 
@@ -50,7 +89,12 @@ inline void store_f32(T* p, fVec v, int64_t count) {
   if constexpr (std::is_same_v<T, float>) {
     v.store(p, count);
   } else {
+#if defined(CPU_CAPABILITY_AVX512)
+    const auto mask = static_cast<__mmask16>((1u << count) - 1);  // count <= kF = 16
+    _mm256_mask_storeu_epi16(p, mask, f32_to_half_bits<T>(v));
+#else
     at::vec::convert_from_float<T>(v, v).store(p, count);
+#endif
   }
 }
 
@@ -61,7 +105,20 @@ inline fVec round_to(fVec v) {
   if constexpr (std::is_same_v<T, float>) {
     return v;
   } else {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      // bf16 is the top half of a float: round in place, no narrowing and widening.
+      const __m512i bits = _mm512_castps_si512(v);
+      __m512i r = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+      r = _mm512_add_epi32(_mm512_add_epi32(r, _mm512_set1_epi32(0x7fff)), bits);
+      r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+      return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), __m512(v), _mm512_castsi512_ps(r));
+    } else {
+      return _mm512_cvtph_ps(f32_to_half_bits<T>(v));
+    }
+#else
     return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
+#endif
   }
 }
 

@@ -226,6 +226,9 @@ def apply_swaps(model: nn.Module, *, skip: tuple[str, ...] = ()) -> Counter:
                 embeddings[id(child.weight)] = (parent, name, child)
 
     def visit(parent: nn.Module) -> None:
+        # Bloom's tensor-parallel emulation (pretraining_tp > 1 with slow_but_exact) slices
+        # its Linears' weights in its own forward: those Linears must stay stock.
+        keep_linears = getattr(parent, "slow_but_exact", False) and getattr(parent, "pretraining_tp", 1) > 1
         for name, child in list(parent.named_children()):
             replacement, kind = None, None
             for rule_kind, rule in _RULES:
@@ -235,7 +238,7 @@ def apply_swaps(model: nn.Module, *, skip: tuple[str, ...] = ()) -> Counter:
                 if replacement is not None:
                     kind = rule_kind
                     break
-            if replacement is None and _plain_linear(child) and "linear" not in skip:
+            if replacement is None and _plain_linear(child) and "linear" not in skip and not keep_linears:
                 if child.weight.dtype in (torch.float32, torch.bfloat16, torch.float16):
                     replacement, kind = IpexLinear(child), "linear"
                     tied = embeddings.pop(id(child.weight), None)
