@@ -20,7 +20,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import ipex
-from harness import Row, machine_meta, measure_bandwidth, progress, report
+from harness import Row, copy_bandwidth_probe, machine_meta, measure_bandwidth, progress, report
 
 
 class _StepStamps:
@@ -37,6 +37,7 @@ class _StepStamps:
 
 def time_steps(model, ids, new_tokens, **kw):
     """(first-token ms, median next-token ms) of one generate, from per-step stamps."""
+    kind = "ipex" if getattr(model, "_ipex_optimized", None) else "stock"
     from transformers import StoppingCriteriaList
 
     stamps = _StepStamps()
@@ -49,7 +50,8 @@ def time_steps(model, ids, new_tokens, **kw):
     # models occasionally does, for stock and ours alike), but too few steps say little.
     made = out.shape[-1] - ids.shape[-1]
     if made < min(new_tokens, 8):
-        raise RuntimeError(f"generation stopped after {made} of {new_tokens} tokens: too few steps to time")
+        raise RuntimeError(f"{kind} generation ({kw or 'greedy'}) stopped after {made} of {new_tokens} tokens: "
+                           "too few steps to time")
     steps = [b - a for a, b in zip(stamps.times, stamps.times[1:])]
     return 1e3 * (stamps.times[0] - start), 1e3 * statistics.median(steps)
 
@@ -101,20 +103,23 @@ def main(argv=None) -> str:
         torch.set_num_threads(args.threads)
 
     bw = measure_bandwidth()
+    probe = copy_bandwidth_probe()  # run between the timed cases: the roofline of the same minutes
     rows = []
     steps = ["0.5B greedy", "0.5B beams", "0.5B batch 8", "SmolLM2 fp32", "SmolLM2 bf16"]
     progress(0, len(steps), "building the 0.5B Llama")
     stock = llama_05b()
     ours = ipex.llm.optimize(stock, dtype=torch.bfloat16)
-    roof_ms = 1e3 * weight_bytes_per_token(stock) / (bw["copy_gbs"] * 1e9)
+    weight_bytes = weight_bytes_per_token(stock)
     torch.manual_seed(1)
     prompt = torch.randint(10, 32000, (1, 128))
     for m in (stock, ours):  # warm-up at the measured length (compiles ours' decode step once)
         time_steps(m, prompt, args.new_tokens)
     t = interleave({"stock": lambda: time_steps(stock, prompt, args.new_tokens),
-                    "ours": lambda: time_steps(ours, prompt, args.new_tokens)}, args.rounds)
+                    "ours": lambda: time_steps(ours, prompt, args.new_tokens), "copy GB/s": probe}, args.rounds)
+    roof_ms = 1e3 * weight_bytes / (t["copy GB/s"] * 1e9)
     for i, label in enumerate(("first token", "next token")):
-        extra = {"roofline ms": roof_ms, "ipex / roofline": t["ours"][i] / roof_ms} if i == 1 else {}
+        extra = {"copy GB/s": t["copy GB/s"], "roofline ms": roof_ms,
+                 "ipex / roofline": t["ours"][i] / roof_ms} if i == 1 else {}
         rows.append(Row(f"Llama-0.5B bf16 b1 p128 {label}", t["stock"][i], t["ours"][i], extra))
 
     if not args.skip_beams:
@@ -123,10 +128,12 @@ def main(argv=None) -> str:
                for name, m in (("stock", stock), ("ours", ours))}
         for fn in fns.values():  # warm-up
             fn()
-        t = interleave(fns, args.rounds)
+        t = interleave(fns | {"copy GB/s": probe}, args.rounds)
+        roof_ms = 1e3 * weight_bytes / (t["copy GB/s"] * 1e9)
         rows.append(Row("Llama-0.5B bf16 4 beams first token", t["stock"][0], t["ours"][0]))
         rows.append(Row("Llama-0.5B bf16 4 beams next token", t["stock"][1], t["ours"][1],
-                        {"roofline ms": roof_ms, "ipex / roofline": t["ours"][1] / roof_ms}))
+                        {"copy GB/s": t["copy GB/s"], "roofline ms": roof_ms,
+                         "ipex / roofline": t["ours"][1] / roof_ms}))
 
     if not args.skip_batch:
         progress(2, len(steps), "0.5B, batch 8")
@@ -158,7 +165,7 @@ def main(argv=None) -> str:
                             {"ipex tok/s": 1e3 / t["ours"][1]}))
     progress(len(steps) - 1, len(steps), "done")
     meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"new_tokens": args.new_tokens}
-    table = report("llm", rows, meta, columns=["roofline ms", "ipex / roofline", "stock tok/s", "ipex tok/s"])
+    table = report("llm", rows, meta, columns=["copy GB/s", "roofline ms", "ipex / roofline", "stock tok/s", "ipex tok/s"])
     print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
     print(table)
     return table

@@ -62,6 +62,25 @@ def measure_bandwidth(gib: float = 1.0, rounds: int = 7) -> dict[str, float]:
     return {"read_gbs": nbytes / read["read"] / 1e9, "copy_gbs": 2 * nbytes / read["copy"] / 1e9}
 
 
+def copy_bandwidth_probe(gib: float = 0.5):
+    """A callable that copies a buffer far larger than the L3 once and returns the copy GB/s.
+
+    For interleaving with the timed cases, so that a roofline uses the bandwidth of the
+    same minutes (this machine's speed drifts by tens of percent within a run).
+    """
+    n = int(gib * (1 << 30)) // 4
+    src = torch.ones(n, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+
+    def probe() -> float:
+        start = time.perf_counter()
+        dst.copy_(src)
+        return 2 * n * 4 / (time.perf_counter() - start) / 1e9
+
+    return probe
+
+
 @dataclass
 class Row:
     case: str

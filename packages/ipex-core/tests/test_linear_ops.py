@@ -140,7 +140,24 @@ def test_compile_fullgraph():
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))
 
 
-@pytest.mark.parametrize("m", [2, 16, 17])  # AMX-tile rows up to 16, brgemm past that
+@pytest.mark.parametrize("m", [17, 257, 300])  # row tiles of 16/32 with tails, tasks of 256 rows
+@pytest.mark.parametrize("k", [64, 1056])  # one K chunk; two of 512 and a 32-k tail
+def test_bf16_large_m_amx_tiles(isa, m, k):
+    # bf16 past 16 rows with K in whole 32-k steps runs our AMX kernel (where the level has
+    # AMX), else brgemm; both against the reference, plain, with an epilogue and as a pair.
+    torch.manual_seed(m + k)
+    n = 70  # a partial last block
+    x = torch.randn(m, k, dtype=torch.bfloat16)
+    w, wu = (torch.randn(n, k, dtype=torch.bfloat16) / k**0.5 for _ in range(2))
+    b, other = torch.randn(n, dtype=torch.bfloat16), torch.randn(m, n, dtype=torch.bfloat16)
+    p = L.pack_linear_weight(w)
+    close(L.linear(x, p, None, n), reference.linear(x, w, None), torch.bfloat16)
+    close(L.linear(x, p, b, n, "add", other), reference.linear(x, w, b, "add", other), torch.bfloat16)
+    pp = L.pack_linear_weight_pair(w, wu)
+    close(L.linear_pair_silu_mul(x, pp, None, n), reference.linear_pair_silu_mul(x, w, wu), torch.bfloat16)
+
+
+@pytest.mark.parametrize("m", [2, 16, 17])  # AMX-tile rows up to 16, large-M tiles / brgemm past that
 def test_bf16_small_m_tiles_and_brgemm_interleave(isa, m):
     # The small-M AMX kernel loads its own tile config; brgemm (prefill) must still be
     # right when it runs next on the same threads, and vice versa.
@@ -149,6 +166,10 @@ def test_bf16_small_m_tiles_and_brgemm_interleave(isa, m):
     w = torch.randn(n, k, dtype=torch.bfloat16) / k**0.5
     p = L.pack_linear_weight(w)
     small, large = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(64, k, dtype=torch.bfloat16)
+    # K = 200 is not in whole 32-k steps: brgemm at every M > 1 there.
+    w_odd = torch.randn(n, 200, dtype=torch.bfloat16) / 200**0.5
+    p_odd, x_odd = L.pack_linear_weight(w_odd), torch.randn(64, 200, dtype=torch.bfloat16)
     for _ in range(3):
         close(L.linear(small, p, None, n), reference.linear(small, w, None), torch.bfloat16)
         close(L.linear(large, p, None, n), reference.linear(large, w, None), torch.bfloat16)
+        close(L.linear(x_odd, p_odd, None, n), reference.linear(x_odd, w_odd, None), torch.bfloat16)

@@ -1,7 +1,8 @@
 // ipex::linear and ipex::linear_pair_silu_mul: GEMM on ipex's packed weight
 // layout (cpu/kernels/linear_kernels.h) with the epilogue fused into the
-// store. Small M (decode) runs our streaming kernel; larger M hands each packed
-// block to oneDNN's brgemm micro-kernel (AMX for bf16), then the same epilogue.
+// store. Small M (decode) runs our streaming kernel; larger M runs our AMX-tile
+// kernel for bf16 (K in whole 32-k steps), else hands each packed block to
+// oneDNN's brgemm micro-kernel, then the same epilogue.
 #include "cpu/isa.h"
 #include "cpu/kernels/linear_kernels.h"
 
@@ -193,11 +194,22 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
     return out.view(out_shape);
   }
 
-  // Large M: brgemm per (row tile, packed block), then the fused epilogue.
+  // Large M: AMX tiles of our own for bf16 (whole 32-k steps), else brgemm per
+  // (row tile, packed block); then the fused epilogue.
   at::Tensor xa = x;
   if (K != shape.k_pad || !x.is_contiguous()) {
     xa = at::zeros({M, shape.k_pad}, input.options());
     xa.narrow(1, 0, K).copy_(x);
+  }
+  if (dt == at::kBFloat16 && shape.k_pad % 32 == 0 &&
+      static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAmx)) {
+    a.x_bf16 = xa.data_ptr();
+    auto fn = IPEX_PICK_ISA_KERNEL(linear_large_m_amx);
+    at::parallel_for(0, kernels::linear_large_m_tasks(M, shape.blocks), 1, [&](int64_t begin, int64_t end) {
+      fn(a, begin, end);
+      at::native::cpublas::brgemm_release();  // our tile config is not brgemm's
+    });
+    return out.view(out_shape);
   }
   constexpr int64_t kTileM = 32;
   const int64_t m_tiles = (M + kTileM - 1) / kTileM;

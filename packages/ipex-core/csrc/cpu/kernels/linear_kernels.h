@@ -40,7 +40,8 @@ struct LinearArgs {
   // them: AMX tiles when `amx` (1 <= M <= 16, K_pad a multiple of 32; the caller
   // resets oneDNN's brgemm tile state on each thread afterwards with
   // at::native::cpublas::brgemm_release, as this kernel loads its own tile
-  // config), else vdpbf16ps for one row (M == 1).
+  // config), else vdpbf16ps for one row (M == 1). The large-M AMX kernel
+  // (linear_large_m_amx) reads it too.
   const void* x_bf16 = nullptr;
   bool amx = false;
   const void* weight;     // packed
@@ -58,6 +59,17 @@ struct LinearArgs {
 
 // Small-M path: output blocks [block_begin, block_end) for all M rows.
 IPEX_DECLARE_ISA_KERNEL(void, linear_small_m_blocks, const LinearArgs&, int64_t, int64_t)
+// Large-M bf16 path on AMX tiles (a.x_bf16 [M, K_pad], K_pad a multiple of 32):
+// tasks [begin, end) of linear_large_m_tasks(M, num_blocks), each up to
+// kLargeTaskRows rows of one packed block, epilogue included. The caller resets
+// oneDNN's brgemm tile state afterwards (see LinearArgs::x_bf16).
+namespace ipex::core::kernels {
+constexpr int64_t kLargeTaskRows = 256;
+inline int64_t linear_large_m_tasks(int64_t M, int64_t num_blocks) {
+  return (M + kLargeTaskRows - 1) / kLargeTaskRows * num_blocks;
+}
+}  // namespace ipex::core::kernels
+IPEX_DECLARE_ISA_KERNEL(void, linear_large_m_amx, const LinearArgs&, int64_t, int64_t)
 // Epilogue for rows [m_begin, m_end) of one block from fp32 accumulators
 // acc [rows, kBlockN] (acc2: the up half of a pair, else nullptr); used by the
 // brgemm (large-M) path.
