@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -50,10 +51,61 @@ def time_steps(model, ids, new_tokens, **kw):
     # models occasionally does, for stock and ours alike), but too few steps say little.
     made = out.shape[-1] - ids.shape[-1]
     if made < min(new_tokens, 8):
+        _diagnose_early_stop(model, ids, new_tokens, kw, len(stamps.times))
         raise RuntimeError(f"{kind} generation ({kw or 'greedy'}) stopped after {made} of {new_tokens} tokens: "
                            "too few steps to time")
     steps = [b - a for a, b in zip(stamps.times, stamps.times[1:])]
     return 1e3 * (stamps.times[0] - start), 1e3 * statistics.median(steps)
+
+
+def _diagnose_early_stop(model, ids, new_tokens, kw, steps):
+    """Print what a generation that ended early looked like (seen intermittently with 4 beams)."""
+    with torch.inference_mode():
+        again = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, output_logits=True,
+                               return_dict_in_generate=True, **kw)
+    logits = torch.stack([x.float() for x in again.logits])
+    print(f"\nearly stop after {steps} step stamps; the same call again made "
+          f"{again.sequences.shape[-1] - ids.shape[-1]} tokens; logits finite: {bool(torch.isfinite(logits).all())}, "
+          f"max |logit| {logits.abs().nan_to_num(0).max().item():.3g}", file=sys.stderr)
+    bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    print(f"non-finite parameters/buffers: {bad}", file=sys.stderr)
+    # Which module first produces a non-finite output on the beams' (expanded) prompt?
+    first = []
+
+    def hook(module, args, out):
+        outs = out if isinstance(out, tuple) else (out,)
+        bad = any(isinstance(o, torch.Tensor) and o.is_floating_point() and not torch.isfinite(o).all() for o in outs)
+        if bad and not first:
+            ins_ok = all(torch.isfinite(a).all() for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+            first.append(f"{module.__class__.__name__} (inputs finite: {bool(ins_ok)})")
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    rows = ids.repeat(kw.get("num_beams", 1), 1)
+    with torch.inference_mode():
+        for n in (rows.shape[0], 1):
+            first.clear()
+            logits = model(rows[:n], attention_mask=torch.ones_like(rows[:n])).logits
+            print(f"forward of {n} rows: logits finite {bool(torch.isfinite(logits).all())}; first non-finite: "
+                  f"{first[0] if first else None}", file=sys.stderr)
+        rope = next(m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding"))
+        inv = rope.inv_freq[None, :, None].float()
+        pos = torch.arange(rows.shape[1])[None, None, :].float()
+        freqs = inv @ pos
+        print(f"rope: attention_scaling {rope.attention_scaling!r}, inv_freq finite "
+              f"{bool(torch.isfinite(rope.inv_freq).all())} dtype {rope.inv_freq.dtype}, inv @ pos finite "
+              f"{bool(torch.isfinite(freqs).all())}, (inv * pos) finite {bool(torch.isfinite(inv * pos).all())}, "
+              f"cos finite {bool(torch.isfinite(freqs.cos()).all())}, fresh fp32 bmm finite "
+              f"{bool(torch.isfinite(torch.ones(1, 64, 1) @ torch.ones(1, 1, 128)).all())}, "
+              f"max |inv@pos - inv*pos| {(freqs - inv * pos).abs().nan_to_num(float('inf')).max().item()}",
+              file=sys.stderr)
+        q = torch.randn(rows.shape[0], 16, rows.shape[1], 128, dtype=torch.bfloat16)
+        k = torch.randn(rows.shape[0], 4, rows.shape[1], 128, dtype=torch.bfloat16)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
+        print(f"stock SDPA on random bf16 finite: {bool(torch.isfinite(o).all())}", file=sys.stderr)
+    for h in handles:
+        h.remove()
 
 
 def llama_05b():
