@@ -144,7 +144,15 @@ def llama_05b():
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    model = model.to_empty(device="cpu")
+    # to_empty leaves every buffer uninitialised too: the rotary embedding's inv_freq held
+    # whatever was in memory (zeros, or garbage that made every logit NaN in about one run
+    # in four, for stock and ipex alike). Rebuild the modules that compute buffers at init.
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if hasattr(child, "inv_freq"):
+                setattr(parent, name, type(child)(config=child.config))
+    model = model.to(torch.bfloat16)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
