@@ -36,106 +36,49 @@ class _StepStamps:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-class BufferWatch:
-    """Copies of both models' buffers, compared after every generate call (outside the timed steps).
-
-    A stock buffer (the rotary inv_freq) has been seen overwritten with garbage in this
-    benchmark's process; this says after which call a buffer first changed.
-    """
-
-    def __init__(self, **models):
-        self.saved = {f"{tag}: {name}": (buf, buf.clone()) for tag, model in models.items()
-                      for name, buf in model.named_buffers()}
-
-    def check(self, after: str) -> None:
-        for name, (buf, saved) in self.saved.items():
-            if not torch.equal(buf, saved):
-                print(f"\nbuffer {name} changed after {after}: {buf.flatten()[:6].tolist()}", file=sys.stderr,
-                      flush=True)
-                self.saved[name] = (buf, buf.clone())
-
-
-WATCH: BufferWatch | None = None
-
-
 def time_steps(model, ids, new_tokens, **kw):
     """(first-token ms, median next-token ms) of one generate, from per-step stamps."""
-    try:
-        return _time_steps(model, ids, new_tokens, **kw)
-    finally:
-        if WATCH is not None:
-            WATCH.check(f"{'ipex' if getattr(model, '_ipex_optimized', None) else 'stock'} {kw or 'greedy'}")
-
-
-def _time_steps(model, ids, new_tokens, **kw):
-    kind = "ipex" if getattr(model, "_ipex_optimized", None) else "stock"
     from transformers import StoppingCriteriaList
 
+    kind = "ipex" if getattr(model, "_ipex_optimized", None) else "stock"
     stamps = _StepStamps()
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                              stopping_criteria=StoppingCriteriaList([stamps]), **kw)
-    # Per-step stamps stay valid if generation ends early (beam search on these random
-    # models occasionally does, for stock and ours alike), but too few steps say little.
+    # Per-step stamps stay valid if generation ends early, but too few steps say little.
     made = out.shape[-1] - ids.shape[-1]
     if made < min(new_tokens, 8):
-        _diagnose_early_stop(model, ids, new_tokens, kw, len(stamps.times))
+        _diagnose_early_stop(model, ids, kw)
         raise RuntimeError(f"{kind} generation ({kw or 'greedy'}) stopped after {made} of {new_tokens} tokens: "
                            "too few steps to time")
     steps = [b - a for a, b in zip(stamps.times, stamps.times[1:])]
     return 1e3 * (stamps.times[0] - start), 1e3 * statistics.median(steps)
 
 
-def _diagnose_early_stop(model, ids, new_tokens, kw, steps):
-    """Print what a generation that ended early looked like (seen intermittently with 4 beams)."""
-    with torch.inference_mode():
-        again = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, output_logits=True,
-                               return_dict_in_generate=True, **kw)
-    logits = torch.stack([x.float() for x in again.logits])
-    print(f"\nearly stop after {steps} step stamps; the same call again made "
-          f"{again.sequences.shape[-1] - ids.shape[-1]} tokens; logits finite: {bool(torch.isfinite(logits).all())}, "
-          f"max |logit| {logits.abs().nan_to_num(0).max().item():.3g}", file=sys.stderr)
+def _diagnose_early_stop(model, ids, kw):
+    """Print why a generation ended early: non-finite weights/buffers, or the first module whose output is."""
     bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
            if t.is_floating_point() and not torch.isfinite(t).all()]
-    print(f"non-finite parameters/buffers: {bad}", file=sys.stderr)
-    # Which module first produces a non-finite output on the beams' (expanded) prompt?
     first = []
 
     def hook(module, args, out):
         outs = out if isinstance(out, tuple) else (out,)
-        bad = any(isinstance(o, torch.Tensor) and o.is_floating_point() and not torch.isfinite(o).all() for o in outs)
-        if bad and not first:
-            ins_ok = all(torch.isfinite(a).all() for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
-            first.append(f"{module.__class__.__name__} (inputs finite: {bool(ins_ok)})")
+        if not first and any(isinstance(o, torch.Tensor) and o.is_floating_point() and not torch.isfinite(o).all()
+                             for o in outs):
+            first.append(type(module).__name__)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     rows = ids.repeat(kw.get("num_beams", 1), 1)
-    with torch.inference_mode():
-        for n in (rows.shape[0], 1):
-            first.clear()
-            logits = model(rows[:n], attention_mask=torch.ones_like(rows[:n])).logits
-            print(f"forward of {n} rows: logits finite {bool(torch.isfinite(logits).all())}; first non-finite: "
-                  f"{first[0] if first else None}", file=sys.stderr)
-        rope = next(m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding"))
-        inv = rope.inv_freq[None, :, None].float()
-        pos = torch.arange(rows.shape[1])[None, None, :].float()
-        freqs = inv @ pos
-        print(f"rope: attention_scaling {rope.attention_scaling!r}, inv_freq finite "
-              f"{bool(torch.isfinite(rope.inv_freq).all())} dtype {rope.inv_freq.dtype}, inv @ pos finite "
-              f"{bool(torch.isfinite(freqs).all())}, (inv * pos) finite {bool(torch.isfinite(inv * pos).all())}, "
-              f"cos finite {bool(torch.isfinite(freqs.cos()).all())}, fresh fp32 bmm finite "
-              f"{bool(torch.isfinite(torch.ones(1, 64, 1) @ torch.ones(1, 1, 128)).all())}, "
-              f"max |inv@pos - inv*pos| {(freqs - inv * pos).abs().nan_to_num(float('inf')).max().item()}",
-              file=sys.stderr)
-        q = torch.randn(rows.shape[0], 16, rows.shape[1], 128, dtype=torch.bfloat16)
-        k = torch.randn(rows.shape[0], 4, rows.shape[1], 128, dtype=torch.bfloat16)
-        o = torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
-        print(f"stock SDPA on random bf16 finite: {bool(torch.isfinite(o).all())}", file=sys.stderr)
-    for h in handles:
-        h.remove()
+    try:
+        with torch.inference_mode():
+            model(rows, attention_mask=torch.ones_like(rows))
+    finally:
+        for h in handles:
+            h.remove()
+    print(f"\nearly stop: non-finite parameters/buffers {bad}; first module with a non-finite output "
+          f"{first[0] if first else None}", file=sys.stderr)
 
 
 def llama_05b():
@@ -199,8 +142,6 @@ def main(argv=None) -> str:
     progress(0, len(steps), "building the 0.5B Llama")
     stock = llama_05b()
     ours = ipex.llm.optimize(stock, dtype=torch.bfloat16)
-    global WATCH
-    WATCH = BufferWatch(stock=stock, ipex=ours)
     weight_bytes = weight_bytes_per_token(stock)
     torch.manual_seed(1)
     prompt = torch.randint(10, 32000, (1, 128))
@@ -237,7 +178,7 @@ def main(argv=None) -> str:
         rows.append(Row("Llama-0.5B bf16 batch 8 first token", t["stock"][0], t["ours"][0]))
         rows.append(Row("Llama-0.5B bf16 batch 8 next token", t["stock"][1], t["ours"][1],
                         {"stock tok/s": 8e3 / t["stock"][1], "ipex tok/s": 8e3 / t["ours"][1]}))
-    stock = ours = WATCH = None  # free the 0.5B models before loading SmolLM2
+    stock = ours = None  # free the 0.5B models before loading SmolLM2
 
     if not args.skip_smollm2:
         from ipex_llm import cli

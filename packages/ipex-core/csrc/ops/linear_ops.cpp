@@ -26,15 +26,19 @@ using kernels::kBlockN;
 // (AVX512-BF16), else none (the widening fp32 kernel or brgemm).
 enum class Bf16Rows { kNone, kDot, kAmx };
 
+// Our AMX-tile kernels (small and large M) step K by 32.
+bool amx_tiles_usable(int64_t k_pad) {
+  return k_pad % 32 == 0 && static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAmx);
+}
+
 Bf16Rows bf16_rows_kernel(int64_t M, int64_t k_pad) {
-  const auto isa = static_cast<int>(active_isa());
-  if (M <= 16 && k_pad % 32 == 0 && isa >= static_cast<int>(IsaLevel::kAmx)) return Bf16Rows::kAmx;
-  if (M == 1 && isa >= static_cast<int>(IsaLevel::kAvx512Bf16)) return Bf16Rows::kDot;
+  if (M <= 16 && amx_tiles_usable(k_pad)) return Bf16Rows::kAmx;
+  if (M == 1 && static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAvx512Bf16)) return Bf16Rows::kDot;
   return Bf16Rows::kNone;
 }
 
-// Up to this many rows our streaming kernel runs; above it brgemm (AMX for
-// bf16) does. Measured in benchmarks/bench_linear.py; IPEX_LINEAR_SMALL_M
+// Up to this many rows our streaming kernel runs; above it our large-M AMX-tile
+// kernel (bf16 with AMX) or brgemm does. Measured in benchmarks/bench_linear.py; IPEX_LINEAR_SMALL_M
 // overrides it (see ipex_core/env.py).
 int64_t small_m_threshold(c10::ScalarType dt, int64_t k_pad) {
   static const int64_t from_env = [] {
@@ -201,8 +205,7 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
     xa = at::zeros({M, shape.k_pad}, input.options());
     xa.narrow(1, 0, K).copy_(x);
   }
-  if (dt == at::kBFloat16 && shape.k_pad % 32 == 0 &&
-      static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAmx)) {
+  if (dt == at::kBFloat16 && amx_tiles_usable(shape.k_pad)) {
     a.x_bf16 = xa.data_ptr();
     auto fn = IPEX_PICK_ISA_KERNEL(linear_large_m_amx);
     at::parallel_for(0, kernels::linear_large_m_tasks(M, shape.blocks), 1, [&](int64_t begin, int64_t end) {

@@ -20,14 +20,18 @@ constexpr int64_t kF = fVec::size();
 // converts two vectors at a time (we only ever have one), which doubles the
 // work of every store and rounding in the row kernels: at one thread that made
 // RoPE and the norms instruction-bound, not memory-bound.
-inline __m256i f32_to_bf16_bits(__m512 v) {
-  // Round to nearest even on the bit pattern (as c10::BFloat16 does); NaN -> 0xffff.
+// The float bit pattern rounded to nearest even at bf16 precision (as c10::BFloat16
+// does): the bf16 value is its top 16 bits. NaN lanes are the caller's to handle.
+inline __m512i bf16_rounded_bits(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v);
-  __m512i r = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  r = _mm512_add_epi32(_mm512_add_epi32(r, _mm512_set1_epi32(0x7fff)), bits);
-  r = _mm512_srli_epi32(r, 16);
-  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), _mm512_set1_epi32(0xffff), r);
-  return _mm512_cvtepi32_epi16(r);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  return _mm512_add_epi32(_mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)), bits);
+}
+
+inline __m256i f32_to_bf16_bits(__m512 v) {
+  const __m512i r = _mm512_srli_epi32(bf16_rounded_bits(v), 16);
+  const __mmask16 ordered = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+  return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(0xffff), r));  // NaN -> 0xffff
 }
 
 template <typename T>
@@ -107,11 +111,8 @@ inline fVec round_to(fVec v) {
   } else {
 #if defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      // bf16 is the top half of a float: round in place, no narrowing and widening.
-      const __m512i bits = _mm512_castps_si512(v);
-      __m512i r = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-      r = _mm512_add_epi32(_mm512_add_epi32(r, _mm512_set1_epi32(0x7fff)), bits);
-      r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+      // bf16 is the top half of a float: round in place, no narrowing and widening (NaN kept).
+      const __m512i r = _mm512_and_si512(bf16_rounded_bits(v), _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
       return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), __m512(v), _mm512_castsi512_ps(r));
     } else {
       return _mm512_cvtph_ps(f32_to_half_bits<T>(v));
