@@ -253,6 +253,40 @@ def test_beam_search_runs_on_iakv_without_cache_copies(model_type, deployment_mo
     torch.testing.assert_close(layer.keys[:6, 4:8], layer.keys[:6, 4:5].expand(-1, 4, -1, -1))
 
 
+def test_deployment_mode_compiles_beam_decode_on_iakv():
+    """transformers runs beam-search decode eagerly; deployment_mode compiles it, on the IAKV cache."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    model = build("llama")
+    opt = ipex.llm.optimize(model)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [4, 5, 6, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # left padding
+    steps = 10
+    kw = dict(attention_mask=mask, max_new_tokens=steps, num_beams=4, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        before = counters["stats"]["unique_graphs"]
+        out = opt.generate(ids, return_dict_in_generate=True, **kw)
+        after_first = counters["stats"]["unique_graphs"]
+        # A profiler (unlike a dispatch mode) leaves the compiled path on.
+        with torch.profiler.profile() as prof:
+            again = opt.generate(ids, **kw)
+    assert torch.equal(out.sequences, ref) and torch.equal(again, ref)
+    # One graph for every decode step of the first run, none for the second.
+    assert after_first == before + 1 and counters["stats"]["unique_graphs"] == after_first
+    events = collections.Counter(e.name for e in prof.events())
+    # Each decode step is one compiled call, and in it every layer runs the IAKV kernel.
+    assert events["Torch-Compiled Region: 0/0"] == steps - 1, events
+    assert events["ipex::iakv_attention"] == model.config.num_hidden_layers * (steps - 1), events
+    layer = out.past_key_values.layers[0]
+    assert layer.max_cache_len is not None and layer.keys.shape[0] == layer.max_cache_len
+    assert layer.length == ids.shape[1] + steps - 1  # the last token is never fed back
+    identity = torch.arange(layer.beam_idx.shape[1])
+    assert any(not torch.equal(layer.beam_idx[t], identity) for t in range(layer.length))
+
+
 def test_beam_search_prefill_runs_the_prompt_once_per_batch_entry():
     model = build("llama")
     opt = ipex.llm.optimize(model, deployment_mode=False)

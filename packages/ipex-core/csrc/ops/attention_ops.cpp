@@ -42,6 +42,11 @@ TORCH_LIBRARY_FRAGMENT(ipex, m) {
   // is added to the scaled scores.
   m.def("iakv_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor beam_idx, int offset, "
         "float scale, Tensor? attn_bias=None, bool is_causal=True) -> Tensor");
+  // The same with the offset in a one-element integer tensor (the cache's fill level), so
+  // that a compiled decode step keeps one graph as the sequence grows (an int argument
+  // would be a constant of the graph).
+  m.def("iakv_attention.offset_tensor(Tensor query, Tensor key_cache, Tensor value_cache, Tensor beam_idx, "
+        "Tensor offset, float scale, Tensor? attn_bias=None, bool is_causal=True) -> Tensor");
   // Packed sequences: query [Tq, H, D], key/value [Tk, Hkv, D], sequence i is rows
   // seqlen[i]..seqlen[i+1]-1. Causal masking is top-left aligned like
   // scaled_dot_product_attention(is_causal=True): query row r sees key rows 0..r of its sequence.
@@ -748,6 +753,19 @@ at::Tensor iakv_attention_cpu(const at::Tensor& query, const at::Tensor& key_cac
   return out;
 }
 
+at::Tensor iakv_attention_offset_tensor_cpu(const at::Tensor& query, const at::Tensor& key_cache,
+                                            const at::Tensor& value_cache, const at::Tensor& beam_idx,
+                                            const at::Tensor& offset, double scale,
+                                            const std::optional<at::Tensor>& attn_bias, bool is_causal) {
+  const char* op = "ipex::iakv_attention.offset_tensor";
+  check_cpu(op, "offset", offset);
+  TORCH_CHECK(offset.numel() == 1 && !offset.is_floating_point() && !offset.is_complex(), op,
+              ": offset must be a one-element integer tensor (the number of cached positions before the query); got ",
+              offset.scalar_type(), " of shape ", offset.sizes());
+  return iakv_attention_cpu(query, key_cache, value_cache, beam_idx, offset.item<int64_t>(), scale, attn_bias,
+                            is_causal);
+}
+
 void varlen_attention_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& out, const at::Tensor& seqlen_q, const at::Tensor& seqlen_k,
                           int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale, bool is_causal) {
@@ -806,6 +824,7 @@ TORCH_LIBRARY_IMPL(ipex, CPU, m) {
   m.impl("reshape_and_cache", &reshape_and_cache_cpu);
   m.impl("paged_attention_decode", &paged_attention_decode_cpu);
   m.impl("iakv_attention", &iakv_attention_cpu);
+  m.impl("iakv_attention.offset_tensor", &iakv_attention_offset_tensor_cpu);
   m.impl("varlen_attention", &varlen_attention_cpu);
 }
 

@@ -56,12 +56,19 @@ def iakv_attention(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     beam_idx: torch.Tensor,
-    offset: int,
+    offset: int | torch.Tensor,
     scale: float,
     attn_bias: torch.Tensor | None = None,
     is_causal: bool = True,
 ) -> torch.Tensor:
-    """``query [B, S, H, D]`` at positions ``offset..offset+S-1`` against the IAKV caches (already holding them)."""
+    """``query [B, S, H, D]`` at positions ``offset..offset+S-1`` against the IAKV caches (already holding them).
+
+    ``offset`` may be a one-element integer tensor (the ``offset_tensor`` overload): a
+    compiled caller then keeps one graph however far the sequence has grown.
+    """
+    if isinstance(offset, torch.Tensor):
+        return _ipex.iakv_attention.offset_tensor(query, key_cache, value_cache, beam_idx, offset, scale, attn_bias,
+                                                  is_causal)
     return _ipex.iakv_attention(query, key_cache, value_cache, beam_idx, offset, scale, attn_bias, is_causal)
 
 
@@ -121,6 +128,13 @@ def _iakv_attention_fake(query, key_cache, value_cache, beam_idx, offset, scale,
     torch._check(key_cache.dim() == 4, lambda: f"{op}: key_cache must be [max_seq, beam*batch, num_kv_heads, head_dim]")
     _check_fake(op, query=query, key_cache=key_cache, value_cache=value_cache)
     return query.new_empty(query.shape)
+
+
+@torch.library.register_fake("ipex::iakv_attention.offset_tensor")
+def _iakv_attention_offset_tensor_fake(query, key_cache, value_cache, beam_idx, offset, scale, attn_bias=None,
+                                       is_causal=True):
+    torch._check(offset.numel() == 1, lambda: "ipex::iakv_attention.offset_tensor: offset must have one element")
+    return _iakv_attention_fake(query, key_cache, value_cache, beam_idx, 0, scale, attn_bias, is_causal)
 
 
 @torch.library.register_fake("ipex::varlen_attention")

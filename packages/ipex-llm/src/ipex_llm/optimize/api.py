@@ -70,8 +70,9 @@ def optimize(
     * ``deployment_mode=True`` makes ``generate()`` run the decode step as one
       ``torch.compile`` graph over a pre-allocated (static) KV cache, for models whose
       transformers class supports it (``_can_compile_fullgraph``); the first
-      ``generate()`` of a given total length compiles, later ones reuse the graph. ``False``
-      keeps everything eager; ``model.forward`` is always eager;
+      ``generate()`` of a given total length compiles, later ones reuse the graph. Beam
+      search's decode step is compiled the same way, over the IAKV cache (see below).
+      ``False`` keeps everything eager; a direct ``model(...)`` call is always eager;
     * beam search on the families of ``iakv_cache.IAKV_MODEL_TYPES`` runs on the
       indirect-access KV cache: beams are reordered by recording indices, never by
       copying the cache;
@@ -135,7 +136,7 @@ def optimize(
         report.update(fused_qkv=fused_qkv, fused_decoder_layer=decoder.fuse_decoder_layers(model))
     report = +report  # only the kinds that occurred
     compiled = deployment_mode and _enable_compiled_decode(model)
-    iakv = iakv_cache.install(model)
+    iakv = iakv_cache.install(model, compiled_decode=compiled)
     model._ipex_optimized = {"model_type": model_type, "dtype": dtype, "swaps": dict(report),
                              "deployment_mode": deployment_mode, "compiled_decode": compiled,
                              "iakv_beam_search": iakv}

@@ -28,10 +28,13 @@ beam search reorders by copying.
 
 from __future__ import annotations
 
+import functools
 import types
+import weakref
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 __all__ = ["IAKV_MODEL_TYPES", "BeamSharedCrossAttentionCache", "IpexIAKVCache", "IpexIAKVLayer", "install"]
 
@@ -58,24 +61,44 @@ class IpexIAKVLayer(_cache_layer_base()):
 
     ``prompt_copies``: the first update (the prompt) comes with one row per batch entry
     and is stored into that many consecutive beam slots each (see the module docs).
+    ``max_cache_len``: buffers of exactly that many positions, allocated once, for a
+    compiled decode step (see :func:`install`): its update then only does tensor work
+    (the fill level is the tensor ``cumulative_length``, as in transformers' StaticLayer),
+    so one graph serves every step. Without it the buffers start at ``capacity`` and double
+    when full.
     """
 
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, capacity: int = 256, prompt_copies: int = 1, **kwargs):
+    def __init__(self, capacity: int = 256, prompt_copies: int = 1, max_cache_len: int | None = None, **kwargs):
         super().__init__()
         self.capacity = capacity
         self.prompt_copies = prompt_copies
-        self.length = 0
+        self.max_cache_len = max_cache_len
+        self.is_compileable = max_cache_len is not None
+        # The fill level. A tensor, not an int, so a compiled step can read and advance it
+        # without recompiling; eager code reads it through ``length``.
+        self.cumulative_length = torch.tensor(0, dtype=torch.long)
+
+    @property
+    def length(self) -> int:
+        """Positions stored so far."""
+        return int(self.cumulative_length)
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.cumulative_length.fill_(value)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, seq, dim = key_states.shape
         batch *= self.prompt_copies
-        cap = max(self.capacity, 2 * seq)
+        cap = max(self.capacity, 2 * seq) if self.max_cache_len is None else max(self.max_cache_len, seq)
         self.keys = key_states.new_empty(cap, batch, heads, dim)
         self.values = value_states.new_empty(cap, batch, value_states.shape[1], value_states.shape[-1])
-        self.beam_idx = torch.arange(batch, dtype=torch.long).repeat(cap, 1)
+        # Row t of the history for a step where no beam was reordered: every slot its own.
+        self.own_slots = torch.arange(batch, dtype=torch.long)
+        self.beam_idx = self.own_slots.repeat(cap, 1)
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
@@ -84,32 +107,35 @@ class IpexIAKVLayer(_cache_layer_base()):
         cap = self.keys.shape[0]
         while cap < needed:
             cap *= 2
+        length = self.length
         for name in ("keys", "values", "beam_idx"):
             old = getattr(self, name)
             new = old.new_empty(cap, *old.shape[1:])
-            new[: self.length] = old[: self.length]
+            new[:length] = old[:length]
             setattr(self, name, new)
-        self.beam_idx[self.length :] = torch.arange(self.beam_idx.shape[1])
+        self.beam_idx[length:] = self.own_slots
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         seq = key_states.shape[-2]
-        if self.length + seq > self.keys.shape[0]:
-            self._grow(self.length + seq)
-        end = self.length + seq
+        if torch.compiler.is_compiling():
+            return self._compiled_decode_update(key_states, value_states)
+        length = self.length
+        if length + seq > self.keys.shape[0]:
+            self._grow(length + seq)
+        end = length + seq
         copies = self.keys.shape[1] // key_states.shape[0]  # > 1: a shared prompt
         # [seq, rows, heads, dim] views; each beam slot of a batch entry gets the entry's KV.
         new_keys, new_values = key_states.permute(2, 0, 1, 3), value_states.permute(2, 0, 1, 3)
         if copies > 1:
             new_keys = new_keys.repeat_interleave(copies, dim=1)
             new_values = new_values.repeat_interleave(copies, dim=1)
-        self.keys[self.length : end] = new_keys
-        self.values[self.length : end] = new_values
-        self.beam_idx[self.length : end] = torch.arange(self.beam_idx.shape[1])
-        first = self.length == 0
+        self.keys[length:end] = new_keys
+        self.values[length:end] = new_values
+        self.beam_idx[length:end] = self.own_slots
         self.length = end
-        if first:
+        if length == 0:
             # The prompt attends only to itself: plain attention on the fresh states
             # (transformers' SDPA, as stock runs it), no walk through the history.
             return key_states, value_states
@@ -120,18 +146,41 @@ class IpexIAKVLayer(_cache_layer_base()):
         keys._ipex_iakv = (self, seq)
         return keys, values
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.length:
-            self.beam_idx[self.length - 1] = beam_idx.to(self.beam_idx.device)
+    def _compiled_decode_update(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """A decode step inside a compiled graph: tensor ops only, fixed shapes.
 
-    def get_seq_length(self) -> int:
-        return self.length
+        Writes at ``cumulative_length`` and returns the whole buffers (tagged): the "ipex"
+        attention function reads only the filled positions, and the mask covers all of
+        them (:meth:`get_mask_sizes`).
+        """
+        seq = key_states.shape[-2]
+        positions = torch.arange(seq, device=self.keys.device) + self.cumulative_length
+        self.keys.index_copy_(0, positions, key_states.permute(2, 0, 1, 3))
+        self.values.index_copy_(0, positions, value_states.permute(2, 0, 1, 3))
+        self.beam_idx.index_copy_(0, positions, self.own_slots.expand(seq, -1))
+        self.cumulative_length.add_(seq)
+        keys = self.keys.permute(1, 2, 0, 3)
+        keys._ipex_iakv = (self, seq)
+        return keys, self.values.permute(1, 2, 0, 3)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        length = self.length
+        if length:
+            self.beam_idx[length - 1] = beam_idx.to(self.beam_idx.device)
+
+    def get_seq_length(self):
+        # Inside a compiled step the tensor (positions are computed from it, not guarded on).
+        return self.cumulative_length if torch.compiler.is_compiling() else self.length
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if self.max_cache_len is not None and (torch.compiler.is_compiling() or self.length):
+            # Decode steps on fixed-size buffers: a mask over every buffer position (the
+            # ones not yet written are masked), the same shape at every step.
+            return self.keys.shape[0], 0
         return self.length + query_length, 0
 
     def get_max_length(self) -> int:
-        return -1
+        return -1 if self.max_cache_len is None else self.max_cache_len
 
     def reset(self) -> None:
         self.length = 0
@@ -146,12 +195,14 @@ def _cache_base():
 class IpexIAKVCache(_cache_base()):
     """A transformers Cache of :class:`IpexIAKVLayer` layers (created lazily, one per layer)."""
 
-    def __init__(self, prompt_copies: int = 1, **kwargs):
+    def __init__(self, prompt_copies: int = 1, max_cache_len: int | None = None, **kwargs):
         super().__init__(layer_class_to_replicate=IpexIAKVLayer)
         self.prompt_copies = prompt_copies
+        self.max_cache_len = max_cache_len
         # Layers are created lazily by Cache.update(); each learns how many beam slots
         # the prompt fills.
-        self.layer_class_to_replicate = lambda: IpexIAKVLayer(prompt_copies=self.prompt_copies)
+        self.layer_class_to_replicate = lambda: IpexIAKVLayer(prompt_copies=self.prompt_copies,
+                                                              max_cache_len=self.max_cache_len)
 
 
 def decode_layer(cache, layer_idx: int):
@@ -195,6 +246,10 @@ def iakv_attend(tagged_keys: torch.Tensor, query: torch.Tensor, scale: float, bi
     layer, seq = tagged_keys._ipex_iakv
     if causal is None:
         causal = bias is None
+    if torch.compiler.is_compiling():  # the fill level as a tensor: one graph for every step
+        return torch.ops.ipex.iakv_attention.offset_tensor(query.transpose(1, 2), layer.keys, layer.values,
+                                                           layer.beam_idx, layer.cumulative_length - seq, scale,
+                                                           bias, causal)
     return torch.ops.ipex.iakv_attention(query.transpose(1, 2), layer.keys, layer.values, layer.beam_idx,
                                          layer.length - seq, scale, bias, causal)
 
@@ -204,7 +259,7 @@ def ipex_attention(module: nn.Module, query, key, value, attention_mask, dropout
     """The "ipex" attention function: IAKV decode for tagged keys, transformers' SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if torch.compiler.is_compiling() or not hasattr(key, "_ipex_iakv"):
+    if not hasattr(key, "_ipex_iakv"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       position_bias=position_bias, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -241,8 +296,15 @@ class BeamSharedCrossAttentionCache(_dynamic_cache_base()):
         return None
 
 
-def install(model: nn.Module) -> bool:
-    """Use the IAKV cache for this model's beam search; returns whether it applies."""
+def install(model: nn.Module, compiled_decode: bool = False) -> bool:
+    """Use the IAKV cache for this model's beam search; returns whether it applies.
+
+    ``compiled_decode`` (``deployment_mode``): the decode steps of beam search run as one
+    ``torch.compile`` graph too (transformers compiles only greedy/sampling decode), on
+    buffers sized for the whole generation, for the decoder-only families whose attention
+    goes through the attention interface. Bloom/Falcon/MPT (adapters) and encoder-decoders
+    stay eager.
+    """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in IAKV_MODEL_TYPES or not hasattr(model, "_prepare_cache_for_generation"):
@@ -257,12 +319,17 @@ def install(model: nn.Module) -> bool:
     else:
         _register()
         model.set_attn_implementation(ATTN_NAME)
+    static = compiled_decode and model_type in ATTENTION_INTERFACE_TYPES and not config.is_encoder_decoder
+    if static:
+        _compile_beam_decode(model)
     original = model._prepare_cache_for_generation
 
     def prepare_cache(self, generation_config, model_kwargs, *args, **kwargs):
         if (generation_config.num_beams or 1) > 1 and model_kwargs.get("cache") is None and \
                 generation_config.use_cache is not False:
-            cache = IpexIAKVCache()
+            # transformers passes (generation_mode, batch_size, max_cache_length)
+            max_cache_length = kwargs.get("max_cache_length", args[2] if len(args) > 2 else None)
+            cache = IpexIAKVCache(max_cache_len=max_cache_length + 1 if static and max_cache_length else None)
             if self.config.is_encoder_decoder:
                 from transformers.cache_utils import EncoderDecoderCache
 
@@ -288,6 +355,41 @@ def install(model: nn.Module) -> bool:
     model._prepare_cache_for_generation = types.MethodType(prepare_cache, model)
     model._prefill = types.MethodType(prefill, model)
     return True
+
+
+#: The compiled forward of each model whose beam decode is compiled (not an attribute of
+#: the model: a deepcopy would share it, bound to the original).
+_COMPILED_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compile_beam_decode(model: nn.Module) -> None:
+    """Route this model's beam-search decode steps through one compiled graph.
+
+    transformers' beam search calls ``self(...)`` eagerly at every step. The model gets
+    an instance-level ``forward`` (same signature, which generate() inspects) that sends a
+    step on a fixed-size IAKV cache, after the prompt, to ``torch.compile`` of the class's
+    forward, with the model's own ``compile_config``; every other call runs the class's
+    forward as before.
+    """
+    class_forward = type(model).forward
+
+    @functools.wraps(class_forward)
+    def forward(self, *args, **kwargs):
+        cache = kwargs.get("cache")
+        compile_config = getattr(self.generation_config, "compile_config", None)
+        # A TorchDispatchMode (op counters, FLOP counters) cannot run inside a compiled
+        # graph: then the step runs eager, on the same buffers.
+        if (isinstance(cache, IpexIAKVCache) and cache.max_cache_len is not None and cache.layers
+                and compile_config is not None and not torch.compiler.is_compiling()
+                and not is_in_torch_dispatch_mode(include_infra_modes=False) and cache.get_seq_length() > 0):
+            compiled = _COMPILED_FORWARD.get(self)
+            if compiled is None:
+                compiled = torch.compile(types.MethodType(class_forward, self), **compile_config.to_dict())
+                _COMPILED_FORWARD[self] = compiled
+            return compiled(*args, **kwargs)
+        return class_forward(self, *args, **kwargs)
+
+    model.forward = types.MethodType(forward, model)  # a deepcopy rebinds it to the copy
 
 
 # model_kwargs that beam search expands per beam and the prefill reads; anything else
