@@ -352,6 +352,26 @@ def test_iakv_groups_and_split_contexts(dtype, threads, case):
     torch.testing.assert_close(out, ref, **TOL[dtype])
 
 
+def test_iakv_offset_tensor_overload_matches_int_offset_and_compiles_once():
+    # The overload a compiled decode step calls: the offset as a tensor, so the graph
+    # does not bake it in as a constant.
+    B, S, H, Hkv, D, off = 4, 1, 4, 2, 64, 9
+    q, kc, vc, hist = _iakv_inputs(torch.float32, B, S, H, Hkv, D, off, seed=3)
+    ref = R.iakv_attention(q, kc, vc, hist, off, 0.125, None, True)
+    out = torch.ops.ipex.iakv_attention.offset_tensor(q, kc, vc, hist, torch.tensor(off), 0.125, None, True)
+    torch.testing.assert_close(out, ref)
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    step = torch.compile(lambda q, offset: torch.ops.ipex.iakv_attention.offset_tensor(q, kc, vc, hist, offset,
+                                                                                        0.125, None, True),
+                         fullgraph=True, dynamic=False)
+    for o in (off, off + 1, off + 2):
+        torch.testing.assert_close(step(q, torch.tensor(o)), R.iakv_attention(q, kc, vc, hist, o, 0.125, None, True))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1  # no recompile per offset
+    with pytest.raises(RuntimeError, match="offset must be a one-element integer tensor"):
+        torch.ops.ipex.iakv_attention.offset_tensor(q, kc, vc, hist, torch.tensor(9.0), 0.125, None, True)
+
+
 def test_iakv_strided_query():
     B, S, H, D = 2, 1, 4, 64
     q, kc, vc, hist = _iakv_inputs(torch.float32, B, S, H, H, D, 10, seed=10)
