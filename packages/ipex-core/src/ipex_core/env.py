@@ -44,7 +44,14 @@ VARIABLES: dict[str, EnvVar] = {
             "IPEX_LINEAR_SMALL_M",
             "",
             "Rows (tokens) up to which ipex::linear uses its streaming decode kernel instead of "
-            "brgemm. Empty: the measured default (0 for bf16, 2 for fp16, 8 for fp32). A tuning knob.",
+            "the large-M one (bf16 AMX tiles, else brgemm). Empty: the measured default (bf16: 16 with "
+            "AMX, 1 with AVX512-BF16 only, else 0; 2 for fp16; 8 for fp32). A tuning knob.",
+        ),
+        EnvVar(
+            "IPEX_LINEAR_PREFETCH_BYTES",
+            "4096",
+            "How far ahead (bytes) ipex::linear's decode kernels prefetch the weights they stream; "
+            "0 turns the software prefetch off. A tuning knob.",
         ),
         EnvVar(
             "IPEX_VERBOSE",
