@@ -206,8 +206,12 @@ def test_deployment_mode_compiles_decode_once_and_matches_stock():
         ref = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
         first = opt.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
         frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        again = opt.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        with torch.profiler.profile() as prof:
+            again = opt.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert torch.equal(first, ref) and torch.equal(again, ref)
+    # Every compiled decode step runs ipex's decode attention kernel in every layer (not SDPA).
+    events = collections.Counter(e.name for e in prof.events())
+    assert events["ipex::iakv_attention"] == model.config.num_hidden_layers * 11, events
     # The sequence grew by 12 tokens on each run with no recompile, and a second run compiles nothing.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
     with IpexOpCounter() as counter, torch.no_grad():
@@ -216,9 +220,16 @@ def test_deployment_mode_compiles_decode_once_and_matches_stock():
 
 
 def test_deployment_mode_false_stays_eager():
-    opt = ipex.llm.optimize(build("llama"), deployment_mode=False)
+    model = build("llama")
+    opt = ipex.llm.optimize(model, deployment_mode=False)
     assert opt._ipex_optimized["compiled_decode"] is False
     assert opt.generation_config.cache_implementation != "static"
+    ids = torch.randint(3, 300, (2, 6))
+    with IpexOpCounter() as counter:
+        out = _generate(opt, ids)
+    assert torch.equal(out, _generate(model, ids))
+    # Decode steps (one query token) on the dynamic cache run ipex's decode attention kernel.
+    assert counter.counts["iakv_attention"] == model.config.num_hidden_layers * 7, counter.counts
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "phi3", "gptj", "gpt_neox", "opt", "codegen", "gpt_bigcode",

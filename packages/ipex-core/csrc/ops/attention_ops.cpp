@@ -708,13 +708,16 @@ at::Tensor iakv_attention_cpu(const at::Tensor& query, const at::Tensor& key_cac
 
   // Which beam slot holds position t < offset for each current beam: walk
   // the history back from the newest step (slot_{t} = beam_idx[t][slot_{t+1}]).
-  auto hist = beam_idx.narrow(0, 0, offset).to(at::kLong).contiguous();
+  // Read through its strides: a history without beams (an expanded arange, as ipex's
+  // attention passes for greedy decode) is not copied.
+  auto hist = beam_idx.narrow(0, 0, offset).to(at::kLong);
   const int64_t* hp = hist.data_ptr<int64_t>();
+  const int64_t hs0 = hist.stride(0), hs1 = hist.stride(1);
   std::vector<int64_t> slot(static_cast<size_t>(B * offset));
   for (int64_t b = 0; b < B; ++b) {
     int64_t cur = b;
     for (int64_t t = offset - 1; t >= 0; --t) {
-      const int64_t nxt = hp[t * B + cur];
+      const int64_t nxt = hp[t * hs0 + cur * hs1];
       TORCH_CHECK(nxt >= 0 && nxt < B, op, ": beam_idx[", t, ", ", cur, "] = ", nxt,
                   " is not a beam index (0..", B - 1, "); reorder with beam indices of this batch");
       cur = nxt;

@@ -256,16 +256,41 @@ def iakv_attend(tagged_keys: torch.Tensor, query: torch.Tensor, scale: float, bi
 
 def ipex_attention(module: nn.Module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                    position_bias=None, **kwargs):
-    """The "ipex" attention function: IAKV decode for tagged keys, transformers' SDPA otherwise."""
+    """The "ipex" attention function.
+
+    * keys from an IAKV layer (beam search): the IAKV kernel, following the beam history;
+    * one query token over plain keys/values (greedy or sampling decode, on a static or
+      dynamic cache): ipex's decode kernel, with the history the identity. A decode step
+      is one row per head against the cache, where SDPA's general kernel spends most of
+      its time on set-up (SmolLM2: 64 us a layer for 38 KB of keys and values);
+    * anything else (prompts, dropout, soft-capping): transformers' SDPA, unchanged.
+    """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not hasattr(key, "_ipex_iakv"):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      position_bias=position_bias, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = iakv_attend(key, query, scale, attention_bias(attention_mask, position_bias),
-                      causal=attention_mask is None)
-    return out, None
+    if hasattr(key, "_ipex_iakv"):
+        out = iakv_attend(key, query, scale, attention_bias(attention_mask, position_bias),
+                          causal=attention_mask is None)
+        return out, None
+    if _decode_kernel_applies(query, key, value, dropout, kwargs):
+        kv_len, rows = key.shape[2], key.shape[0]
+        own_slots = torch.arange(rows, device=key.device).expand(kv_len, rows)  # no beams: each row its own
+        # [batch, kv_heads, kv_len, dim] -> the kernel's [kv_len, batch, kv_heads, dim], as views. The
+        # query is the last position; the mask (if any) says which cached positions it sees.
+        out = torch.ops.ipex.iakv_attention(query.transpose(1, 2), key.permute(2, 0, 1, 3), value.permute(2, 0, 1, 3),
+                                            own_slots, kv_len - 1, scale,
+                                            attention_bias(attention_mask, position_bias), False)
+        return out, None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  position_bias=position_bias, **kwargs)
+
+
+def _decode_kernel_applies(query, key, value, dropout, kwargs) -> bool:
+    """One query token, no dropout or soft-capping, keys and values of one shape, grouped heads."""
+    return (query.dim() == 4 and query.shape[2] == 1 and dropout == 0.0 and kwargs.get("softcap") is None
+            and kwargs.get("s_aux") is None and query.device.type == "cpu" and key.shape == value.shape
+            and key.shape[-1] == query.shape[-1] and key.shape[0] == query.shape[0]
+            and query.shape[1] % key.shape[1] == 0)
 
 
 def _register() -> None:
