@@ -112,7 +112,13 @@ def weight_bytes_per_token(model) -> int:
 
 
 def interleave(fns, rounds):
-    """Run each fn `rounds` times alternately; the median of each output field."""
+    """Run each fn `rounds` times alternately; the median of each output field.
+
+    With "stock" and "ours" among them, also "paired": per field, the median over rounds
+    of stock / ours from the same round. This machine's speed drifts by up to 2x within a
+    run; a ratio of neighbouring measurements shrugs that off where a ratio of medians
+    taken over different minutes may not.
+    """
     results = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
@@ -123,7 +129,14 @@ def interleave(fns, rounds):
             out[k] = tuple(statistics.median(v[i] for v in vals) for i in range(len(vals[0])))
         else:
             out[k] = statistics.median(vals)
+    if "stock" in results and "ours" in results:
+        pairs = list(zip(results["stock"], results["ours"]))
+        out["paired"] = tuple(statistics.median(s[i] / o[i] for s, o in pairs) for i in range(len(pairs[0][0])))
     return out
+
+
+def _paired(t, i):
+    return {"paired speedup": t["paired"][i]}
 
 
 def main(argv=None) -> str:
@@ -157,7 +170,7 @@ def main(argv=None) -> str:
     for i, label in enumerate(("first token", "next token")):
         extra = {"copy GB/s": t["copy GB/s"], "roofline ms": roof_ms,
                  "ipex / roofline": t["ours"][i] / roof_ms} if i == 1 else {}
-        rows.append(Row(f"Llama-0.5B bf16 b1 p128 {label}", t["stock"][i], t["ours"][i], extra))
+        rows.append(Row(f"Llama-0.5B bf16 b1 p128 {label}", t["stock"][i], t["ours"][i], _paired(t, i) | extra))
 
     if not args.skip_beams:
         progress(1, len(steps), "0.5B, 4 beams")
@@ -167,9 +180,9 @@ def main(argv=None) -> str:
             fn()
         t = interleave(fns | {"copy GB/s": probe}, args.rounds)
         roof_ms = 1e3 * weight_bytes / (t["copy GB/s"] * 1e9)
-        rows.append(Row("Llama-0.5B bf16 4 beams first token", t["stock"][0], t["ours"][0]))
+        rows.append(Row("Llama-0.5B bf16 4 beams first token", t["stock"][0], t["ours"][0], _paired(t, 0)))
         rows.append(Row("Llama-0.5B bf16 4 beams next token", t["stock"][1], t["ours"][1],
-                        {"copy GB/s": t["copy GB/s"], "roofline ms": roof_ms,
+                        _paired(t, 1) | {"copy GB/s": t["copy GB/s"], "roofline ms": roof_ms,
                          "ipex / roofline": t["ours"][1] / roof_ms}))
 
     if not args.skip_batch:
@@ -179,9 +192,9 @@ def main(argv=None) -> str:
             time_steps(m, batch, args.new_tokens)
         t = interleave({"stock": lambda: time_steps(stock, batch, args.new_tokens),
                         "ours": lambda: time_steps(ours, batch, args.new_tokens)}, args.rounds)
-        rows.append(Row("Llama-0.5B bf16 batch 8 first token", t["stock"][0], t["ours"][0]))
+        rows.append(Row("Llama-0.5B bf16 batch 8 first token", t["stock"][0], t["ours"][0], _paired(t, 0)))
         rows.append(Row("Llama-0.5B bf16 batch 8 next token", t["stock"][1], t["ours"][1],
-                        {"stock tok/s": 8e3 / t["stock"][1], "ipex tok/s": 8e3 / t["ours"][1]}))
+                        _paired(t, 1) | {"stock tok/s": 8e3 / t["stock"][1], "ipex tok/s": 8e3 / t["ours"][1]}))
     stock = ours = None  # free the 0.5B models before loading SmolLM2
 
     if not args.skip_smollm2:
@@ -201,10 +214,10 @@ def main(argv=None) -> str:
                             "ours": lambda: time_steps(ours_s, ids, args.new_tokens)}, args.rounds)
             name = str(dtype).replace("torch.", "")
             rows.append(Row(f"SmolLM2-135M {name} next token", t["stock"][1], t["ours"][1],
-                            {"ipex tok/s": 1e3 / t["ours"][1]}))
+                            _paired(t, 1) | {"ipex tok/s": 1e3 / t["ours"][1]}))
     progress(len(steps) - 1, len(steps), "done")
     meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"new_tokens": args.new_tokens}
-    table = report("llm", rows, meta, columns=["copy GB/s", "roofline ms", "ipex / roofline", "stock tok/s", "ipex tok/s"])
+    table = report("llm", rows, meta, columns=["paired speedup", "copy GB/s", "roofline ms", "ipex / roofline", "stock tok/s", "ipex tok/s"])
     print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
     print(table)
     return table
