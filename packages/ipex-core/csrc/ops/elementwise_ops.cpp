@@ -69,10 +69,12 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
     TORCH_CHECK(positions->numel() == tokens, op, ": position_ids must hold one position per token (",
                 tokens, "); got ", positions->numel());
     rows = positions->reshape({-1}).to(at::kLong).contiguous();
-    if (tokens > 0) {
-      auto lo = rows.min().item<int64_t>(), hi = rows.max().item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi < cs.size(0), op, ": position_ids must be in [0, ", cs.size(0),
-                  ") (rows of sin/cos); got values in [", lo, ", ", hi, "]");
+    // One pass over the ids (two tensor reductions cost more than the whole
+    // kernel at decode's one token).
+    const int64_t* ids = rows.const_data_ptr<int64_t>();
+    for (int64_t i = 0; i < tokens; ++i) {
+      TORCH_CHECK(ids[i] >= 0 && ids[i] < cs.size(0), op, ": position_ids must be in [0, ", cs.size(0),
+                  ") (rows of sin/cos); got ", ids[i], " at index ", i);
     }
   } else {
     TORCH_CHECK(cs.size(0) == tokens, op, ": without position_ids, sin/cos need one row per token (",
@@ -83,7 +85,8 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
     kernels::RopeArgs a{input.scalar_type(), cos.scalar_type(), x.data_ptr(), x.stride(0), x.stride(1),
                         out.data_ptr(), cs.data_ptr(), sn.data_ptr(), cs.stride(0),
                         rows.defined() ? rows.const_data_ptr<int64_t>() : nullptr, heads, head_dim,
-                        rotary_dim, rotary_half};
+                        rotary_dim, rotary_half,
+                        static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAvx512Bf16)};
     parallel_rows(IPEX_PICK_ISA_KERNEL(rope_rows), a, tokens * heads, head_dim);
   }
   return out.view(input.sizes());

@@ -4,76 +4,168 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace ipex::core::kernels::IPEX_ISA_NS {
 namespace {
 
+template <GatedAct kAct>
+inline fVec activate(fVec v) {
+  if constexpr (kAct == GatedAct::kSilu) {
+    return silu(v);
+  } else if constexpr (kAct == GatedAct::kGelu) {
+    return v * fVec(0.5f) * (fVec(1.f) + (v * fVec(M_SQRT1_2)).erf());
+  } else {
+    const fVec k0(0.7978845608028654f), k1(0.044715f);
+    return fVec(0.5f) * v * (fVec(1.f) + (k0 * (v + k1 * v * v * v)).tanh());
+  }
+}
 
-inline fVec activate(GatedAct act, fVec v) {
-  switch (act) {
-    case GatedAct::kSilu: return v / (fVec(1.f) + v.neg().exp_u20());
-    case GatedAct::kGelu: return v * fVec(0.5f) * (fVec(1.f) + (v * fVec(M_SQRT1_2)).erf());
-    case GatedAct::kGeluTanh: {
-      const fVec k0(0.7978845608028654f), k1(0.044715f);
-      return fVec(0.5f) * v * (fVec(1.f) + (k0 * (v + k1 * v * v * v)).tanh());
+// The activation is a template parameter and the arguments are read into locals
+// once: with `a.act` switched per vector the compiler reloaded it (and the
+// pointers) after every store, since `out` might alias the argument struct.
+template <typename T, GatedAct kAct>
+void gated_impl(const GatedArgs& a, int64_t begin, int64_t end) {
+  const T* x_base = static_cast<const T*>(a.x);
+  const T* y_base = static_cast<const T*>(a.y);
+  T* out_base = static_cast<T*>(a.out);
+  const int64_t n = a.n, xs = a.x_row_stride, ys = a.y_row_stride;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* x = x_base + r * xs;
+    const T* y = y_base + r * ys;
+    T* out = out_base + r * n;
+    int64_t i = 0;
+    // The activation is rounded to T before the multiply, as unfused PyTorch does.
+    for (; i + kF <= n; i += kF) {
+      store_f32(out + i, round_to<T>(activate<kAct>(load_f32(x + i))) * load_f32(y + i));
+    }
+    if (i < n) {
+      const int64_t c = n - i;
+      store_f32(out + i, round_to<T>(activate<kAct>(load_f32(x + i, c))) * load_f32(y + i, c), c);
     }
   }
-  return v;
 }
 
 template <typename T>
-void gated_impl(const GatedArgs& a, int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    const T* x = static_cast<const T*>(a.x) + r * a.x_row_stride;
-    const T* y = static_cast<const T*>(a.y) + r * a.y_row_stride;
-    T* out = static_cast<T*>(a.out) + r * a.n;
-    int64_t i = 0;
-    // The activation is rounded to T before the multiply, as unfused PyTorch does.
-    for (; i + kF <= a.n; i += kF) {
-      store_f32(out + i, round_to<T>(activate(a.act, load_f32(x + i))) * load_f32(y + i));
-    }
-    if (i < a.n) {
-      int64_t c = a.n - i;
-      store_f32(out + i, round_to<T>(activate(a.act, load_f32(x + i, c))) * load_f32(y + i, c), c);
-    }
+void gated_dispatch(const GatedArgs& a, int64_t begin, int64_t end) {
+  switch (a.act) {
+    case GatedAct::kSilu: return gated_impl<T, GatedAct::kSilu>(a, begin, end);
+    case GatedAct::kGelu: return gated_impl<T, GatedAct::kGelu>(a, begin, end);
+    case GatedAct::kGeluTanh: return gated_impl<T, GatedAct::kGeluTanh>(a, begin, end);
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// The half-layout rotation of one bf16 row with AVX512-BF16's vcvtneps2bf16
+// for the roundings (one instruction where the integer rounding takes five and
+// a NaN blend): the rounding, not memory, bounded this kernel. Same results as
+// round_to/store_f32 except that the instruction flushes fp32 denormals to zero.
+#define IPEX_ELT_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+IPEX_ELT_BF16_FN inline __m512 bf16_round_native(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+IPEX_ELT_BF16_FN void rope_half_row_bf16(const c10::BFloat16* x, c10::BFloat16* out, const float* cb,
+                                         const float* sb, int64_t half) {
+  for (int64_t i = 0; i < half; i += kF) {
+    const int64_t n = std::min<int64_t>(kF, half - i);
+    const auto m = static_cast<__mmask16>((1u << n) - 1);
+    const __m512 x1 = load_f32(x + i, n), x2 = load_f32(x + half + i, n);
+    const __m512 c = _mm512_maskz_loadu_ps(m, cb + i), s = _mm512_maskz_loadu_ps(m, sb + i);
+    const __m512 o1 = _mm512_sub_ps(bf16_round_native(_mm512_mul_ps(x1, c)), bf16_round_native(_mm512_mul_ps(x2, s)));
+    const __m512 o2 = _mm512_add_ps(bf16_round_native(_mm512_mul_ps(x2, c)), bf16_round_native(_mm512_mul_ps(x1, s)));
+    _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(o1));
+    _mm256_mask_storeu_epi16(out + half + i, m, (__m256i)_mm512_cvtneps_pbh(o2));
+  }
+}
+#endif
+
+// Rows are (token, head) pairs. A token's cos/sin are widened to float once into
+// `cb`/`sb` and shared by all its heads (they were converted again for every
+// head). Half layout: cb/sb hold the rotary_dim/2 angles. Interleaved layout
+// (GPT-J / ChatGLM, AVX-512): cb = (c0, c0, c1, c1, ...) and sb = (-s0, s0, -s1,
+// s1, ...), so a pair-swapped x times sb gives both signs at once.
+// Each product is rounded to T before the add, as transformers'
+// `q * cos + rotate_half(q) * sin` does in T (round_to(-v) == -round_to(v)).
 template <typename T, typename C>
 void rope_impl(const RopeArgs& a, int64_t begin, int64_t end) {
-  const int64_t half = a.rotary_dim / 2;
+  const int64_t half = a.rotary_dim / 2, rd = a.rotary_dim;
+  std::vector<float> buf(2 * rd);
+  float* cb = buf.data();
+  float* sb = cb + rd;
+  int64_t t = begin / a.heads, h = begin % a.heads, widened = -1;
   for (int64_t th = begin; th < end; ++th) {
-    const int64_t t = th / a.heads, h = th % a.heads;
     const T* x = static_cast<const T*>(a.x) + t * a.x_token_stride + h * a.x_head_stride;
     T* out = static_cast<T*>(a.out) + th * a.head_dim;
-    const int64_t row = a.rows ? a.rows[t] : t;
-    const C* cs = static_cast<const C*>(a.cos) + row * a.cs_row_stride;
-    const C* sn = static_cast<const C*>(a.sin) + row * a.cs_row_stride;
-    if (a.half) {
-      // out1 = x1*cos - x2*sin ; out2 = x2*cos + x1*sin, halves of rotary_dim.
-      // Each product is rounded to T, as transformers' `q * cos + rotate_half(q) * sin`.
-      int64_t i = 0;
-      for (; i < half; i += kF) {
-        int64_t n = std::min<int64_t>(kF, half - i);
-        fVec x1 = n == kF ? load_f32(x + i) : load_f32(x + i, n);
-        fVec x2 = n == kF ? load_f32(x + half + i) : load_f32(x + half + i, n);
-        fVec c = n == kF ? load_f32(cs + i) : load_f32(cs + i, n);
-        fVec s = n == kF ? load_f32(sn + i) : load_f32(sn + i, n);
-        fVec o1 = round_to<T>(x1 * c) - round_to<T>(x2 * s);
-        fVec o2 = round_to<T>(x2 * c) + round_to<T>(x1 * s);
-        store_f32(out + i, o1, n);
-        store_f32(out + half + i, o2, n);
-      }
-    } else {
-      // GPT-J / ChatGLM: rotate neighbouring pairs (x[2i], x[2i+1]) by angle i.
+    if (widened != t) {
+      const int64_t row = a.rows ? a.rows[t] : t;
+      const C* cs = static_cast<const C*>(a.cos) + row * a.cs_row_stride;
+      const C* sn = static_cast<const C*>(a.sin) + row * a.cs_row_stride;
       for (int64_t i = 0; i < half; ++i) {
-        float x0 = static_cast<float>(x[2 * i]), x1 = static_cast<float>(x[2 * i + 1]);
-        float c = static_cast<float>(cs[i]), s = static_cast<float>(sn[i]);
-        out[2 * i] = static_cast<T>(static_cast<float>(static_cast<T>(x0 * c)) - static_cast<float>(static_cast<T>(x1 * s)));
-        out[2 * i + 1] = static_cast<T>(static_cast<float>(static_cast<T>(x1 * c)) + static_cast<float>(static_cast<T>(x0 * s)));
+        const float c = static_cast<float>(cs[i]), s = static_cast<float>(sn[i]);
+        if (a.half) {
+          cb[i] = c;
+          sb[i] = s;
+        } else {
+          cb[2 * i] = cb[2 * i + 1] = c;
+          sb[2 * i] = -s;
+          sb[2 * i + 1] = s;
+        }
+      }
+      widened = t;
+    }
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (a.half && a.bf16_insn) {
+        rope_half_row_bf16(x, out, cb, sb, half);
+        if (rd < a.head_dim) std::copy(x + rd, x + a.head_dim, out + rd);
+        if (++h == a.heads) {
+          h = 0;
+          ++t;
+        }
+        continue;
       }
     }
-    for (int64_t d = a.rotary_dim; d < a.head_dim; ++d) out[d] = x[d];  // pass-through dims
+#endif
+    if (a.half) {
+      int64_t i = 0;
+      for (; i + kF <= half; i += kF) {
+        const fVec x1 = load_f32(x + i), x2 = load_f32(x + half + i);
+        const fVec c = fVec::loadu(cb + i), s = fVec::loadu(sb + i);
+        store_f32(out + i, round_to<T>(x1 * c) - round_to<T>(x2 * s));
+        store_f32(out + half + i, round_to<T>(x2 * c) + round_to<T>(x1 * s));
+      }
+      if (i < half) {
+        const int64_t n = half - i;
+        const fVec x1 = load_f32(x + i, n), x2 = load_f32(x + half + i, n);
+        const fVec c = fVec::loadu(cb + i, n), s = fVec::loadu(sb + i, n);
+        store_f32(out + i, round_to<T>(x1 * c) - round_to<T>(x2 * s), n);
+        store_f32(out + half + i, round_to<T>(x2 * c) + round_to<T>(x1 * s), n);
+      }
+    } else {
+      int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+      for (; i < rd; i += kF) {
+        const int64_t n = std::min<int64_t>(kF, rd - i);
+        const fVec v = n == kF ? load_f32(x + i) : load_f32(x + i, n);
+        const fVec swapped = _mm512_permute_ps(__m512(v), 0xB1);  // (x1, x0, x3, x2, ...)
+        const fVec c = fVec::loadu(cb + i, n), s = fVec::loadu(sb + i, n);
+        const fVec o = round_to<T>(v * c) + round_to<T>(swapped * s);
+        if (n == kF) store_f32(out + i, o); else store_f32(out + i, o, n);
+      }
+#endif
+      for (; i < rd; i += 2) {
+        const float x0 = static_cast<float>(x[i]), x1 = static_cast<float>(x[i + 1]);
+        const float c = cb[i], s = sb[i + 1];
+        out[i] = static_cast<T>(static_cast<float>(static_cast<T>(x0 * c)) - static_cast<float>(static_cast<T>(x1 * s)));
+        out[i + 1] = static_cast<T>(static_cast<float>(static_cast<T>(x1 * c)) + static_cast<float>(static_cast<T>(x0 * s)));
+      }
+    }
+    if (rd < a.head_dim) std::copy(x + rd, x + a.head_dim, out + rd);  // pass-through dims
+    if (++h == a.heads) {
+      h = 0;
+      ++t;
+    }
   }
 }
 
@@ -129,9 +221,9 @@ void layer_norm_impl(const LayerNormArgs& a, int64_t begin, int64_t end) {
 
 void gated_rows(const GatedArgs& a, int64_t begin, int64_t end) {
   switch (a.dtype) {
-    case c10::ScalarType::Float: return gated_impl<float>(a, begin, end);
-    case c10::ScalarType::BFloat16: return gated_impl<c10::BFloat16>(a, begin, end);
-    case c10::ScalarType::Half: return gated_impl<c10::Half>(a, begin, end);
+    case c10::ScalarType::Float: return gated_dispatch<float>(a, begin, end);
+    case c10::ScalarType::BFloat16: return gated_dispatch<c10::BFloat16>(a, begin, end);
+    case c10::ScalarType::Half: return gated_dispatch<c10::Half>(a, begin, end);
     default: return;
   }
 }

@@ -31,6 +31,7 @@ struct RopeArgs {
   const int64_t* rows;        // per token: which cos/sin row (nullptr: the token index)
   int64_t heads, head_dim, rotary_dim;
   bool half;                  // Llama (rotate halves) vs GPT-J (rotate neighbouring pairs)
+  bool bf16_insn;             // the active level has AVX512-BF16 (vcvtneps2bf16 for the roundings)
 };
 
 struct LayerNormArgs {

@@ -34,8 +34,6 @@ inline fVec broadcast_group(const float* p) {
   }
 }
 
-inline fVec silu(fVec v) { return v / (fVec(1.f) + v.neg().exp_u20()); }
-
 inline fVec apply_activation(Epilogue e, fVec v) {
   switch (e) {
     case Epilogue::kRelu: return at::vec::maximum(v, fVec(0.f));
