@@ -529,7 +529,7 @@ void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, const
 // `out` with unit inner stride to write into, and whether it must be copied back.
 std::pair<at::Tensor, bool> writable(const at::Tensor& out) {
   if (out.size(-1) <= 1 || out.stride(-1) == 1) return {out, false};
-  return {at::empty(out.sizes(), out.options()), true};
+  return {empty_output(out.sizes(), out.options()), true};
 }
 
 void paged_attention_decode_cpu(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
@@ -677,7 +677,7 @@ at::Tensor iakv_attention_cpu(const at::Tensor& query, const at::Tensor& key_cac
               " exceeds the cache's ", key_cache.size(0), " positions; grow the cache first");
   TORCH_CHECK(beam_idx.size(1) == B && beam_idx.size(0) >= offset, op, ": beam_idx must be [>= ", offset, ", ", B,
               "]; got ", beam_idx.sizes());
-  auto out = at::empty({B, S, H, D}, query.options());
+  auto out = empty_output({B, S, H, D}, query.options());
   if (B == 0 || S == 0 || H == 0) return out;
 
   std::array<int64_t, 4> bst{};

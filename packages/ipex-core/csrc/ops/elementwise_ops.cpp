@@ -80,7 +80,7 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
     TORCH_CHECK(cs.size(0) == tokens, op, ": without position_ids, sin/cos need one row per token (",
                 tokens, "); got ", cs.size(0), " rows. Pass position_ids to index a sin/cos table");
   }
-  auto out = at::empty({tokens, heads, head_dim}, input.options());
+  auto out = empty_output({tokens, heads, head_dim}, input.options());
   if (out.numel() > 0) {
     kernels::RopeArgs a{input.scalar_type(), cos.scalar_type(), x.data_ptr(), x.stride(0), x.stride(1),
                         out.data_ptr(), cs.data_ptr(), sn.data_ptr(), cs.stride(0),

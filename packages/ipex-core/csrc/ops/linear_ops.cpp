@@ -5,6 +5,7 @@
 // oneDNN's brgemm micro-kernel, then the same epilogue.
 #include "cpu/isa.h"
 #include "cpu/kernels/linear_kernels.h"
+#include "ops/op_utils.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -155,7 +156,7 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
   if (others >= 1) o1 = other_rows(other, "other");
   if (others >= 2) o2 = other_rows(other2, "other2");
 
-  auto out = at::empty({M, N}, input.options());
+  auto out = empty_output({M, N}, input.options());
   if (M == 0 || N == 0) return out.view(out_shape);
 
   kernels::LinearArgs a{};

@@ -54,6 +54,12 @@ VARIABLES: dict[str, EnvVar] = {
             "0 turns the software prefetch off. A tuning knob.",
         ),
         EnvVar(
+            "IPEX_HUGE_PAGE_OUTPUTS",
+            "1",
+            "0 stops ipex ops from asking for transparent huge pages (madvise) on outputs of 32 MiB and "
+            "more, which glibc maps afresh on every call; with it, their first writes fault 2 MiB at a time.",
+        ),
+        EnvVar(
             "IPEX_VERBOSE",
             "0",
             "Initial oneDNN verbose level for ipex.verbose bookkeeping: 0 off, 1 on, 2 on with "
