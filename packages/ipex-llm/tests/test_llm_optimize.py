@@ -219,33 +219,6 @@ def test_deployment_mode_compiles_decode_once_and_matches_stock():
     assert counter.counts["linear"] > 0
 
 
-def test_deployment_guard_filter_keeps_tensor_guards():
-    """The compiled step drops module-attribute guards but still sees new weights, dtypes and shapes."""
-    from ipex_llm.optimize.api import deployment_guard_filter
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(8, 4)
-
-        def forward(self, x):
-            return self.lin(x) * 2
-
-    net = Net().eval()
-    step = torch.compile(net, fullgraph=True, options={"guard_filter_fn": deployment_guard_filter})
-    x = torch.randn(3, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(step(x), net(x))
-        net.lin.weight = torch.nn.Parameter(torch.randn(4, 8))  # a new weight tensor: read at the call
-        torch.testing.assert_close(step(x), net(x))
-        net.lin.weight.mul_(3)  # new values in place
-        torch.testing.assert_close(step(x), net(x))
-        net.to(torch.float64)  # a new dtype: the tensor guards fail and it recompiles
-        torch.testing.assert_close(step(x.double()), net(x.double()))
-        net.lin = torch.nn.Linear(8, 6).double()  # a new shape
-        assert step(x.double()).shape == (3, 6)
-
-
 def test_deployment_mode_sees_a_new_checkpoint_after_compiling():
     model = build("llama")
     opt = ipex.llm.optimize(model)

@@ -67,6 +67,9 @@ def test_graph_mode_cnn():
     out = opt(x)  # runs the compiled call, under no_grad
     assert not out.requires_grad
     close(out, ref, 1e-4)
+    # The call keeps its tensor guards (deployment_guard_filter): a new batch size recompiles.
+    with torch.no_grad():
+        close(opt(x[:1]), model(x[:1]), 1e-4)
 
 
 def test_graph_mode_bert_encoder_bf16():
@@ -77,3 +80,30 @@ def test_graph_mode_bert_encoder_bf16():
     torch._dynamo.reset()
     opt = ipex.optimize(model, dtype=torch.bfloat16, graph_mode=True, concat_linear=True)
     close(opt(ids).last_hidden_state, ref, 6e-2)
+
+
+def test_deployment_guard_filter_keeps_tensor_guards():
+    """The compiled step drops module-attribute guards but still sees new weights, dtypes and shapes."""
+    from ipex_core.optimize.graph_mode import deployment_guard_filter
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.lin(x) * 2
+
+    net = Net().eval()
+    step = torch.compile(net, fullgraph=True, options={"guard_filter_fn": deployment_guard_filter})
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(step(x), net(x))
+        net.lin.weight = torch.nn.Parameter(torch.randn(4, 8))  # a new weight tensor: read at the call
+        torch.testing.assert_close(step(x), net(x))
+        net.lin.weight.mul_(3)  # new values in place
+        torch.testing.assert_close(step(x), net(x))
+        net.to(torch.float64)  # a new dtype: the tensor guards fail and it recompiles
+        torch.testing.assert_close(step(x.double()), net(x.double()))
+        net.lin = torch.nn.Linear(8, 6).double()  # a new shape
+        assert step(x.double()).shape == (3, 6)

@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from ipex_core.optimize.graph_mode import deployment_guard_filter
 from ipex_llm.optimize import decoder, iakv_cache
 from ipex_llm.optimize.families import REMOTE_CODE_FAMILIES, SUPPORTED_MODEL_TYPES, is_supported, model_type_of
 from ipex_llm.optimize.swaps import apply_swaps
@@ -144,25 +145,6 @@ def optimize(
                              "deployment_mode": deployment_mode, "compiled_decode": compiled,
                              "iakv_beam_search": iakv}
     return model
-
-
-def deployment_guard_filter(guard_entries) -> list[bool]:
-    """Which of dynamo's guards the compiled decode step checks on every call (``guard_filter_fn``).
-
-    Kept: every guard on a tensor (dtype, shape, device, strides: a model cast or resized
-    after ``optimize`` recompiles instead of running a stale graph, and new weight values
-    are read at each call) and every guard on what is not one of the model's modules
-    (inputs, cache, globals). Dropped: the guards on module attributes, types and hook
-    dictionaries. SmolLM2's 30 layers carry about 3,000 of them, 1.2 ms of a 24 ms decode
-    step; kept tensor guards cost 0.55 ms. A deployed model is used as it is: like the
-    retired extension's frozen TorchScript graph, the compiled step does not see modules
-    swapped, attributes set or hooks added after ``optimize``; optimize again after such
-    changes (or pass ``deployment_mode=False``).
-    """
-    return [
-        entry.guard_type == "TENSOR_MATCH" or not entry.orig_guard.source.is_unspecialized_nn_module()
-        for entry in guard_entries
-    ]
 
 
 def _enable_compiled_decode(model: nn.Module) -> bool:
