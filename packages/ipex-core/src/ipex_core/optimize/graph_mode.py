@@ -14,7 +14,13 @@ import functools
 import torch
 from torch import nn
 
-__all__ = ["compile_model", "deployment_guard_filter", "inductor_freezing_backend"]
+__all__ = ["NO_OUTPUT_ASSERTS", "compile_model", "deployment_guard_filter", "inductor_freezing_backend"]
+
+
+# Inductor's wrapper checks the size, strides and alignment of every extern kernel's
+# output at every call (two Python-level calls per ipex/oneDNN op): debugging aids that
+# cost BERT-base bf16 graph mode 2% of a call (22.3 -> 21.9 ms, interleaved).
+NO_OUTPUT_ASSERTS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
 
 
 def deployment_guard_filter(guard_entries) -> list[bool]:
@@ -43,7 +49,7 @@ def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, conca
     from torch._inductor import config
     from torch._inductor.compile_fx import compile_fx
 
-    patches = {"freezing": True, "cpp.enable_concat_linear": concat_linear}
+    patches = {"freezing": True, "cpp.enable_concat_linear": concat_linear, **NO_OUTPUT_ASSERTS}
     with config.patch(patches):
         return compile_fx(gm, example_inputs)
 

@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-from ipex_core.optimize.graph_mode import deployment_guard_filter
+from ipex_core.optimize.graph_mode import NO_OUTPUT_ASSERTS, deployment_guard_filter
 from ipex_llm.optimize import decoder, iakv_cache
 from ipex_llm.optimize.families import REMOTE_CODE_FAMILIES, SUPPORTED_MODEL_TYPES, is_supported, model_type_of
 from ipex_llm.optimize.swaps import apply_swaps
@@ -163,7 +163,7 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
     # mode=None: torch.compile takes `options` only without a mode (transformers' default,
     # "reduce-overhead", only adds CUDA graphs, which do not exist on CPU).
     compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=None,
-                                   options={"guard_filter_fn": deployment_guard_filter})
+                                   options={"guard_filter_fn": deployment_guard_filter, **NO_OUTPUT_ASSERTS})
     compile_config._compile_all_devices = True
     generation_config.cache_implementation = "static"
     generation_config.compile_config = compile_config
