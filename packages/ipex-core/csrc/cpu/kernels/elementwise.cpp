@@ -114,20 +114,16 @@ void rope_impl(const RopeArgs& a, int64_t begin, int64_t end) {
       }
       widened = t;
     }
+    bool native = false;
 #if defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      if (a.half && a.bf16_insn) {
-        rope_half_row_bf16(x, out, cb, sb, half);
-        if (rd < a.head_dim) std::copy(x + rd, x + a.head_dim, out + rd);
-        if (++h == a.heads) {
-          h = 0;
-          ++t;
-        }
-        continue;
-      }
+      native = a.half && a.bf16_insn;
+      if (native) rope_half_row_bf16(x, out, cb, sb, half);
     }
 #endif
-    if (a.half) {
+    if (native) {
+      // rotated by rope_half_row_bf16 above
+    } else if (a.half) {
       int64_t i = 0;
       for (; i + kF <= half; i += kF) {
         const fVec x1 = load_f32(x + i), x2 = load_f32(x + half + i);
