@@ -56,6 +56,19 @@ def test_rotary_embedding(isa, dtype, half, head_dim, rotary_dim):
                                reference.rotary_embedding(x3, s2, c2, rotary_dim, half), **TOL[dtype])
 
 
+def test_rotary_embedding_bf16_bit_exact_with_transformers_formula(isa):
+    """bf16 half layout with a bf16 table: bit for bit transformers' `q * cos + rotate_half(q) * sin`
+    at every ISA level (AVX512-BF16 rounds with vcvtneps2bf16, the others with integer rounding)."""
+    torch.manual_seed(0)
+    x = (torch.randn(300, 8, 128) * 100).to(torch.bfloat16)
+    f = torch.rand(300, 64) * 50
+    sin, cos = (t.to(torch.bfloat16) for t in (torch.cat([f, f], -1).sin(), torch.cat([f, f], -1).cos()))
+    halves = torch.cat((-x[..., 64:], x[..., :64]), -1)
+    ref = x * cos[:, None] + halves * sin[:, None]
+    out = E.rotary_embedding(x, sin, cos, 128, True)
+    assert torch.equal(out.view(torch.int16), ref.view(torch.int16))
+
+
 def test_rotary_embedding_strided_and_errors():
     qkv = torch.randn(4, 3 * 2 * 64)  # fused projection output: q is a strided view
     q = qkv.view(4, 3, 2, 64)[:, 0]
