@@ -20,6 +20,18 @@ def test_gated_activations(isa, dtype, shape):
         torch.testing.assert_close(E.gelu_mul(x, y, approx), reference.gelu_mul(x, y, approx), **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_extreme_inputs_like_torch(isa, dtype):
+    """Where exp(-x) overflows, SiLU is -0 (and NaN for -inf), as torch's silu: the reciprocal
+    estimate that replaces the division must not turn these into NaN or -inf."""
+    x = torch.tensor([-float("inf"), -200.0, -100.0, -88.0, -20.0, 0.0, 20.0, 100.0, float("inf"), float("nan")] * 2,
+                     dtype=dtype)
+    y = torch.ones_like(x)
+    out, ref = E.silu_mul(x, y), torch.nn.functional.silu(x) * y
+    assert torch.equal(out.isnan(), ref.isnan())
+    torch.testing.assert_close(out, ref, atol=1e-30, rtol=1e-5, equal_nan=True)
+
+
 def test_gated_strided_and_errors():
     base = torch.randn(4, 256)
     x, y = base[:, :128], base[:, 128:]  # the halves of a fused gate_up output

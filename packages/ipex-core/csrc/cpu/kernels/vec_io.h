@@ -7,6 +7,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -124,18 +125,22 @@ inline fVec round_to(fVec v) {
 }
 
 // x * sigmoid(x) = x / (1 + exp(-x)) with the division replaced by a
-// reciprocal estimate and one Newton step: vdivps was the bound of silu_mul
-// and of the SiLU GEMM epilogues. Within about 1 fp32 ulp of the division.
-// exp's argument is capped at 88 so the estimate never sees inf (which would
-// give 0 * inf = NaN in the Newton step); x < -88 gives silu(x) ~ -0 as before.
+// reciprocal estimate and one Newton step: within about 1 fp32 ulp of the
+// division. Where exp(-x) overflows (x < -88) the reciprocal is set to 0 (the
+// Newton step would give 0 * inf = NaN), so the edge cases equal the division's:
+// silu(-200) = -0, silu(-inf) = NaN, as torch's silu gives.
 inline fVec silu(fVec v) {
-  const fVec d = fVec(1.f) + at::vec::minimum(v.neg(), fVec(88.f)).exp_u20();
+  const fVec d = fVec(1.f) + v.neg().exp_u20();
 #if defined(CPU_CAPABILITY_AVX512)
   const __m512 r0 = _mm512_rcp14_ps(d);
-  return v * fVec(_mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f))));
+  const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f)));
+  const __mmask16 overflow = _mm512_cmp_ps_mask(d, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
+  return v * fVec(_mm512_mask_blend_ps(overflow, r, _mm512_setzero_ps()));
 #elif defined(CPU_CAPABILITY_AVX2)
   const __m256 r0 = _mm256_rcp_ps(d);
-  return v * fVec(_mm256_mul_ps(r0, _mm256_fnmadd_ps(d, r0, _mm256_set1_ps(2.f))));
+  const __m256 r = _mm256_mul_ps(r0, _mm256_fnmadd_ps(d, r0, _mm256_set1_ps(2.f)));
+  const __m256 overflow = _mm256_cmp_ps(d, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ);
+  return v * fVec(_mm256_blendv_ps(r, _mm256_setzero_ps(), overflow));
 #else
   return v / d;
 #endif
