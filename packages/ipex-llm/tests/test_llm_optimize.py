@@ -64,6 +64,26 @@ def test_family_bf16_logits_close_to_stock_bf16(model_type):
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gptj"])
+@pytest.mark.parametrize("deployment_mode", [False, True])
+def test_family_fp16_close_to_stock_fp16(model_type, deployment_mode):
+    """dtype=torch.float16 (ipex kernels compute fp16 through fp32, see ipex-core): logits close to
+    stock fp16, ipex kernels running, greedy tokens equal to stock fp16's, beam search works."""
+    model = build(model_type)
+    ref = copy.deepcopy(model).to(torch.float16)
+    opt = ipex.llm.optimize(model, dtype=torch.float16, deployment_mode=deployment_mode)
+    ids = _inputs(model_type)
+    with IpexOpCounter() as counter, torch.no_grad():
+        b = opt(ids).logits.float().flatten()
+    assert counter.counts["linear"] + counter.counts["linear_pair_silu_mul"] > 0, counter.counts
+    with torch.no_grad():
+        a = ref(ids).logits.float().flatten()
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+    assert torch.equal(_generate(opt, ids), _generate(ref, ids))
+    beams = _generate(opt, ids, num_beams=3)
+    assert beams.shape[-1] > ids.shape[-1]
+
+
 def test_llama_swaps_and_kernels():
     opt = ipex.llm.optimize(build("llama"), dtype=torch.bfloat16, deployment_mode=False)
     layer = opt.model.layers[0]
