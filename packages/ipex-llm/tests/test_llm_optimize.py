@@ -195,6 +195,21 @@ def test_errors_and_warnings():
         assert ipex.llm.optimize(model, optimizer=opt) == (model, opt)
 
 
+def test_xpu_device_names_the_backend_package(monkeypatch):
+    import importlib.util
+
+    model = build("llama")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ipex_xpu" else real_find_spec(name, *a))
+    with pytest.raises(RuntimeError, match="pip install ipex-xpu"):
+        ipex.llm.optimize(model, device="xpu")
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    if real_find_spec("ipex_xpu") is not None:  # installed: it says what is missing instead
+        with pytest.raises(NotImplementedError, match="no LLM path yet"):
+            ipex.llm.optimize(model, device="xpu")
+
+
 def test_unsupported_model_falls_back_with_one_warning():
     net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
     with warnings.catch_warnings(record=True) as caught:
