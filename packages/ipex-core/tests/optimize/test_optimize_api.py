@@ -125,6 +125,31 @@ def test_auto_kernel_selection(zoo):
         ipex.optimize(zoo, auto_kernel_selection=True)
 
 
+def test_auto_kernel_selection_times_fused_residual_adds():
+    """Layers whose fused post-op adds a residual are timed with one (BERT-style Linear + add, ResNet-style
+    conv + add + ReLU, and a Conv1d + add); the chosen kernels give the original model's results."""
+
+    class Residuals(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(16, 16)
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.conv1d = nn.Conv1d(4, 4, 3, padding=1)
+
+        def forward(self, x, img, seq):
+            return self.lin(x) + x, torch.relu(self.conv(img) + img), self.conv1d(seq) + seq
+
+    torch.manual_seed(0)
+    model = Residuals().eval()
+    inputs = (torch.randn(2, 5, 16), torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last),
+              torch.randn(2, 4, 9))
+    opt = ipex.optimize(model, auto_kernel_selection=True, sample_input=inputs)
+    assert all(m.post_op.binary == "add" for m in (opt.lin, opt.conv, opt.conv1d)), opt
+    with torch.no_grad():
+        for got, want in zip(opt(*inputs), model(*inputs)):
+            close(got, want)
+
+
 @pytest.mark.parametrize("kernel", ["onednn", "dense", "mkl"])
 def test_linear_kernels(kernel):
     torch.manual_seed(0)

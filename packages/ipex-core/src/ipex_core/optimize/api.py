@@ -274,6 +274,23 @@ def _time_module(module: nn.Module, example: torch.Tensor, other: torch.Tensor |
     return statistics.median(samples)
 
 
+def _binary_operand(candidate: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """A residual of the layer's output shape, to time a layer whose fused post-op adds one
+    (calling the candidate without it would run the post-op on nothing)."""
+    if isinstance(candidate, PackedLinear):
+        shape = [*example.shape[:-1], candidate.out_features]
+    else:
+        shape = [example.shape[0], candidate.out_channels, *candidate._out_spatial(example)]
+    other = torch.randn(shape, dtype=example.dtype)
+    fmt = _CHANNELS_LAST.get(example.dim())
+    if fmt is not None and other.dim() == example.dim() and example.is_contiguous(memory_format=fmt):
+        other = other.contiguous(memory_format=fmt)
+    return other
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, shape) -> nn.Module:
     """auto_kernel_selection: build each candidate, time it on the recorded shape, keep the fastest."""
     target = dtype or module.weight.dtype
@@ -287,10 +304,7 @@ def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, 
     for kernel in kernels:
         bn = FoldedBatchNorm(bn_source) if bn_source is not None else None
         candidate = _build(module, kernel, plan, bn, dtype, shape)
-        other = None
-        if candidate.post_op.binary is not None:
-            with torch.no_grad():
-                other = candidate(example)
+        other = _binary_operand(candidate, example) if candidate.post_op.binary is not None else None
         t = _time_module(candidate, example, other)
         if t < best_t:
             best, best_t = candidate, t
