@@ -86,7 +86,7 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
                         out.data_ptr(), cs.data_ptr(), sn.data_ptr(), cs.stride(0),
                         rows.defined() ? rows.const_data_ptr<int64_t>() : nullptr, heads, head_dim,
                         rotary_dim, rotary_half,
-                        static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAvx512Bf16)};
+                        active_isa() >= IsaLevel::kAvx512Bf16};
     parallel_rows(IPEX_PICK_ISA_KERNEL(rope_rows), a, tokens * heads, head_dim);
   }
   return out.view(input.sizes());

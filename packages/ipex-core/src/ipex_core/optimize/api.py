@@ -274,6 +274,9 @@ def _time_module(module: nn.Module, example: torch.Tensor, other: torch.Tensor |
     return statistics.median(samples)
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def _binary_operand(candidate: nn.Module, example: torch.Tensor) -> torch.Tensor:
     """A residual of the layer's output shape, to time a layer whose fused post-op adds one
     (calling the candidate without it would run the post-op on nothing)."""
@@ -286,9 +289,6 @@ def _binary_operand(candidate: nn.Module, example: torch.Tensor) -> torch.Tensor
     if fmt is not None and other.dim() == example.dim() and example.is_contiguous(memory_format=fmt):
         other = other.contiguous(memory_format=fmt)
     return other
-
-
-_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, shape) -> nn.Module:
