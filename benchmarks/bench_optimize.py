@@ -4,8 +4,9 @@ ResNet-50 topology (random weights, 224x224, channels_last) at batch 1 and 32;
 BERT-base from a transformers config (random weights, seq 128) at batch 1 and 8;
 fp32 and bf16. bf16 baselines are the stock model cast with ``.to(bfloat16)``
 (what "stock bf16 eager" means here); ipex uses ``ipex.optimize(m, dtype=...,
-sample_input=x)`` (level O1; concat_linear stays off: merging BERT's Q/K/V was
-neutral at batch 1 and slower at batch 8 here). ``torch.compile`` runs inductor with freezing (set through
+sample_input=x)`` (level O1: concat_linear is off in eager, where merging
+BERT's Q/K/V was neutral at batch 1 and slower at batch 8 here, and on under
+graph_mode). ``torch.compile`` runs inductor with freezing (set through
 ``torch._inductor.config.patch(freezing=True)``: ``options={"freezing": True}``
 does not freeze in torch 2.13). All four run interleaved in one process;
 figures are medians, ratios are to stock eager of the same round.

@@ -78,8 +78,13 @@ def test_graph_mode_bert_encoder_bf16():
     with torch.no_grad():
         ref = model(ids).last_hidden_state
     torch._dynamo.reset()
-    opt = ipex.optimize(model, dtype=torch.bfloat16, graph_mode=True, concat_linear=True)
+    opt = ipex.optimize(model, dtype=torch.bfloat16, graph_mode=True, sample_input=ids)
+    # At O1 graph mode merges Q/K/V into one GEMM unless concat_linear is passed (as torch.jit.freeze does).
+    assert any(hasattr(m, "ipex_concat_linear_0") for m in opt.modules())
     close(opt(ids).last_hidden_state, ref, 6e-2)
+    for kwargs in (dict(concat_linear=False), dict(level="O0")):
+        plain = ipex.optimize(model, dtype=torch.bfloat16, graph_mode=True, sample_input=ids, **kwargs)  # compiles lazily: no cost
+        assert not any(hasattr(m, "ipex_concat_linear_0") for m in plain.modules())
 
 
 def test_deployment_guard_filter_keeps_tensor_guards():
