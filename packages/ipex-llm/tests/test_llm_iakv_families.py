@@ -6,7 +6,6 @@ with ``index_select`` on the 4-D key/value tensors, counted the same way).
 """
 
 import copy
-import importlib
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from test_llm_optimize import IpexOpCounter
 from torch import nn
 
 import ipex
-from ipex_llm.optimize.iakv_adapters import ADAPTED_ATTENTIONS
+from ipex_llm.optimize.iakv_adapters import resolve_adapter
 from ipex_llm.optimize.iakv_cache import BeamSharedCrossAttentionCache, IpexIAKVCache
 from llm_families import VARIANTS, build
 
@@ -91,8 +90,7 @@ def test_own_attention_family_beam_search_on_iakv(name, deployment_mode):
     opt = ipex.llm.optimize(model, deployment_mode=deployment_mode)
     assert opt._ipex_optimized["iakv_beam_search"] is True
     # Every attention module is class-swapped for the adapter; checkpoints keep their keys.
-    module_name, class_name, adapter = ADAPTED_ATTENTIONS[model.config.model_type]
-    base = getattr(importlib.import_module(module_name), class_name)
+    base, adapter = resolve_adapter(model.config.model_type)
     layers = model.config.num_hidden_layers
     attentions = [m for m in opt.modules() if isinstance(m, base)]
     assert len(attentions) == layers and all(isinstance(m, adapter) for m in attentions)

@@ -26,6 +26,20 @@ namespace {
 
 using Scalars = c10::List<std::optional<at::Scalar>>;
 
+// torch's own answer to "does oneDNN run this dtype here" (the mkldnn::_is_mkldnn_*_supported
+// ops): without it a float16 call on a CPU lacking AVX512-FP16 / AVX-NE-CONVERT fails deep in
+// oneDNN with "could not create a primitive descriptor".
+void check_dtype_supported(const char* op, at::ScalarType dt) {
+  if (dt != at::kBFloat16 && dt != at::kHalf) return;
+  static const bool bf16 = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("mkldnn::_is_mkldnn_bf16_supported", "").typed<bool()>().call();
+  static const bool fp16 = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("mkldnn::_is_mkldnn_fp16_supported", "").typed<bool()>().call();
+  TORCH_CHECK(dt == at::kBFloat16 ? bf16 : fp16, op, ": oneDNN has no ", dt, " kernels on this CPU (",
+              dt == at::kBFloat16 ? "needs AVX-512 or AMX" : "needs AVX512-FP16, AVX-NE-CONVERT or AMX-FP16",
+              "); run this layer in float32 or ", dt == at::kHalf ? "bfloat16" : "float32");
+}
+
 void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), op,
@@ -41,6 +55,7 @@ void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor
               ": input dtype must be float32, bfloat16 or float16; got ", dt);
   TORCH_CHECK(weight.scalar_type() == dt, op, ": input dtype ", dt, " differs from weight dtype ",
               weight.scalar_type(), "; cast the input first, e.g. x.to(", weight.scalar_type(), ")");
+  check_dtype_supported(op, dt);
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
                 ": bias must be 1-D with out_features (", weight.size(0), ") elements; got shape ",
@@ -96,6 +111,7 @@ void check_conv_args(const char* op, const at::Tensor& input, const at::Tensor& 
               input.dim(), "); got shape ", weight.sizes());
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), op, ": input dtype ", input.scalar_type(),
               " differs from weight dtype ", weight.scalar_type(), "; cast the input first");
+  check_dtype_supported(op, input.scalar_type());
 }
 
 at::Tensor onednn_conv_binary_cpu(const at::Tensor& input, const at::Tensor& other,

@@ -4,10 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dtype_marks import LOW_PRECISION
+from ipex_core.optimize.api import cpu_supports
 from ipex_core.ops import onednn_ops as O
 from ipex_core.reference import onednn as R
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = [torch.float32, *LOW_PRECISION]
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
 UNARY = [("none", [], None), ("relu", [], None), ("gelu", [], "none"), ("gelu", [], "tanh"), ("swish", [], None),
          ("sigmoid", [], None), ("tanh", [], None), ("hardswish", [], None), ("leaky_relu", [0.1], None),
@@ -127,3 +129,13 @@ def test_bad_inputs():
                                 [1, 1], 1)
     with pytest.raises(ValueError, match="must be 2-D"):
         O.pack_linear_weight(torch.randn(3, 4, 5))
+
+
+@pytest.mark.skipif(cpu_supports(torch.float16), reason="this CPU runs float16 in oneDNN")
+def test_float16_without_cpu_support_is_a_clear_error():
+    x, w = torch.randn(4, 16, dtype=torch.float16), torch.randn(8, 16, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="ipex::onednn_linear: oneDNN has no Half kernels on this CPU .*AVX512-FP16"):
+        O.onednn_linear(x, w)
+    xc, wc = torch.randn(1, 3, 8, 8, dtype=torch.float16), torch.randn(4, 3, 3, 3, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="ipex::onednn_conv_binary: oneDNN has no Half kernels"):
+        O.onednn_conv_binary(xc, torch.zeros(1, 4, 6, 6, dtype=torch.float16), wc, None, [0, 0], [1, 1], [1, 1], 1)

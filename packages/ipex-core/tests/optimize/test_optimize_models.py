@@ -4,6 +4,7 @@ import copy
 import warnings
 
 import optimize_models as M
+from dtype_marks import LOW_PRECISION, SUPPORTED_LOW_PRECISION
 import pytest
 import torch
 from torch import nn
@@ -102,7 +103,7 @@ def test_residual_input_is_never_overwritten():
     assert_close(run(opt, x), run(model, x))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
 def test_resnet50_low_precision(resnet, dtype):
     x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
     ref = run(resnet, x)
@@ -204,7 +205,7 @@ def test_bert_encoder():
     assert repr(layer.intermediate.dense.post_op) == "gelu"
     assert repr(layer.output.dense.post_op) == "add"  # dropout removed, residual fused
     assert isinstance(layer.attention.self.query, PackedLinear)
-    for dtype in (torch.bfloat16, torch.float16):
+    for dtype in SUPPORTED_LOW_PRECISION:
         low = ipex.optimize(model, dtype=dtype)
         assert low.embeddings.word_embeddings.weight.dtype == dtype
         assert low.embeddings.LayerNorm.weight.dtype == torch.float32

@@ -15,13 +15,14 @@ the score bias is; each adapter says that and no more.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from torch import nn
 
 from ipex_llm.optimize.decoder import _swap_class
 from ipex_llm.optimize.iakv_cache import attention_bias, decode_layer, iakv_attend
 
-__all__ = ["ADAPTED_ATTENTIONS", "adapt_attention"]
+__all__ = ["ADAPTED_ATTENTIONS", "adapt_attention", "resolve_adapter"]
 
 
 class _BloomIAKVAttention:
@@ -43,7 +44,45 @@ class _BloomIAKVAttention:
 
 
 class _FalconIAKVAttention:
-    """Falcon (rotary or ALiBi; multi-query, grouped or per-head K/V): scaled scores plus the model's mask.
+    """Falcon, transformers >= 5.25 (rotary or ALiBi; multi-query, grouped or per-head K/V).
+
+    ``FalconModel`` folds ``alibi / sqrt(d)`` into ``attention_mask`` for every attention
+    implementation, so the score bias is the mask alone.
+    """
+
+    def forward(self, hidden_states, attention_mask, position_ids=None, layer_past=None, use_cache=False,
+                output_attentions=False, position_embeddings=None, **kwargs):
+        if decode_layer(layer_past, self.layer_idx) is None:
+            return super().forward(hidden_states, attention_mask, position_ids=position_ids, layer_past=layer_past,
+                                   use_cache=use_cache, output_attentions=output_attentions,
+                                   position_embeddings=position_embeddings, **kwargs)
+        from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
+
+        batch, q_len, _ = hidden_states.shape
+        fused = self.query_key_value(hidden_states).view(batch, q_len, -1, self.head_dim)
+        if self.new_decoder_architecture:
+            # [..., kv_heads, queries per group + 2, head_dim]: each group's queries, then its key and value
+            grouped = fused.view(batch, q_len, self.num_kv_heads, -1, self.head_dim)
+            query, key, value = grouped[..., :-2, :].flatten(-3, -2), grouped[..., -2, :], grouped[..., -1, :]
+        elif self.multi_query:
+            query, key, value = fused.split([self.num_heads, 1, 1], dim=-2)
+        else:  # [..., heads, 3, head_dim]: query, key and value interleaved per head
+            query, key, value = fused.unflatten(-2, (self.num_heads, 3)).unbind(-2)
+        query, key, value = (x.transpose(1, 2) for x in (query, key, value))
+        if not self.config.alibi:
+            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        key, _ = layer_past.update(key, value, self.layer_idx)
+        out = iakv_attend(key, query, self.scaling, attention_bias(attention_mask))
+        return self.dense(out.reshape(batch, q_len, -1)), None
+
+    @classmethod
+    def for_base(cls, base):
+        """The adapter for the installed transformers: before 5.25 ``FalconAttention`` took ``alibi``."""
+        return _FalconLegacyIAKVAttention if "alibi" in inspect.signature(base.forward).parameters else cls
+
+
+class _FalconLegacyIAKVAttention:
+    """Falcon, transformers < 5.25: ``forward`` takes ``alibi`` next to the mask.
 
     With ALiBi, FalconModel already folds ``alibi / sqrt(d)`` into ``attention_mask``; its
     non-SDPA path adds ``alibi / sqrt(d)`` to the scores once more, and so does this.
@@ -101,6 +140,15 @@ ADAPTED_ATTENTIONS = {
 }
 
 
+def resolve_adapter(model_type: str) -> tuple[type, type]:
+    """``(attention class, adapter mixin)`` of a family in ``ADAPTED_ATTENTIONS``, for the installed transformers."""
+    module_name, class_name, adapter = ADAPTED_ATTENTIONS[model_type]
+    base = getattr(importlib.import_module(module_name), class_name)
+    if hasattr(adapter, "for_base"):  # the family's attention API changed between transformers releases
+        adapter = adapter.for_base(base)
+    return base, adapter
+
+
 def adapt_attention(model: nn.Module) -> bool:
     """Swap every attention module of ``model``'s family for its IAKV adapter.
 
@@ -109,11 +157,9 @@ def adapt_attention(model: nn.Module) -> bool:
     class), or Bloom's tensor-parallel ``slow_but_exact`` output projection.
     """
     config = model.config
-    entry = ADAPTED_ATTENTIONS.get(config.model_type)
-    if entry is None:
+    if config.model_type not in ADAPTED_ATTENTIONS:
         return False
-    module_name, class_name, adapter = entry
-    base = getattr(importlib.import_module(module_name), class_name)
+    base, adapter = resolve_adapter(config.model_type)
     if config.model_type == "bloom" and config.pretraining_tp > 1 and config.slow_but_exact:
         return False
     attentions = [m for m in model.modules() if isinstance(m, base)]
