@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from dtype_marks import LOW_PRECISION
-from ipex_core.optimize.api import cpu_supports
+
 from ipex_core.ops import onednn_ops as O
+from ipex_core.optimize.api import cpu_supports
 from ipex_core.reference import onednn as R
 
 DTYPES = [torch.float32, *LOW_PRECISION]

@@ -4,9 +4,9 @@ import copy
 import warnings
 
 import optimize_models as M
-from dtype_marks import LOW_PRECISION, SUPPORTED_LOW_PRECISION
 import pytest
 import torch
+from dtype_marks import LOW_PRECISION, SUPPORTED_LOW_PRECISION
 from torch import nn
 
 import ipex
