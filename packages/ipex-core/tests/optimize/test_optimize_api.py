@@ -178,6 +178,32 @@ def test_dtype_rules_and_inputs(zoo):
     close(run(stock), ref, 6e-2)
 
 
+class _CastThenFloat32(nn.Module):
+    """A cast Linear feeding layers that keep float32 weights (an unpackable Conv1d, a GRU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.conv = nn.Conv1d(4, 4, 4, padding="same")  # even kernel, "same": stays a stock Conv1d
+        self.gru = nn.GRU(16, 8, batch_first=True)
+
+    def forward(self, x):
+        h = self.conv(self.fc(x))
+        return self.gru(h)[0]
+
+
+@pytest.mark.parametrize("prepack", [True, False])
+def test_bf16_activation_into_float32_layers(prepack):
+    torch.manual_seed(0)
+    model, x = _CastThenFloat32().eval(), torch.randn(2, 4, 16)
+    opt = ipex.optimize(model, dtype=torch.bfloat16, weights_prepack=prepack)
+    assert opt.fc.weight.dtype == torch.bfloat16
+    assert opt.conv.weight.dtype == torch.float32 and opt.gru.weight_ih_l0.dtype == torch.float32
+    out = run(opt, (x,))
+    assert out.dtype == torch.float32
+    close(out, run(model, (x,)), 6e-2)
+
+
 def test_inplace_semantics(zoo):
     before = {k: v.clone() for k, v in zoo.state_dict().items()}
     types = [type(m) for m in zoo.modules()]

@@ -356,6 +356,15 @@ def test_concat_linear_from_the_sample_run():
     y2 = y.clone()
     out = run(opt, x, y2)
     assert_close(out, run(model, x, y2))
+    # The members' shared GEMM is never reused across weights or forward passes.
+    other = _CrossAttention().eval()
+    opt.load_state_dict(other.state_dict())
+    assert_close(run(opt, x, y2), run(other, x, y2))  # same input tensor, new weights: recomputed
+    with torch.no_grad():
+        k_only = opt.k(y2)  # a pass that reads only k, then one that reads k again: not the stale slice
+        opt.load_state_dict(model.state_dict())
+        assert_close(opt.k(y2), model.k(y2))
+        assert not torch.allclose(k_only, model.k(y2))
     bert = M.bert(hidden=64, layers=2, heads=4, intermediate=128, vocab=100)
     ids = torch.randint(0, 100, (2, 16))
     ob = ipex.optimize(bert, concat_linear=True, sample_input=ids)

@@ -25,7 +25,10 @@ documents: the weights of Conv2d, Linear and ConvTranspose2d are cast, and for
 inference those of Embedding and LSTM too; every other module keeps its dtype.
 Each cast module casts a floating-point input of another dtype to its own
 dtype (so fp32 inputs work) and returns its output in that dtype: the model's
-outputs come out in bf16/fp16 when its last layer is a cast one.
+outputs come out in bf16/fp16 when its last layer is a cast one. Stock layers
+that keep float32 weights and need an input of their weights' dtype (Conv1d/3d
+left unpacked, ConvTranspose1d/3d, GRU, RNN, Bilinear) cast their floating-point
+inputs to it, so a bf16 activation from a cast layer before them works.
 
 ``auto_kernel_selection``: ``False`` (the default) runs every Linear and
 convolution on oneDNN with a prepacked weight, except, under ``graph_mode``,
@@ -107,6 +110,10 @@ _SWAPS = {
 }
 # The API's cast list: always Conv2d, Linear, ConvTranspose2d; for inference also Embedding and LSTM.
 _CAST_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d, nn.Embedding, nn.LSTM)
+# Stock layers outside that list (Conv1d/3d left unpacked, GRU, RNN, ...) keep float32 weights
+# under dtype=, and their kernels refuse a bfloat16 input from a cast layer before them: a
+# pre-hook casts their floating-point inputs to their weights' dtype.
+_SAME_DTYPE_INPUT_TYPES = (nn.modules.conv._ConvNd, nn.RNNBase, nn.Bilinear)
 _DROPOUT = fx_passes._DROPOUT
 
 
@@ -146,9 +153,9 @@ def _resolve(level: str, explicit: dict[str, Any]) -> dict[str, bool]:
 
 
 class _CastInputs:
-    """Forward pre-hook of a cast stock module: floating-point inputs to the module's dtype."""
+    """Forward pre-hook of a stock module: floating-point inputs to ``dtype``, or (None) to its weight's dtype."""
 
-    def __init__(self, dtype: torch.dtype):
+    def __init__(self, dtype: torch.dtype | None):
         self.dtype = dtype
 
     def _cast(self, value):
@@ -166,6 +173,11 @@ class _CastInputs:
         return self._cast(value)
 
     def __call__(self, module, args):
+        if self.dtype is None:
+            weight = next(module.parameters(recurse=False), None)
+            if weight is None or not weight.is_floating_point():
+                return args
+            return _CastInputs(weight.dtype)._cast(args)
         return self._cast(args)
 
 
@@ -465,6 +477,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
         elif dtype is not None and type(module) in _CAST_TYPES:
             module.to(dtype)
             module.register_forward_pre_hook(_CastInputs(dtype))
+        elif dtype is not None and isinstance(module, _SAME_DTYPE_INPUT_TYPES):
+            module.register_forward_pre_hook(_CastInputs(None))
 
     for region in regions:
         names = [_concat_group(model, region.module, members, dtype, prepack, shapes, knobs["graph_mode"])

@@ -45,6 +45,15 @@ class ConcatLinear(PackedLinear):
     def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return super().forward(input).split(self.sizes, dim=-1)
 
+    # New weights (load_state_dict, .to()) make cached outputs stale.
+    def _set_weight(self, dense: torch.Tensor) -> None:
+        self._shared = None
+        super()._set_weight(dense)
+
+    def _apply(self, fn, recurse=True):
+        self._shared = None
+        return super()._apply(fn, recurse)
+
     # The members own the state_dict entries.
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         pass
@@ -70,6 +79,7 @@ class ConcatLinear(PackedLinear):
         if bias is not None and self.bias is not None:
             with torch.no_grad():
                 self.bias[lo:hi] = bias.to(self.bias.dtype)
+        self._shared = None
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", split={self.sizes}"
@@ -120,14 +130,15 @@ class ConcatLinearMember(nn.Module):
         group = self.group
         if torch.compiler.is_compiling():
             return group(input)[self.index]
-        # The cache is one tuple, read and replaced whole: (input, its version, outputs, members still to read).
+        # The cache is one tuple, read and replaced whole: (input, its version, outputs, members that read it).
+        # A member reading twice means a new forward pass (one that did not call every member): recompute.
         cache = group._shared
-        if cache is not None and cache[0] is input and cache[1] == input._version:
-            left = cache[3] - 1
-            group._shared = (cache[0], cache[1], cache[2], left) if left > 0 else None
+        if cache is not None and cache[0] is input and cache[1] == input._version and self.index not in cache[3]:
+            read = cache[3] | {self.index}
+            group._shared = None if len(read) == len(cache[2]) else (cache[0], cache[1], cache[2], read)
             return cache[2][self.index]
         outs = group(input)
-        group._shared = (input, input._version, outs, len(outs) - 1)
+        group._shared = (input, input._version, outs, frozenset((self.index,)))
         return outs[self.index]
 
     def extra_repr(self) -> str:
