@@ -418,6 +418,10 @@ def test_reshape_and_cache_bad_input():
     k = torch.randn(3, 2, 8)
     with pytest.raises(RuntimeError, match=r"slot_mapping\[1\] = 32 is past the cache's 32 slots"):
         torch.ops.ipex.reshape_and_cache(k, k, kc, vc, torch.tensor([0, 32, 1]))
+    with pytest.raises(RuntimeError, match=r"slot_mapping\[2\] = -2 is negative; .* or -1 for a padding token"):
+        torch.ops.ipex.reshape_and_cache(k, k, kc, vc, torch.tensor([0, -1, -2]))
+    torch.ops.ipex.reshape_and_cache(k, k, kc, vc, torch.tensor([0, -1, 5]))  # -1: padding, skipped
+    assert torch.equal(kc[0, 5], k[2]) and not kc[0, 1:5].any()
     with pytest.raises(RuntimeError, match="one slot per token"):
         torch.ops.ipex.reshape_and_cache(k, k, kc, vc, torch.tensor([0, 1]))
     with pytest.raises(RuntimeError, match="do not match the cache"):

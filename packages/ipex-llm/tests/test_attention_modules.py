@@ -1,5 +1,6 @@
 """ipex.llm attention API (IAKV, PagedAttention, VarlenAttention) against plain-PyTorch references."""
 
+import inspect
 import math
 
 import pytest
@@ -39,6 +40,13 @@ def test_exported_names():
     assert ipex.llm.functional.varlen_attention is varlen_attention
     for name in ("IndirectAccessKVCacheAttention", "PagedAttention", "VarlenAttention"):
         assert name in ipex.llm.modules.__all__
+    # The API's forward signature of VarlenAttention, names and defaults.
+    api = ("query key value out seqlen_q seqlen_k max_seqlen_q max_seqlen_k pdropout softmax_scale zero_tensors "
+           "is_causal return_softmax gen_").split()
+    params = inspect.signature(VarlenAttention.forward).parameters
+    assert list(params)[1:] == api
+    assert [params[n].default for n in ("zero_tensors", "is_causal", "return_softmax", "gen_")] == [False, True,
+                                                                                                  False, None]
 
 
 # ------------------------------------------------------------------- IAKV ---

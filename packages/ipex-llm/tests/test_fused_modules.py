@@ -126,6 +126,15 @@ def test_rotary_embedding_gptj_partial_and_past_length():
     torch.testing.assert_close(out[..., 64:], q[..., 64:])  # pass-through dims
     with pytest.raises(ValueError, match="offset must be 1"):
         rope(q, torch.tensor([0]), 2, 256, 7, 64)
+    # [1, seq] positions serve every row of a batch; float positions are refused, not truncated.
+    q2 = torch.cat([q, 2 * q])
+    shared = rope(q2, torch.arange(20, 23)[None], 2, 256, 1, 64)
+    torch.testing.assert_close(shared, torch.cat([out, 2 * out]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="position_ids must be int64 or int32; got torch.float32"):
+        rope(q, torch.tensor([20.7]), 2, 256, 1, 64)
+    with pytest.raises(RuntimeError, match="position_ids must be int64 or int32"):
+        M.RotaryEmbedding.apply_function(q, q, rope.sin_cached, rope.cos_cached, 64, False,
+                                         torch.arange(20, 23)[None].float())
 
 
 def test_apply_function_gqa_and_3d():

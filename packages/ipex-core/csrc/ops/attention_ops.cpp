@@ -27,7 +27,7 @@
 
 TORCH_LIBRARY_FRAGMENT(ipex, m) {
   // key/value [num_tokens, num_kv_heads, head_size] -> caches [num_blocks, block_size, num_kv_heads,
-  // head_size] at slot_mapping[i] (block = slot // block_size, row = slot % block_size); slot < 0 skips.
+  // head_size] at slot_mapping[i] (block = slot // block_size, row = slot % block_size); slot -1 (padding) skips.
   m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, "
         "Tensor slot_mapping) -> ()");
   // out[s] = softmax(scale * q[s] K^T + alibi) V over the first context_lens[s] tokens of sequence s,
@@ -500,7 +500,9 @@ void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, const
   for (size_t i = 0; i < slots.size(); ++i) {
     TORCH_CHECK(slots[i] < capacity, op, ": slot_mapping[", i, "] = ", slots[i], " is past the cache's ",
                 capacity, " slots (num_blocks * block_size); slots must be < ", capacity,
-                " (negative slots are skipped)");
+                " (-1 marks a padding token, which is skipped)");
+    TORCH_CHECK(slots[i] >= -1, op, ": slot_mapping[", i, "] = ", slots[i], " is negative; slots are in [0, ",
+                capacity, "), or -1 for a padding token (skipped)");
   }
   auto k = inner_contiguous(key);
   auto v = inner_contiguous(value);

@@ -68,6 +68,8 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
   if (positions.has_value() && positions->defined()) {
     TORCH_CHECK(positions->numel() == tokens, op, ": position_ids must hold one position per token (",
                 tokens, "); got ", positions->numel());
+    TORCH_CHECK(positions->scalar_type() == at::kLong || positions->scalar_type() == at::kInt, op,
+                ": position_ids must be int64 or int32 (row indices into sin/cos); got ", positions->scalar_type());
     rows = positions->reshape({-1}).to(at::kLong).contiguous();
     // One pass over the ids (two tensor reductions cost more than the whole
     // kernel at decode's one token).

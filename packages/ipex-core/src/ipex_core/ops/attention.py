@@ -25,7 +25,7 @@ def reshape_and_cache(
     """Write token ``i`` of ``key``/``value`` ``[num_tokens, num_kv_heads, head_size]`` into slot ``slot_mapping[i]``.
 
     The slot is block ``slot // block_size``, row ``slot % block_size``;
-    negative slots (padding tokens) are skipped.
+    slot -1 (a padding token) is skipped; any other negative slot is an error.
     """
     _ipex.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
 

@@ -34,7 +34,11 @@ def rotary_embedding(
         rotary_dim: leading dimensions of each head that rotate; the rest pass through.
         rotary_half: True for Llama (rotate the two halves), False for GPT-J/ChatGLM
             (rotate neighbouring pairs).
-        position_ids: optional ``[batch, seq]`` rows of sin/cos to use per token.
+        position_ids: optional ``[batch, seq]`` rows of sin/cos to use per token (int64 or int32).
+
+    Returns the rotated ``(query, key)`` as new tensors; the inputs are not modified (the
+    retired extension also rotated them in place, which some callers relied on: use the
+    returned tensors).
     """
     return (
         _rope_one(query, sin, cos, rotary_dim, rotary_half, position_ids),

@@ -89,7 +89,7 @@ class PagedAttention:
         """Store ``key``/``value`` ``[num_tokens, num_kv_heads, head_size]`` at ``slot_mapping`` (int32/int64).
 
         Token ``i`` goes to block ``slot_mapping[i] // block_size``, row ``slot_mapping[i] %
-        block_size``; a negative slot (padding) is skipped; a slot past the cache is an error.
+        block_size``; slot -1 (padding) is skipped; a slot past the cache or below -1 is an error.
         """
         A.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
 
@@ -136,7 +136,9 @@ class VarlenAttention(nn.Module):
     ``apply_function`` take the same ones and write into ``out``.
     """
 
-    def forward(self, *args, **kwargs):
-        return F.varlen_attention(*args, **kwargs)
+    def forward(self, query, key, value, out, seqlen_q, seqlen_k, max_seqlen_q, max_seqlen_k, pdropout=0.0,
+                softmax_scale=None, zero_tensors=False, is_causal=True, return_softmax=False, gen_=None):
+        return F.varlen_attention(query, key, value, out, seqlen_q, seqlen_k, max_seqlen_q, max_seqlen_k, pdropout,
+                                  softmax_scale, zero_tensors, is_causal, return_softmax, gen_)
 
     apply_function = staticmethod(F.varlen_attention)

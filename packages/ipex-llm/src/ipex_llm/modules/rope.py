@@ -43,13 +43,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_cached", emb.cos(), persistent=False)
 
     def _positions(self, position_ids: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+        if position_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"RotaryEmbedding: position_ids must be int64 or int32; got {position_ids.dtype}")
+        if position_ids.dim() == 2 and position_ids.shape[0] == 1 and batch > 1 and position_ids.shape[1] == seq:
+            position_ids = position_ids.expand(batch, seq)  # one row shared by the batch (transformers' style)
         if position_ids.numel() == 1 and batch * seq != 1:
             # A single element is the past length: positions continue from it.
             start = position_ids.reshape(1, 1).to(torch.long)
             position_ids = (start + torch.arange(seq, device=start.device)).expand(batch, seq)
         if position_ids.numel() != batch * seq:
             raise ValueError(
-                f"RotaryEmbedding: position_ids must be [batch, seq] = [{batch}, {seq}] or one element "
+                f"RotaryEmbedding: position_ids must be [batch, seq] = [{batch}, {seq}], [1, seq] or one element "
                 f"(the past length); got shape {tuple(position_ids.shape)}"
             )
         # Growing the table needs the positions' values; under torch.compile the
