@@ -115,11 +115,29 @@ def test_folding_without_prepack_keeps_checkpoints(zoo):
     assert list(sd) == list(zoo.state_dict())
 
 
-def test_auto_kernel_selection(zoo):
+@pytest.mark.parametrize("winner", ["dense", "mkl", "onednn"])
+def test_auto_kernel_selection(zoo, monkeypatch, winner):
+    """Each layer keeps the candidate its timing found fastest (the timer is rigged so that ``winner``
+    is; MKL is a candidate for fp32 Linears only), and the result matches the model."""
+    from ipex_core.optimize import api
+
+    timed = []
+
+    def rigged(module, example, other):
+        timed.append((type(module).__name__, module.kernel))
+        return 1.0 if module.kernel == winner else 2.0
+
+    monkeypatch.setattr(api, "_time_module", rigged)
     opt = ipex.optimize(zoo, auto_kernel_selection=True, sample_input=INPUTS)
-    chosen = {m.kernel for m in opt.modules() if isinstance(m, (PackedLinear, PackedConv2d))}
-    assert chosen <= {"onednn", "dense", "mkl"}
+    assert ("PackedLinear", "mkl") in timed and ("PackedConv2d", "mkl") not in timed
+    assert {k for _, k in timed} == {"onednn", "dense", "mkl"}
+    for m in opt.modules():
+        if isinstance(m, (PackedLinear, PackedConv2d)):
+            assert m.kernel == (winner if winner != "mkl" or isinstance(m, PackedLinear) else "onednn"), m
     close(run(opt), run(zoo))
+    # The documented rule without selection: oneDNN on a prepacked weight.
+    assert {m.kernel for m in ipex.optimize(zoo).modules() if isinstance(m, (PackedLinear, PackedConv2d))} == {
+        "onednn"}
     assert list(opt.state_dict()) == list(zoo.state_dict())
     with pytest.warns(UserWarning, match="auto_kernel_selection=True measures kernels on the input shapes"):
         ipex.optimize(zoo, auto_kernel_selection=True)
@@ -312,6 +330,11 @@ def test_bad_arguments(zoo, monkeypatch):
     training = copy.deepcopy(zoo).train()
     with pytest.raises(ValueError, match="model is in training mode.*Call model.eval"):
         ipex.optimize(training)
+    for knob in ("split_master_weight_for_bf16", "fuse_update_step"):
+        with pytest.warns(UserWarning, match=f"{knob}=True has no effect without an optimizer"):
+            ipex.optimize(zoo, **{knob: True})
+    with pytest.raises(ValueError, match=r"the model has tensors on \['meta'\].*model.to\('cpu'\)"):
+        ipex.optimize(copy.deepcopy(zoo).to("meta"))
     monkeypatch.setattr(api, "cpu_supports", lambda dtype: False)
     with pytest.raises(RuntimeError, match="dtype=torch.bfloat16 needs a CPU with AVX512-BF16 or AMX"):
         ipex.optimize(zoo, dtype=torch.bfloat16)

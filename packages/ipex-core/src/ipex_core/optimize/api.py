@@ -13,7 +13,12 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
 3. ``torch.fx`` traces the model region by region (fx_passes.py) to find
    BatchNorms to fold, activations / residual adds to fuse and Linears sharing
    an input; a region FX cannot trace is optimized module by module and named
-   in one warning.
+   in one warning. A traced region's ``forward`` becomes its traced graph, so
+   Python branches on plain attributes (``if self.use_relu:``) are fixed at
+   ``optimize`` time, as they are in any traced or TorchScript graph: set such
+   flags before calling ``optimize`` (or pass ``conv_bn_folding=False``,
+   ``linear_bn_folding=False``, ``concat_linear=False`` and turn off
+   ``ipex.enable_onednn_fusion`` to keep the original ``forward``).
 4. Dropout becomes ``nn.Identity``; Linear / Conv1d/2d/3d / ConvTranspose2d/3d
    become the prepacked modules of modules.py, LSTM the oneDNN one of lstm.py,
    with weights cast per the API's dtype rules.
@@ -354,6 +359,9 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
                         ("fuse_update_step", fuse_update_step)):
         if value is not None and not isinstance(value, bool):
             raise TypeError(f"ipex.optimize: {name} must be a bool or None; got {type(value).__name__}")
+        if value:  # the optimizer case raised above: these only change how a training step runs
+            warnings.warn(f"ipex.optimize: {name}=True has no effect without an optimizer (inference); it applies "
+                          "to training, which needs optimizer=...", UserWarning, stacklevel=2)
     if not isinstance(inplace, bool):
         raise TypeError(f"ipex.optimize: inplace must be a bool; got {type(inplace).__name__}")
     changes = any(knobs.values()) or dtype is not None
