@@ -51,8 +51,10 @@ def test_llm_rmsnorm_runs_core_kernel():
     torch.testing.assert_close(
         ipex.llm.functional.rms_norm(x, w.bfloat16(), 1e-5), reference.rms_norm(x, w.bfloat16(), 1e-5)
     )
-    out, res = ipex.llm.functional.add_rms_norm(x, x, w.bfloat16(), 1e-5)
+    res = x.clone()
+    out = ipex.llm.functional.add_rms_norm(res, x, w.bfloat16(), None, 1e-5, True)
     assert torch.equal(res, x + x)
+    torch.testing.assert_close(out, reference.rms_norm(x + x, w.bfloat16(), 1e-5))
 
 
 def test_doctor_lists_every_piece():

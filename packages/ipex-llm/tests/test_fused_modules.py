@@ -158,8 +158,14 @@ def test_fast_layer_norm(dtype):
     x = torch.randn(3, 7, 256, dtype=dtype)
     close(mod(x), ln.float()(x.float()), dtype)
     close(M.FastLayerNorm.apply_function(x, (256,), ln.weight, ln.bias, 1e-5), ln.float()(x.float()), dtype)
-    out, s = IF.add_layer_norm(x, x, ln.weight, ln.bias, 1e-5)
-    close(out, ln.float()((x + x).float()), dtype)
+    # The retired extension's signature: add_layer_norm(residual, x, weight, bias, eps, add_back).
+    r = torch.randn_like(x)
+    r0 = r.clone()
+    close(IF.add_layer_norm(r, x, ln.weight, ln.bias, 1e-5), ln.float()((x + r).float()), dtype)
+    assert torch.equal(r, r0)
+    close(IF.add_layer_norm(None, x, ln.weight, ln.bias, 1e-5), ln.float()(x.float()), dtype)
+    close(IF.add_layer_norm(r, x, ln.weight, ln.bias, 1e-5, add_back=True), ln.float()((x + r0).float()), dtype)
+    close(r, x + r0, dtype)
     with pytest.raises(ValueError, match="last dimension only"):
         M.FastLayerNorm((4, 64), 1e-5, None)
 
@@ -167,7 +173,15 @@ def test_fast_layer_norm(dtype):
 def test_functional_gated():
     x, y = torch.randn(4, 64), torch.randn(4, 64)
     torch.testing.assert_close(IF.silu_mul(x, y), F.silu(x) * y)
-    torch.testing.assert_close(IF.gelu_mul(x, y, "tanh"), F.gelu(x, approximate="tanh") * y)
+    torch.testing.assert_close(IF.gelu_mul(x, y, approximate="tanh"), F.gelu(x, approximate="tanh") * y)
+    # The retired extension's out= buffer (third positional argument).
+    out = torch.empty(4, 64)
+    assert IF.silu_mul(x, y, out) is out
+    torch.testing.assert_close(out, F.silu(x) * y)
+    assert IF.gelu_mul(x, y, out) is out
+    torch.testing.assert_close(out, F.gelu(x) * y)
+    with pytest.raises(ValueError, match="out must have the result's shape"):
+        IF.silu_mul(x, y, torch.empty(4, 32))
 
 
 class DecoderBlock(nn.Module):

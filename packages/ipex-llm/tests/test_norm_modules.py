@@ -32,10 +32,17 @@ def test_rmsnorm_defaults_and_parameter_weight():
 
 
 def test_functional_add_rms_norm():
-    x, r, w = torch.randn(3, 128), torch.randn(3, 128), torch.randn(128)
-    out, s = F.add_rms_norm(x, r, w, 1e-6)
-    torch.testing.assert_close(s, x + r)
+    """The retired extension's signature: add_rms_norm(residual, x, weight, bias, eps, add_back)."""
+    x, r, w, b = torch.randn(3, 128), torch.randn(3, 128), torch.randn(128), torch.randn(128)
+    x0, r0 = x.clone(), r.clone()
+    out = F.add_rms_norm(r, x, w, None, 1e-6)
     torch.testing.assert_close(out, reference_rms_norm(x + r, w, 1e-6))
+    assert torch.equal(r, r0) and torch.equal(x, x0)  # add_back=False writes nothing
+    torch.testing.assert_close(F.add_rms_norm(None, x, w, b, 1e-6), reference_rms_norm(x, w, 1e-6) + b)
+    out = F.add_rms_norm(r, x, w, None, 1e-6, True)
+    torch.testing.assert_close(r, x0 + r0)  # the sum is stored back into the residual
+    torch.testing.assert_close(out, reference_rms_norm(x0 + r0, w, 1e-6))
+    assert torch.equal(x, x0)
 
 
 def test_rmsnorm_under_torch_compile():

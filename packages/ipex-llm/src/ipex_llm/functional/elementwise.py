@@ -58,21 +58,42 @@ def fast_layer_norm(
 
 
 def add_layer_norm(
-    hidden_states: torch.Tensor,
-    residual: torch.Tensor,
+    residual: torch.Tensor | None,
+    x: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``s = hidden_states + residual``; returns ``(layer_norm(s), s)`` in one pass."""
-    return E.add_layer_norm(hidden_states, residual, [hidden_states.shape[-1]], weight, bias, eps)
+    add_back: bool = False,
+) -> torch.Tensor:
+    """LayerNorm (last dimension) of ``x + residual`` (of ``x`` alone when ``residual`` is None).
+
+    The retired extension's signature. ``add_back=True`` also stores ``x + residual`` into
+    ``residual`` (in place). The add and the norm run in one pass; ``x`` is not modified.
+    """
+    shape = [x.shape[-1]]
+    if residual is None:
+        return E.layer_norm(x, shape, weight, bias, eps)
+    out, total = E.add_layer_norm(x, residual, shape, weight, bias, eps)
+    if add_back:
+        residual.copy_(total)
+    return out
 
 
-def silu_mul(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``silu(input) * other`` in one pass (a gated MLP's activation)."""
-    return E.silu_mul(input, other)
+def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return result
+    if out.shape != result.shape or out.dtype != result.dtype:
+        raise ValueError(f"out must have the result's shape {tuple(result.shape)} and dtype {result.dtype}; got "
+                         f"{tuple(out.shape)} and {out.dtype}")
+    return out.copy_(result)
 
 
-def gelu_mul(input: torch.Tensor, other: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """``gelu(input, approximate) * other`` in one pass."""
-    return E.gelu_mul(input, other, approximate)
+def silu_mul(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(x) * y`` in one pass (a gated MLP's activation), into ``out`` when given."""
+    return _into(out, E.silu_mul(x, y))
+
+
+def gelu_mul(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None, approximate: str = "none"
+             ) -> torch.Tensor:
+    """``gelu(x, approximate) * y`` in one pass, into ``out`` when given."""
+    return _into(out, E.gelu_mul(x, y, approximate))

@@ -19,7 +19,23 @@ def rms_norm(hidden_states: torch.Tensor, weight: torch.Tensor, eps: float) -> t
 
 
 def add_rms_norm(
-    hidden_states: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``s = hidden_states + residual``; returns ``(rms_norm(s, weight, eps), s)`` in one pass."""
-    return torch.ops.ipex.add_rms_norm(hidden_states, residual, weight, eps)
+    residual: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    add_back: bool = False,
+) -> torch.Tensor:
+    """RMSNorm of ``x + residual`` (of ``x`` alone when ``residual`` is None), plus ``bias`` if given.
+
+    The retired extension's signature. ``add_back=True`` also stores ``x + residual`` into
+    ``residual`` (in place), the next layer's residual. The add and the norm run in one
+    pass (``torch.ops.ipex.add_rms_norm``); ``x`` is not modified.
+    """
+    if residual is None:
+        out = torch.ops.ipex.rms_norm(x, weight, eps)
+    else:
+        out, total = torch.ops.ipex.add_rms_norm(x, residual, weight, eps)
+        if add_back:
+            residual.copy_(total)
+    return out if bias is None else out + bias
