@@ -174,7 +174,10 @@ def indirect_access_kv_cache_attention(
     key_cache[offset:L] = key.transpose(0, 1)
     value_cache[offset:L] = value.transpose(0, 1)
     bias = _iakv_bias(attention_mask, alibi, B, H, S, L)
-    out = A.iakv_attention(query, key_cache, value_cache, beam_idx, offset, 1.0 / scale_attn, bias,
+    # Compiled, the offset goes in as a tensor (the op's offset_tensor overload): as an int argument
+    # dynamo would specialise on it and recompile at every decode step.
+    offset_arg = torch.scalar_tensor(offset, dtype=torch.int64) if torch.compiler.is_compiling() else offset
+    out = A.iakv_attention(query, key_cache, value_cache, beam_idx, offset_arg, 1.0 / scale_attn, bias,
                            bool(add_casual_mask))
     return out, None, (_seq_info(L, query.device), key_cache, value_cache, beam_idx)
 
