@@ -40,6 +40,18 @@ def test_cpu_features_agree_with_proc_cpuinfo():
             assert feats[ours] == (linux in flags), ours
 
 
+def test_cpu_vendor_agrees_with_proc_cpuinfo():
+    vendor = None
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    if vendor is None:
+        pytest.skip("/proc/cpuinfo has no vendor_id")
+    assert ipex_core.cpu_features()["genuine_intel"] == (vendor == "GenuineIntel")
+
+
 def test_isa_levels_are_consistent():
     levels = isa_levels()
     assert levels[0] == "default" and levels[-1] == ipex_core.max_isa()

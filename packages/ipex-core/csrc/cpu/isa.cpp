@@ -23,6 +23,7 @@ struct Features {
   bool avx512_vnni = false, avx512_bf16 = false, avx512_fp16 = false;
   bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
   bool os_avx = false, os_avx512 = false, os_amx = false, amx_permitted = false;
+  bool genuine_intel = false;  // vendor: MKL's fast sgemm paths are Intel-only (callers pick kernels by it)
 };
 
 #if defined(__x86_64__)
@@ -56,6 +57,8 @@ Features probe() {
   unsigned eax, ebx, ecx, edx;
   unsigned max_leaf = __get_cpuid_max(0, nullptr);
   if (max_leaf < 1) return f;
+  __cpuid(0, eax, ebx, ecx, edx);  // vendor string in ebx, edx, ecx: "Genu" "ineI" "ntel"
+  f.genuine_intel = ebx == 0x756e6547u && edx == 0x49656e69u && ecx == 0x6c65746eu;
   __cpuid_count(1, 0, eax, ebx, ecx, edx);
   f.sse42 = ecx & (1u << 20);
   f.fma = ecx & (1u << 12);
@@ -123,6 +126,7 @@ std::map<std::string, bool> cpu_features() {
       {"avx512_bf16", f.avx512_bf16}, {"avx512_fp16", f.avx512_fp16},
       {"amx_tile", f.amx_tile},  {"amx_bf16", f.amx_bf16},
       {"amx_int8", f.amx_int8},  {"os_amx_permitted", f.amx_permitted},
+      {"genuine_intel", f.genuine_intel},
   };
 }
 

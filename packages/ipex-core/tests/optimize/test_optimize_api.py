@@ -168,6 +168,18 @@ def test_auto_kernel_selection_times_fused_residual_adds():
             close(got, want)
 
 
+@pytest.mark.parametrize("intel", [True, False])
+def test_graph_mode_default_linear_kernel_follows_the_vendor(zoo, monkeypatch, intel):
+    """graph_mode leaves fp32 Linears dense for inductor's MKL sgemm on Intel CPUs only (MKL is slow
+    elsewhere); convolutions and bf16 Linears stay on oneDNN either way."""
+    from ipex_core.optimize import api
+
+    monkeypatch.setattr(api, "_mkl_is_fast", lambda: intel)
+    opt = ipex.optimize(zoo, graph_mode=True)  # compiles lazily: no cost here
+    assert opt.fc1.kernel == ("dense" if intel else "onednn") and opt.conv.kernel == "onednn"
+    assert ipex.optimize(zoo, graph_mode=True, dtype=torch.bfloat16).fc1.kernel == "onednn"
+
+
 @pytest.mark.parametrize("kernel", ["onednn", "dense", "mkl"])
 def test_linear_kernels(kernel):
     torch.manual_seed(0)
