@@ -47,6 +47,20 @@ def test_linear_epilogues(isa, dtype, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_deep_k_chunks(isa, dtype):
+    """K past the brgemm path's 2048-deep chunks (two whole chunks and a padded tail), at an M that
+    takes that path where the ISA has it (two row tiles), for the plain and the paired weights."""
+    torch.manual_seed(0)
+    m, k, n = 40, 4100, 64
+    x = torch.randn(m, k, dtype=dtype)
+    w, w2 = torch.randn(n, k, dtype=dtype) / k**0.5, torch.randn(n, k, dtype=dtype) / k**0.5
+    b = torch.randn(n, dtype=dtype)
+    close(L.linear(x, L.pack_linear_weight(w), b, n), reference.linear(x, w, b), dtype)
+    close(L.linear_pair_silu_mul(x, L.pack_linear_weight_pair(w, w2), None, n),
+          reference.linear_pair_silu_mul(x, w, w2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 5, 40])
 def test_linear_pair_silu_mul(isa, dtype, m):
     k, n = 96, 80

@@ -216,6 +216,7 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
     return out.view(out_shape);
   }
   constexpr int64_t kTileM = 32;
+  constexpr int64_t kChunkK = 2048;  // a multiple of every VNNI factor (1, 2)
   const int64_t m_tiles = (M + kTileM - 1) / kTileM;
   const int64_t block_elems = shape.k_pad * kBlockN;
   const bool vnni = shape.v == 2;
@@ -227,22 +228,31 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
       const int64_t blk = t / m_tiles, m0 = (t % m_tiles) * kTileM;
       const int64_t rows = std::min(kTileM, M - m0);
       const int64_t w_off = blk * block_elems * (pair ? 2 : 1);
+      // K in chunks (accumulating into c): a whole-K call at K=11008 holds a 32-row slice of the
+      // input and a 32-column block of the weight, 704 KB each in bf16, more than a 1 MB L2 (AMD
+      // Zen 4: 11008->4096 at M=128 ran 2.6x slower than stock); 2048-deep chunks are 128 KB each.
+      // A chunk starts at row k0 of the block's [k_pad / v, kBlockN, v] layout: k0 * kBlockN.
       auto gemm = [&](int64_t w_elem_offset, float* c) {
-        switch (dt) {
-          case at::kBFloat16:
-            at::native::cpublas::brgemm(rows, kBlockN, shape.k_pad, shape.k_pad, kBlockN, kBlockN, false,
-                                        xa.const_data_ptr<at::BFloat16>() + m0 * shape.k_pad,
-                                        packed.const_data_ptr<at::BFloat16>() + w_elem_offset, c, vnni);
-            break;
-          case at::kHalf:
-            at::native::cpublas::brgemm(rows, kBlockN, shape.k_pad, shape.k_pad, kBlockN, kBlockN, false,
-                                        xa.const_data_ptr<at::Half>() + m0 * shape.k_pad,
-                                        packed.const_data_ptr<at::Half>() + w_elem_offset, c, vnni);
-            break;
-          default:
-            at::native::cpublas::brgemm(rows, kBlockN, shape.k_pad, shape.k_pad, kBlockN, kBlockN, false,
-                                        xa.const_data_ptr<float>() + m0 * shape.k_pad,
-                                        packed.const_data_ptr<float>() + w_elem_offset, c, false);
+        for (int64_t k0 = 0; k0 < shape.k_pad; k0 += kChunkK) {
+          const int64_t kc = std::min(kChunkK, shape.k_pad - k0);
+          const bool add = k0 > 0;
+          const int64_t a_off = m0 * shape.k_pad + k0, b_off = w_elem_offset + k0 * kBlockN;
+          switch (dt) {
+            case at::kBFloat16:
+              at::native::cpublas::brgemm(rows, kBlockN, kc, shape.k_pad, kBlockN, kBlockN, add,
+                                          xa.const_data_ptr<at::BFloat16>() + a_off,
+                                          packed.const_data_ptr<at::BFloat16>() + b_off, c, vnni);
+              break;
+            case at::kHalf:
+              at::native::cpublas::brgemm(rows, kBlockN, kc, shape.k_pad, kBlockN, kBlockN, add,
+                                          xa.const_data_ptr<at::Half>() + a_off,
+                                          packed.const_data_ptr<at::Half>() + b_off, c, vnni);
+              break;
+            default:
+              at::native::cpublas::brgemm(rows, kBlockN, kc, shape.k_pad, kBlockN, kBlockN, add,
+                                          xa.const_data_ptr<float>() + a_off,
+                                          packed.const_data_ptr<float>() + b_off, c, false);
+          }
         }
       };
       gemm(w_off, acc.data());
