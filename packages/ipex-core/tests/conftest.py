@@ -12,10 +12,11 @@ TOLERANCES = {
 }
 
 
-# One level per compiled kernel variant: avx512_bf16 and amx run the avx512
-# element-wise kernels (their extra instructions are used through oneDNN's brgemm,
-# which picks its own path), so testing them again would repeat the avx512 run.
-KERNEL_LEVELS = [level for level in isa_levels() if level in ("default", "avx2", "avx512")]
+# One level per kernel path: the compiled variants (default, avx2, avx512) and
+# avx512_bf16, where the avx512 RMSNorm/RoPE kernels round with vcvtneps2bf16 and
+# the decode kernels use vdpbf16ps. amx adds only GEMM/attention tile paths, which
+# their own tests force.
+KERNEL_LEVELS = [level for level in isa_levels() if level in ("default", "avx2", "avx512", "avx512_bf16")]
 
 
 @pytest.fixture(params=KERNEL_LEVELS)

@@ -38,6 +38,7 @@ kernels::RmsNormArgs make_args(const at::Tensor& x, const at::Tensor& w, at::Ten
   a.out_row_stride = out.stride(0);
   a.n = x.size(1);
   a.eps = static_cast<float>(eps);
+  a.bf16_insn = active_isa() >= IsaLevel::kAvx512Bf16;
   return a;
 }
 

@@ -56,16 +56,9 @@ void gated_dispatch(const GatedArgs& a, int64_t begin, int64_t end) {
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// The half-layout rotation of one bf16 row with AVX512-BF16's vcvtneps2bf16
-// for the roundings (one instruction where the integer rounding takes five and
-// a NaN blend): the rounding, not memory, bounded this kernel. Same results as
-// round_to/store_f32 except that the instruction flushes fp32 denormals to zero.
-#define IPEX_ELT_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-IPEX_ELT_BF16_FN inline __m512 bf16_round_native(__m512 v) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
-}
-
-IPEX_ELT_BF16_FN void rope_half_row_bf16(const c10::BFloat16* x, c10::BFloat16* out, const float* cb,
+// The half-layout rotation of one bf16 row with vcvtneps2bf16 for the roundings
+// (vec_io.h's bf16_round_native): the rounding, not memory, bounded this kernel.
+IPEX_BF16_INSN_FN void rope_half_row_bf16(const c10::BFloat16* x, c10::BFloat16* out, const float* cb,
                                          const float* sb, int64_t half) {
   for (int64_t i = 0; i < half; i += kF) {
     const int64_t n = std::min<int64_t>(kF, half - i);

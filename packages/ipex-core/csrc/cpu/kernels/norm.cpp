@@ -2,7 +2,9 @@
 #include "cpu/kernels/norm_kernels.h"
 #include "cpu/kernels/vec_io.h"
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 namespace ipex::core::kernels::IPEX_ISA_NS {
 namespace {
@@ -45,6 +47,49 @@ inline void scale_row(const T* x, const W* w, T* out, int64_t n, float inv_rms) 
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// scale_row and add_rms_norm's pass 1 for bf16 rows with vcvtneps2bf16 for the
+// roundings (vec_io.h): at one thread and 16-128 tokens the integer rounding
+// bounded these kernels, not memory. Same rounding points as the generic code.
+template <typename W>
+IPEX_BF16_INSN_FN void scale_row_bf16(const c10::BFloat16* x, const W* w, c10::BFloat16* out, int64_t n,
+                                      float inv_rms) {
+  const __m512 s = _mm512_set1_ps(inv_rms);
+  for (int64_t i = 0; i < n; i += kF) {
+    const int64_t c = std::min<int64_t>(kF, n - i);
+    const auto m = static_cast<__mmask16>((1u << c) - 1);
+    const __m512 v = _mm512_mul_ps(bf16_round_native(_mm512_mul_ps(load_f32(x + i, c), s)), load_f32(w + i, c));
+    _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(v));
+  }
+}
+
+// ro = round(x + r) stored as bf16; returns the sum of squares of the rounded values.
+IPEX_BF16_INSN_FN inline float add_row_bf16(const c10::BFloat16* x, const c10::BFloat16* r, c10::BFloat16* ro,
+                                            int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += kF) {
+    const int64_t c = std::min<int64_t>(kF, n - i);
+    const auto m = static_cast<__mmask16>((1u << c) - 1);
+    const __m256bh b = _mm512_cvtneps_pbh(_mm512_add_ps(load_f32(x + i, c), load_f32(r + i, c)));
+    _mm256_mask_storeu_epi16(ro + i, m, (__m256i)b);
+    const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)b), 16));
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+#endif
+
+// One row's normalised output, on the native bf16 roundings where they apply.
+template <typename T, typename W>
+inline void scale_row_any(const RmsNormArgs& a, const T* x, const W* w, T* out, float inv_rms) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (a.bf16_insn) return scale_row_bf16<W>(x, w, out, a.n, inv_rms);
+  }
+#endif
+  scale_row(x, w, out, a.n, inv_rms);
+}
+
 template <typename T, typename W>
 void rms_norm_rows_impl(const RmsNormArgs& a, int64_t begin, int64_t end) {
   const T* x = static_cast<const T*>(a.x);
@@ -53,7 +98,7 @@ void rms_norm_rows_impl(const RmsNormArgs& a, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     const T* xr = x + r * a.x_row_stride;
     float inv_rms = 1.f / std::sqrt(sum_squares(xr, a.n) / static_cast<float>(a.n) + a.eps);
-    scale_row(xr, w, out + r * a.out_row_stride, a.n, inv_rms);
+    scale_row_any(a, xr, w, out + r * a.out_row_stride, inv_rms);
   }
 }
 
@@ -71,23 +116,34 @@ void add_rms_norm_rows_impl(const RmsNormArgs& a, int64_t begin, int64_t end) {
     T* ro = res_out + r * a.residual_out_row_stride;
     // Pass 1: residual sum, rounded to T exactly as an unfused `x + residual`
     // would be, and the sum of squares of that rounded value.
-    fVec acc(0.f);
-    int64_t i = 0;
-    for (; i + kF <= n; i += kF) {
-      fVec s = round_to<T>(load_f32(xr + i) + load_f32(rr + i));
-      store_f32(ro + i, s);
-      acc = at::vec::fmadd(s, s, acc);
+    float squares = 0.f;
+    bool native = false;
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      native = a.bf16_insn;
+      if (native) squares = add_row_bf16(xr, rr, ro, n);
     }
-    if (i < n) {
-      fVec s = round_to<T>(load_f32(xr + i, n - i) + load_f32(rr + i, n - i));
-      store_f32(ro + i, s, n - i);
-      acc = at::vec::fmadd(s, s, acc);
+#endif
+    if (!native) {
+      fVec acc(0.f);
+      int64_t i = 0;
+      for (; i + kF <= n; i += kF) {
+        fVec s = round_to<T>(load_f32(xr + i) + load_f32(rr + i));
+        store_f32(ro + i, s);
+        acc = at::vec::fmadd(s, s, acc);
+      }
+      if (i < n) {
+        fVec s = round_to<T>(load_f32(xr + i, n - i) + load_f32(rr + i, n - i));
+        store_f32(ro + i, s, n - i);
+        acc = at::vec::fmadd(s, s, acc);
+      }
+      squares = reduce_sum(acc);
     }
-    float inv_rms = 1.f / std::sqrt(reduce_sum(acc) / static_cast<float>(n) + a.eps);
+    float inv_rms = 1.f / std::sqrt(squares / static_cast<float>(n) + a.eps);
     // Pass 2 re-reads the row from L1 (a hidden row is at most tens of KB).
     // In place (out == x, residual_out == residual) is safe: pass 1 consumed
     // each element of x and residual before anything of the row was written.
-    scale_row<T, W>(ro, w, out + r * a.out_row_stride, n, inv_rms);
+    scale_row_any<T, W>(a, ro, w, out + r * a.out_row_stride, inv_rms);
   }
 }
 

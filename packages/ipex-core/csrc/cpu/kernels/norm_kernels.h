@@ -19,6 +19,7 @@ struct RmsNormArgs {
   int64_t residual_out_row_stride;
   int64_t n;                      // hidden size
   float eps;
+  bool bf16_insn;                 // the active level has AVX512-BF16 (vcvtneps2bf16 for the roundings)
 };
 
 }  // namespace ipex::core::kernels

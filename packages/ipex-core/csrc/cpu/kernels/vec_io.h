@@ -35,6 +35,16 @@ inline __m256i f32_to_bf16_bits(__m512 v) {
   return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(0xffff), r));  // NaN -> 0xffff
 }
 
+// AVX512-BF16's vcvtneps2bf16 for the bf16 roundings: one instruction where the
+// integer rounding above takes five and a NaN blend. Only called where the active
+// ISA level has the instruction (the row kernels' bf16_insn flag); the attribute
+// keeps it out of everything else. Same results as round_to / store_f32 except
+// that the instruction flushes fp32 denormals to zero.
+#define IPEX_BF16_INSN_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+IPEX_BF16_INSN_FN inline __m512 bf16_round_native(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
 template <typename T>
 inline __m256i f32_to_half_bits(__m512 v) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
