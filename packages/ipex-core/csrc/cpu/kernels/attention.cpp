@@ -316,16 +316,16 @@ void decode_partial_impl(const DecodeArgs& a, const DecodeTask& t) {
 #if defined(CPU_CAPABILITY_AVX512)
 // bf16 decode with vdpbf16ps (AVX512-BF16): 32 bf16 products per instruction
 // and no conversions. Only called when the active ISA level has the
-// instructions; the attribute keeps them out of everything else here.
-#define IPEX_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+// instructions; the attribute (IPEX_BF16_INSN_FN, vec_io.h) keeps them out of
+// everything else here.
 
-IPEX_BF16_FN inline __mmask32 bf16_mask(int64_t left) {
+IPEX_BF16_INSN_FN inline __mmask32 bf16_mask(int64_t left) {
   return left >= 32 ? 0xFFFFFFFFu : ((1u << left) - 1u);
 }
 
 // out[g * NT + i] = scale * q_g . k_i for NG heads and NT rows (NG * NT == 16).
 template <int NG>
-IPEX_BF16_FN inline void qk_block_bf16(const uint16_t* const* qh, const uint16_t* const* k, int64_t D, float scale,
+IPEX_BF16_INSN_FN inline void qk_block_bf16(const uint16_t* const* qh, const uint16_t* const* k, int64_t D, float scale,
                                        float* out) {
   constexpr int NT = 16 / NG;
   __m512 acc[16];
@@ -346,7 +346,7 @@ IPEX_BF16_FN inline void qk_block_bf16(const uint16_t* const* qh, const uint16_t
 }
 
 template <int NG>
-IPEX_BF16_FN void qk_chunk_bf16(const DecodeArgs& a, const DecodeTask& t, const uint16_t* const* krows, int64_t cn,
+IPEX_BF16_INSN_FN void qk_chunk_bf16(const DecodeArgs& a, const DecodeTask& t, const uint16_t* const* krows, int64_t cn,
                                 float* scores, const uint16_t* zero_q) {
   constexpr int NT = 16 / NG;
   const uint16_t* q = static_cast<const uint16_t*>(t.q);
@@ -380,7 +380,7 @@ IPEX_BF16_FN void qk_chunk_bf16(const DecodeArgs& a, const DecodeTask& t, const 
 // 8 (p / 4) + p % 4, position 16 + p holds column 8 (p / 4) + 4 + p % 4
 // (undone by unpermute_acc). Reading V once here, in address order, is also
 // what lets the hardware prefetcher stream it.
-IPEX_BF16_FN inline void interleave_pair(const uint16_t* r0, const uint16_t* r1, int64_t D, uint16_t* out) {
+IPEX_BF16_INSN_FN inline void interleave_pair(const uint16_t* r0, const uint16_t* r1, int64_t D, uint16_t* out) {
   for (int64_t j = 0; j < D; j += 32) {
     const __mmask32 m = bf16_mask(D - j);
     const __m512i va = _mm512_maskz_loadu_epi16(m, r0 + j);
@@ -392,7 +392,7 @@ IPEX_BF16_FN inline void interleave_pair(const uint16_t* r0, const uint16_t* r1,
 
 // acc += P V for NG heads over `pairs` interleaved token pairs (pair_stride words apart).
 template <int NG>
-IPEX_BF16_FN inline void pv_block_bf16(const uint32_t* const* pp, const uint16_t* vpairs, int64_t pair_stride,
+IPEX_BF16_INSN_FN inline void pv_block_bf16(const uint32_t* const* pp, const uint16_t* vpairs, int64_t pair_stride,
                                        int64_t pairs, int64_t D, float* const* acc) {
   for (int64_t j = 0; j < D; j += 32) {
     __m512 lo[NG], hi[NG];
@@ -427,7 +427,7 @@ inline void unpermute_acc(const float* perm, int64_t D, float* out) {
   }
 }
 
-IPEX_BF16_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask& t) {
+IPEX_BF16_INSN_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask& t) {
   const int64_t D = a.head_dim, H = a.num_heads, Hkv = a.num_kv_heads;
   const int64_t dp = round_up(D, 32);
   const uint16_t* vb = static_cast<const uint16_t*>(a.v_base);
@@ -800,7 +800,7 @@ void softmax_block_impl(const SoftmaxBlock& b) {
 // 2^y with a degree-4 polynomial on the fraction and vscalefps (relative error
 // ~4e-5, under bf16's rounding), scale * log2(e) folded into one FMA, and the
 // conversion is vcvtneps2bf16.
-IPEX_BF16_FN inline __m512 exp2_bf16(__m512 y) {
+IPEX_BF16_INSN_FN inline __m512 exp2_bf16(__m512 y) {
   y = _mm512_max_ps(y, _mm512_set1_ps(-150.f));  // -inf (masked by a bias) -> 0
   const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(y, n);
@@ -812,7 +812,7 @@ IPEX_BF16_FN inline __m512 exp2_bf16(__m512 y) {
   return _mm512_scalef_ps(p, n);
 }
 
-IPEX_BF16_FN void softmax_block_bf16(const SoftmaxBlock& b) {
+IPEX_BF16_INSN_FN void softmax_block_bf16(const SoftmaxBlock& b) {
   constexpr float kLog2e = 1.4426950408889634f;
   const float mul = (folds_scale(b) ? b.scale : 1.f) * kLog2e;
   for (int64_t r = 0; r < b.m_rows; ++r) {
