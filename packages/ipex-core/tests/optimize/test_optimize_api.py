@@ -251,24 +251,31 @@ _RSS_SCRIPT = textwrap.dedent("""
     from torch import nn
     import ipex
     torch.set_num_threads(1)
-    model = nn.Sequential(*[nn.Linear(2048, 2048) for _ in range(20)]).eval()  # ~336 MB fp32
+    if sys.argv[2] == "bf16_bn":  # BatchNorm folding and the bf16 cast on top of prepacking
+        layers = [m for _ in range(20) for m in (nn.Linear(2048, 2048), nn.BatchNorm1d(2048))]
+    else:
+        layers = [nn.Linear(2048, 2048) for _ in range(20)]
+    model = nn.Sequential(*layers).eval()  # ~336 MB fp32
+    del layers  # the model must hold the only references, or the replaced layers could not be freed
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()
     base = rss()
-    out = ipex.optimize(model, inplace=sys.argv[1] == "1")
+    dtype = torch.bfloat16 if sys.argv[2] == "bf16_bn" else None
+    out = ipex.optimize(model, dtype=dtype, inplace=sys.argv[1] == "1")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print((peak - base) / size)
 """)
 
 
-def test_inplace_does_not_double_peak_memory():
+@pytest.mark.parametrize("case", ["fp32", "bf16_bn"])
+def test_inplace_does_not_double_peak_memory(case):
     # In a fresh process, so that ru_maxrss measures this optimize call.
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ratios = {}
     for inplace in (1, 0):
-        out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(inplace)], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(inplace), case], capture_output=True, text=True,
                              env=env, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         ratios[inplace] = float(out.stdout.split()[-1])
