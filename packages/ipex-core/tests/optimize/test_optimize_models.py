@@ -8,6 +8,7 @@ import pytest
 import torch
 from dtype_marks import LOW_PRECISION, SUPPORTED_LOW_PRECISION
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ipex
 from ipex_core.optimize import (
@@ -282,6 +283,21 @@ class _Act(nn.Module):
         return f(self.fc(y))
 
 
+_ACTIVATION_OPS = {"relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "hardtanh"}
+
+
+class _OpLog(TorchDispatchMode):
+    """Names of the ops a forward dispatches (top level: a kernel's own inner calls are not seen)."""
+
+    def __enter__(self):
+        self.names = set()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.overloadpacket.__name__.rstrip("_"))
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("act,name", ACTIVATIONS, ids=[f"{n}-{i}" for i, (_, n) in enumerate(ACTIVATIONS)])
 def test_post_op_fusion(act, name):
     torch.manual_seed(0)
@@ -291,6 +307,11 @@ def test_post_op_fusion(act, name):
     opt = ipex.optimize(model)
     assert repr(opt.conv.post_op) == name and repr(opt.fc.post_op) == name
     assert_close(run(opt, x), ref)
+    # Fused means one oneDNN call per layer and no activation op of its own.
+    with _OpLog() as log:
+        run(opt, x)
+    assert not (log.names & _ACTIVATION_OPS), log.names
+    assert {"_convolution_pointwise", "onednn_linear"} <= log.names, log.names
 
 
 def test_fusion_switch():
