@@ -115,6 +115,16 @@ def test_folding_without_prepack_keeps_checkpoints(zoo):
     assert list(sd) == list(zoo.state_dict())
 
 
+def test_sample_input_shapes_are_hints_not_limits(zoo):
+    """Weights packed for the sample's shapes still give the right answer for other batch sizes,
+    image sizes and sequence lengths."""
+    opt = ipex.optimize(zoo, sample_input=INPUTS)
+    assert opt.conv._input_size == [2, 3, 8, 8] and opt.lstm is not zoo.lstm
+    for inputs in ((torch.randn(5, 3, 13, 9), torch.randint(0, 10, (5, 3))),
+                   (torch.randn(1, 3, 8, 8), torch.randint(0, 10, (1, 11)))):
+        close(run(opt, inputs), run(zoo, inputs))
+
+
 @pytest.mark.parametrize("winner", ["dense", "mkl", "onednn"])
 def test_auto_kernel_selection(zoo, monkeypatch, winner):
     """Each layer keeps the candidate its timing found fastest (the timer is rigged so that ``winner``
