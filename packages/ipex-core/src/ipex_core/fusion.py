@@ -2,9 +2,11 @@
 
 What it turns off: the fusions ``ipex.optimize`` applies when it swaps modules,
 i.e. folding a following activation (ReLU, GELU, SiLU, sigmoid, tanh,
-hardswish) or residual add into the oneDNN convolution/linear call, and the
-matching pattern rewrites under ``graph_mode=True``. It is read when
-``ipex.optimize`` runs, so switch it before optimizing. It does not change the
+hardswish) or residual add into the oneDNN convolution/linear call. Under
+``graph_mode=True`` the compiled modules then carry no fused post-ops;
+inductor's own oneDNN pattern fusions, which plain ``torch.compile`` applies
+too, are inductor's and stay on. It is read when ``ipex.optimize`` runs, so
+switch it before optimizing. It does not change the
 explicit fused modules of ``ipex.llm.modules`` (a user who builds
 ``LinearSilu`` asked for that fusion by name), nor anything in stock PyTorch.
 """

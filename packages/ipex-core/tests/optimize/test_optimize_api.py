@@ -76,6 +76,10 @@ def test_o0_changes_nothing(zoo):
     assert opt is not zoo and [type(m) for m in opt.modules()] == [type(m) for m in zoo.modules()]
     assert torch.equal(run(opt), run(zoo))
     assert ipex.optimize(zoo, level="O0", inplace=True) is zoo
+    # dtype= still casts at O0 (the dtype conversion does not depend on the level), without swapping modules.
+    cast = ipex.optimize(zoo, level="O0", dtype=torch.bfloat16)
+    assert [type(m) for m in cast.modules()] == [type(m) for m in zoo.modules()]
+    assert cast.conv.weight.dtype == torch.bfloat16 and cast.bn.weight.dtype == torch.float32
     # An explicit knob overrides the level.
     only_prepack = ipex.optimize(zoo, level="O0", weights_prepack=True)
     assert isinstance(only_prepack.conv, PackedConv2d) and type(only_prepack.bn) is nn.BatchNorm2d

@@ -25,6 +25,9 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
 5. ``graph_mode=True`` compiles the result with ``torch.compile`` (inductor,
    freezing on) and ipex's graph passes (graph_mode.py).
 
+``level='O0'`` applies no optimization; ``dtype=`` still casts, as in the
+retired extension, where the dtype conversion did not depend on the level.
+
 Dtype rules (``dtype=torch.bfloat16`` / ``torch.float16``), as the API
 documents: the weights of Conv2d, Linear and ConvTranspose2d are cast, and for
 inference those of Embedding and LSTM too; every other module keeps its dtype.
