@@ -2,6 +2,7 @@
 each compilation takes seconds."""
 
 import optimize_models as M
+import pytest
 import torch
 from torch import nn
 
@@ -72,18 +73,22 @@ def test_graph_mode_cnn():
         close(opt(x[:1]), model(x[:1]), 1e-4)
 
 
-def test_graph_mode_bert_encoder_bf16():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_mode_bert_encoder(dtype):
     model = M.bert(hidden=64, layers=2, heads=4, intermediate=128, vocab=100)
     ids = torch.randint(0, 100, (2, 16))
     with torch.no_grad():
         ref = model(ids).last_hidden_state
     torch._dynamo.reset()
-    opt = ipex.optimize(model, dtype=torch.bfloat16, graph_mode=True, sample_input=ids)
+    opt_dtype = None if dtype == torch.float32 else dtype
+    opt = ipex.optimize(model, dtype=opt_dtype, graph_mode=True, sample_input=ids)
     # At O1 graph mode merges Q/K/V into one GEMM unless concat_linear is passed (as torch.jit.freeze does).
     assert any(hasattr(m, "ipex_concat_linear_0") for m in opt.modules())
-    close(opt(ids).last_hidden_state, ref, 6e-2)
+    with torch.no_grad():
+        assert torch._dynamo.explain(opt.forward)(ids).graph_break_count == 0  # ipex modules included
+    close(opt(ids).last_hidden_state, ref, 1e-4 if dtype == torch.float32 else 6e-2)
     for kwargs in (dict(concat_linear=False), dict(level="O0")):
-        plain = ipex.optimize(model, dtype=torch.bfloat16, graph_mode=True, sample_input=ids, **kwargs)  # compiles lazily: no cost
+        plain = ipex.optimize(model, dtype=opt_dtype, graph_mode=True, sample_input=ids, **kwargs)  # compiles lazily: no cost
         assert not any(hasattr(m, "ipex_concat_linear_0") for m in plain.modules())
 
 
