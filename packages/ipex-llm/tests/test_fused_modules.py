@@ -49,7 +49,7 @@ def test_single_linear_fusions(dtype, cls, ref, n_other, bias):
         close(mod(x, *others), expected, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_linear2_silu_mul(dtype):
     s, m = nn.Linear(64, 48).to(dtype), nn.Linear(64, 48, bias=False).to(dtype)
     mod = M.Linear2SiluMul(s, m)
@@ -99,16 +99,18 @@ def hf_rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def test_rotary_embedding_llama_matches_transformers_formula():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rotary_embedding_llama_matches_transformers_formula(dtype):
     dim, heads = 64, 4
     rope = M.RotaryEmbedding(128, dim, base=10000)
-    q = torch.randn(2, 7, heads, dim)
+    q = torch.randn(2, 7, heads, dim, dtype=dtype)
     pos = torch.arange(7).unsqueeze(0).expand(2, 7) + torch.tensor([[0], [5]])
     out = rope(q, pos, heads, dim, dim // 2, dim)
+    assert out.dtype == dtype and out.shape == q.shape
     inv = 1.0 / 10000 ** (torch.arange(0, dim, 2).float() / dim)
     emb = torch.cat([pos[..., None].float() * inv] * 2, -1)[:, :, None, :]
-    expected = q * emb.cos() + hf_rotate_half(q) * emb.sin()
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    qf = q.float()
+    close(out, qf * emb.cos() + hf_rotate_half(qf) * emb.sin(), dtype)
 
 
 def test_rotary_embedding_gptj_partial_and_past_length():
@@ -149,7 +151,7 @@ def test_apply_function_gqa_and_3d():
     torch.testing.assert_close(k2, k * c + hf_rotate_half(k) * s, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_fast_layer_norm(dtype):
     ln = nn.LayerNorm(256).to(dtype)
     nn.init.normal_(ln.weight)
