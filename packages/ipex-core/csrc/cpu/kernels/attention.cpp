@@ -275,19 +275,9 @@ void decode_partial_impl(const DecodeArgs& a, const DecodeTask& t) {
   const int64_t group = a.group_offsets[1] - a.group_offsets[0];
   const T* krows[kChunk];
   const T* vrows[kChunk];
-  // Cache lines of one token's K / V row over every kv head: prefetch_row's unit.
-  const int64_t k_lines = (Hkv * a.k_head_stride * static_cast<int64_t>(sizeof(uint16_t)) + 63) / 64;
-  const int64_t v_lines = (Hkv * a.v_head_stride * static_cast<int64_t>(sizeof(uint16_t)) + 63) / 64;
-  const char* vpf[kChunk];  // this chunk's V rows
-  const char* kpf[kChunk];  // the next chunk's K rows (nullptr past the end)
   for (int64_t c0 = 0; c0 < t.n; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, t.n - c0);
     chunk_rows(a, t, c0, cn, krows);
-    for (int64_t i = 0; i < cn; ++i) vpf[i] = reinterpret_cast<const char*>(vb + t.v_off[c0 + i]);
-    const int64_t next_n = std::max<int64_t>(0, std::min(kChunk, t.n - c0 - kChunk));
-    for (int64_t i = 0; i < kChunk; ++i) {
-      kpf[i] = i < next_n ? reinterpret_cast<const char*>(static_cast<const uint16_t*>(a.k_base) + t.k_off[c0 + kChunk + i]) : nullptr;
-    }
     if (group <= 1) {
       qk_chunk<1>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
     } else if (group <= 2) {
@@ -479,8 +469,9 @@ IPEX_BF16_INSN_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask
     chunk_rows(a, t, c0, cn, krows);
     for (int64_t i = 0; i < cn; ++i) vpf[i] = reinterpret_cast<const char*>(vb + t.v_off[c0 + i]);
     const int64_t next_n = std::max<int64_t>(0, std::min(kChunk, t.n - c0 - kChunk));
+    const uint16_t* kb = static_cast<const uint16_t*>(a.k_base);
     for (int64_t i = 0; i < kChunk; ++i) {
-      kpf[i] = i < next_n ? reinterpret_cast<const char*>(static_cast<const uint16_t*>(a.k_base) + t.k_off[c0 + kChunk + i]) : nullptr;
+      kpf[i] = i < next_n ? reinterpret_cast<const char*>(kb + t.k_off[c0 + kChunk + i]) : nullptr;
     }
     if (group <= 1) {
       qk_chunk_bf16<1>(a, t, krows, cn, scores, zero_q, vpf, v_lines);
