@@ -131,13 +131,26 @@ inline void qk_rows(const DecodeArgs& a, const float* qf, int64_t dp, const T* c
   }
 }
 
+// Software prefetch of whole KV rows into L2, spread over the work that precedes their use:
+// this chunk's V rows while its K rows are scored, the next chunk's K rows while V is
+// interleaved. On cold caches the decode loop otherwise waits for each row it touches (the
+// hardware prefetchers lose the stream at every paged block or beam switch): AMD EPYC Zen 4,
+// paged decode b8 h32/8 d128 ctx2048 bf16, 2 threads, interleaved A/B: 11-12 -> 19-21 GB/s (IAKV
+// 4 beams ctx1024: 1.12-1.15x); the generic (fp32/fp16, AVX2) loop 1.19-1.37x. Into L1 (T0) it
+// was no faster than none: the rows evict the scores and accumulators.
+inline void prefetch_row(const char* row, int64_t lines) {
+  for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(row + 64 * l, 0, 2);  // prefetcht1: into L2
+}
+
 template <int NG, typename T>
 inline void qk_chunk(const DecodeArgs& a, const float* qf, int64_t dp, const T* const* krows, int64_t cn,
-                     float* scores, int64_t chunk, const float* zero_q) {
+                     float* scores, int64_t chunk, const float* zero_q, const char* const* pf_rows, int64_t pf_lines) {
   if constexpr (NG <= kF) {
     constexpr int64_t NT = kF / NG;
     for (int64_t i = 0; i < cn; i += NT) {
-      qk_rows<NG>(a, qf, dp, krows, i, std::min<int64_t>(NT, cn - i), scores, chunk, zero_q);
+      const int64_t nt = std::min<int64_t>(NT, cn - i);
+      for (int64_t r = i; r < i + nt; ++r) prefetch_row(pf_rows[r], pf_lines);  // this chunk's V rows
+      qk_rows<NG>(a, qf, dp, krows, i, nt, scores, chunk, zero_q);
     }
   }
 }
@@ -275,24 +288,35 @@ void decode_partial_impl(const DecodeArgs& a, const DecodeTask& t) {
   const int64_t group = a.group_offsets[1] - a.group_offsets[0];
   const T* krows[kChunk];
   const T* vrows[kChunk];
+  // Prefetch (see prefetch_row): this chunk's V rows while K is scored, the next chunk's K rows
+  // spread over the kv heads of the V pass.
+  const int64_t k_lines = (Hkv * a.k_head_stride * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+  const int64_t v_lines = (Hkv * a.v_head_stride * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+  const T* kb = static_cast<const T*>(a.k_base);
+  const char* vpf[kChunk];
   for (int64_t c0 = 0; c0 < t.n; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, t.n - c0);
     chunk_rows(a, t, c0, cn, krows);
+    for (int64_t i = 0; i < cn; ++i) vpf[i] = reinterpret_cast<const char*>(vb + t.v_off[c0 + i]);
+    const int64_t next_n = std::max<int64_t>(0, std::min(kChunk, t.n - c0 - kChunk));
     if (group <= 1) {
-      qk_chunk<1>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+      qk_chunk<1>(a, qf, dp, krows, cn, scores, kChunk, zero_q, vpf, v_lines);
     } else if (group <= 2) {
-      qk_chunk<2>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+      qk_chunk<2>(a, qf, dp, krows, cn, scores, kChunk, zero_q, vpf, v_lines);
     } else if (group <= 4) {
-      qk_chunk<4>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+      qk_chunk<4>(a, qf, dp, krows, cn, scores, kChunk, zero_q, vpf, v_lines);
     } else if (group <= 8 || kF == 8) {
-      qk_chunk<8>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+      qk_chunk<8>(a, qf, dp, krows, cn, scores, kChunk, zero_q, vpf, v_lines);
     } else {
-      qk_chunk<static_cast<int>(kF)>(a, qf, dp, krows, cn, scores, kChunk, zero_q);
+      qk_chunk<static_cast<int>(kF)>(a, qf, dp, krows, cn, scores, kChunk, zero_q, vpf, v_lines);
     }
     add_score_terms(t, scores, kChunk, c0, cn, H);
     softmax_chunk(t, scores, kChunk, cn, H, acc_p, dp, false);
     // acc += P V with each V row read once for the heads that share it.
     for (int64_t g = 0; g < Hkv; ++g) {
+      for (int64_t i = g * next_n / Hkv; i < (g + 1) * next_n / Hkv; ++i) {
+        prefetch_row(reinterpret_cast<const char*>(kb + t.k_off[c0 + kChunk + i]), k_lines);
+      }
       for (int64_t i = 0; i < cn; ++i) vrows[i] = vb + t.v_off[c0 + i] + g * a.v_head_stride;
       int32_t j = a.group_offsets[g];
       const int32_t end = a.group_offsets[g + 1];
@@ -343,17 +367,6 @@ IPEX_BF16_INSN_FN inline void qk_block_bf16(const uint16_t* const* qh, const uin
   for (int i = 0; i < 16; ++i) v[i] = fVec(acc[i]);
   reduce_many(v, out);
   _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_loadu_ps(out), _mm512_set1_ps(scale)));
-}
-
-// Software prefetch of whole KV rows into L2, spread over the work that precedes their use:
-// this chunk's V rows while its K rows are scored, the next chunk's K rows while V is
-// interleaved. On cold caches the decode loop otherwise waits for each row it touches (the
-// hardware prefetchers lose the stream at every paged block or beam switch): AMD EPYC Zen 4,
-// paged decode b8 h32/8 d128 ctx2048 bf16, 2 threads, interleaved A/B: 11-12 -> 19-21 GB/s (IAKV
-// 4 beams ctx1024: 1.12-1.15x). Into L1 (T0) it was no faster than none: the rows evict the
-// scores and accumulators.
-inline void prefetch_row(const char* row, int64_t lines) {
-  for (int64_t l = 0; l < lines; ++l) _mm_prefetch(row + 64 * l, _MM_HINT_T1);
 }
 
 template <int NG>
