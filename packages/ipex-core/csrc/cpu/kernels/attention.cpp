@@ -142,6 +142,20 @@ inline void prefetch_row(const char* row, int64_t lines) {
   for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(row + 64 * l, 0, 2);  // prefetcht1: into L2
 }
 
+// Cache lines of one token's row over every kv head, heads `head_stride` elements of `esz` bytes apart.
+inline int64_t row_lines(const DecodeArgs& a, int64_t head_stride, int64_t esz) {
+  return (a.num_kv_heads * head_stride * esz + 63) / 64;
+}
+
+// prefetch_row of the K rows of tokens first .. first + count - 1 of this task (those that exist).
+template <typename T>
+inline void prefetch_k_rows(const DecodeArgs& a, const DecodeTask& t, int64_t first, int64_t count, int64_t lines) {
+  const T* kb = static_cast<const T*>(a.k_base);
+  for (int64_t i = first; i < std::min(t.n, first + count); ++i) {
+    prefetch_row(reinterpret_cast<const char*>(kb + t.k_off[i]), lines);
+  }
+}
+
 template <int NG, typename T>
 inline void qk_chunk(const DecodeArgs& a, const float* qf, int64_t dp, const T* const* krows, int64_t cn,
                      float* scores, int64_t chunk, const float* zero_q, const char* const* pf_rows, int64_t pf_lines) {
@@ -242,11 +256,12 @@ inline void softmax_chunk(const DecodeTask& t, float* scores, int64_t chunk, int
 
 constexpr int64_t kChunk = 32;  // tokens per online-softmax step; a multiple of kF
 
-// Rows are read in address order within a block / beam row, which the
-// hardware prefetcher follows; software prefetch of whole rows only competes
-// with it for the line fill buffers (measured for both decode kernels), so we
-// prefetch just the first line of every `step`-th row of the next chunk,
-// where a new block may start.
+// The first line of every `step`-th row of the next chunk, where a new block
+// may start. Measured on Intel Xeon in an earlier session, prefetching whole rows all at
+// once here only competed with the hardware prefetcher for the line fill
+// buffers; the vector decode loops now also prefetch whole rows spread over
+// their work (prefetch_row), which paid off on AMD Zen 4 and was not
+// re-measured on Intel. The AMX decode loop uses only this.
 template <typename T>
 inline void prefetch_next_chunk(const DecodeArgs& a, const DecodeTask& t, int64_t next, int64_t len, int64_t step) {
   const T* kb = static_cast<const T*>(a.k_base);
@@ -290,15 +305,13 @@ void decode_partial_impl(const DecodeArgs& a, const DecodeTask& t) {
   const T* vrows[kChunk];
   // Prefetch (see prefetch_row): this chunk's V rows while K is scored, the next chunk's K rows
   // spread over the kv heads of the V pass.
-  const int64_t k_lines = (Hkv * a.k_head_stride * static_cast<int64_t>(sizeof(T)) + 63) / 64;
-  const int64_t v_lines = (Hkv * a.v_head_stride * static_cast<int64_t>(sizeof(T)) + 63) / 64;
-  const T* kb = static_cast<const T*>(a.k_base);
+  const int64_t k_lines = row_lines(a, a.k_head_stride, sizeof(T));
+  const int64_t v_lines = row_lines(a, a.v_head_stride, sizeof(T));
   const char* vpf[kChunk];
   for (int64_t c0 = 0; c0 < t.n; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, t.n - c0);
     chunk_rows(a, t, c0, cn, krows);
     for (int64_t i = 0; i < cn; ++i) vpf[i] = reinterpret_cast<const char*>(vb + t.v_off[c0 + i]);
-    const int64_t next_n = std::max<int64_t>(0, std::min(kChunk, t.n - c0 - kChunk));
     if (group <= 1) {
       qk_chunk<1>(a, qf, dp, krows, cn, scores, kChunk, zero_q, vpf, v_lines);
     } else if (group <= 2) {
@@ -314,9 +327,8 @@ void decode_partial_impl(const DecodeArgs& a, const DecodeTask& t) {
     softmax_chunk(t, scores, kChunk, cn, H, acc_p, dp, false);
     // acc += P V with each V row read once for the heads that share it.
     for (int64_t g = 0; g < Hkv; ++g) {
-      for (int64_t i = g * next_n / Hkv; i < (g + 1) * next_n / Hkv; ++i) {
-        prefetch_row(reinterpret_cast<const char*>(kb + t.k_off[c0 + kChunk + i]), k_lines);
-      }
+      const int64_t k_first = g * kChunk / Hkv;  // the next chunk's K rows, a share per kv head
+      prefetch_k_rows<T>(a, t, c0 + kChunk + k_first, (g + 1) * kChunk / Hkv - k_first, k_lines);
       for (int64_t i = 0; i < cn; ++i) vrows[i] = vb + t.v_off[c0 + i] + g * a.v_head_stride;
       int32_t j = a.group_offsets[g];
       const int32_t end = a.group_offsets[g + 1];
@@ -472,20 +484,13 @@ IPEX_BF16_INSN_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask
   }
   const int64_t group = a.group_offsets[1] - a.group_offsets[0];
   const uint16_t* krows[kChunk];
-  // Cache lines of one token's K / V row over every kv head: prefetch_row's unit.
-  const int64_t k_lines = (Hkv * a.k_head_stride * static_cast<int64_t>(sizeof(uint16_t)) + 63) / 64;
-  const int64_t v_lines = (Hkv * a.v_head_stride * static_cast<int64_t>(sizeof(uint16_t)) + 63) / 64;
+  const int64_t k_lines = row_lines(a, a.k_head_stride, sizeof(uint16_t));
+  const int64_t v_lines = row_lines(a, a.v_head_stride, sizeof(uint16_t));
   const char* vpf[kChunk];  // this chunk's V rows
-  const char* kpf[kChunk];  // the next chunk's K rows (nullptr past the end)
   for (int64_t c0 = 0; c0 < t.n; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, t.n - c0);
     chunk_rows(a, t, c0, cn, krows);
     for (int64_t i = 0; i < cn; ++i) vpf[i] = reinterpret_cast<const char*>(vb + t.v_off[c0 + i]);
-    const int64_t next_n = std::max<int64_t>(0, std::min(kChunk, t.n - c0 - kChunk));
-    const uint16_t* kb = static_cast<const uint16_t*>(a.k_base);
-    for (int64_t i = 0; i < kChunk; ++i) {
-      kpf[i] = i < next_n ? reinterpret_cast<const char*>(kb + t.k_off[c0 + kChunk + i]) : nullptr;
-    }
     if (group <= 1) {
       qk_chunk_bf16<1>(a, t, krows, cn, scores, zero_q, vpf, v_lines);
     } else if (group <= 2) {
@@ -509,9 +514,7 @@ IPEX_BF16_INSN_FN void decode_partial_bf16(const DecodeArgs& a, const DecodeTask
     }
     const int64_t pairs = (cn + 1) / 2;
     for (int64_t tp = 0; tp < pairs; ++tp) {  // token-major: V streams in address order
-      for (int64_t i = 2 * tp; i < 2 * tp + 2; ++i) {  // the next chunk's K rows, two per pair
-        if (kpf[i] != nullptr) prefetch_row(kpf[i], k_lines);
-      }
+      prefetch_k_rows<uint16_t>(a, t, c0 + kChunk + 2 * tp, 2, k_lines);  // the next chunk's K, two per pair
       const uint16_t* r0 = vb + t.v_off[c0 + 2 * tp];
       const uint16_t* r1 = vb + t.v_off[c0 + std::min(2 * tp + 1, cn - 1)];  // odd tail: its P is 0
       for (int64_t g = 0; g < Hkv; ++g) {

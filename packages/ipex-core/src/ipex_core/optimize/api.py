@@ -76,6 +76,7 @@ conv/linear weight is the folded one divided back by the BatchNorm's scale
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import statistics
 import time
@@ -171,27 +172,29 @@ class _CastInputs:
     def __init__(self, dtype: torch.dtype | None):
         self.dtype = dtype
 
-    def _cast(self, value):
+    @staticmethod
+    def _cast(value, dtype: torch.dtype):
         if isinstance(value, torch.Tensor):
-            return value.to(self.dtype) if value.is_floating_point() and value.dtype != self.dtype else value
+            return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
         if isinstance(value, tuple):
-            return tuple(self._cast(v) for v in value)
+            return tuple(_CastInputs._cast(v, dtype) for v in value)
         if isinstance(value, list):
-            return [self._cast(v) for v in value]
+            return [_CastInputs._cast(v, dtype) for v in value]
         return value
 
     def _cast_any(self, value):
         if isinstance(value, dict):
-            return {k: self._cast(v) for k, v in value.items()}
-        return self._cast(value)
+            return {k: self._cast(v, self.dtype) for k, v in value.items()}
+        return self._cast(value, self.dtype)
 
     def __call__(self, module, args):
-        if self.dtype is None:
+        dtype = self.dtype
+        if dtype is None:
             weight = next(module.parameters(recurse=False), None)
             if weight is None or not weight.is_floating_point():
                 return args
-            return _CastInputs(weight.dtype)._cast(args)
-        return self._cast(args)
+            dtype = weight.dtype
+        return self._cast(args, dtype)
 
 
 def _call_with(model: nn.Module, sample_input):
@@ -280,6 +283,7 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool) ->
     return "onednn"
 
 
+@functools.cache
 def _mkl_is_fast() -> bool:
     return cpu_features().get("genuine_intel", False)
 
