@@ -36,18 +36,27 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 15, 
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    if inner is None:  # calls per sample so that one sample lasts about target_s
-        t0 = time.perf_counter()
-        next(iter(fns.values()))()
-        one = max(time.perf_counter() - t0, 1e-7)
-        inner = max(1, min(1000, int(target_s / one)))
+    # Calls per sample, per fn, so that each sample lasts about target_s. One count for
+    # all (set from the first fn, the slow stock one) made a fast kernel's sample a single
+    # call that paid for waking the thread pool, which went idle during the slow call: on a
+    # 2-vCPU VM that wake-up alone cost up to 5 ms (ipex IAKV decode 0.58 ms back to back,
+    # 1.6 ms measured one call after each 14 ms stock call).
+    counts: dict[str, int] = {}
+    for name, fn in fns.items():
+        if inner is None:
+            t0 = time.perf_counter()
+            fn()
+            one = max(time.perf_counter() - t0, 1e-7)
+            counts[name] = max(1, min(1000, int(target_s / one)))
+        else:
+            counts[name] = inner
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             t0 = time.perf_counter()
-            for _ in range(inner):
+            for _ in range(counts[name]):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / inner)
+            samples[name].append((time.perf_counter() - t0) / counts[name])
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
