@@ -399,6 +399,7 @@ def _paged_args(**over):
         (dict(context_lens=torch.tensor([20, 40], dtype=torch.int32), max_context_len=40), "exceeds what block_tables can address"),
         (dict(context_lens=torch.tensor([20, 31], dtype=torch.int32), max_context_len=25), "exceeds max_context_len"),
         (dict(block_size=32), "block_size=32 but key_cache.size"),
+        (dict(block_size=0), "block_size must be positive; got 0"),
         (dict(head_mapping=torch.tensor([0, 1, 2, 0])), r"head_mapping\[2\] = 2 is not a kv head"),
         (dict(query=torch.randn(2, 4, 32), out=torch.empty(2, 4, 32)), "must equal query head_size"),
         (dict(query=torch.randn(2, 4, 64, dtype=torch.float64)), "dtype must be float32, bfloat16 or float16"),
@@ -433,6 +434,9 @@ def test_reshape_and_cache_bad_input():
     with pytest.raises(RuntimeError, match="unit stride along head_size"):
         wide = torch.zeros(2, 16, 2, 16)
         torch.ops.ipex.reshape_and_cache(k, k, wide[..., ::2], vc, torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match=r"key_cache.size\(1\) \(block_size\) is 0"):
+        empty = torch.zeros(2, 0, 2, 8)
+        torch.ops.ipex.reshape_and_cache(k, k, empty, empty.clone(), torch.tensor([-1, -1, -1]))
 
 
 def test_iakv_bad_input():

@@ -159,6 +159,9 @@ def test_iakv_bad_input():
         indirect_access_kv_cache_attention(q, torch.randn(3, 1, 4, 64), torch.randn(3, 1, 4, 64), 8.0)
     with pytest.raises(ValueError, match="dtypes must match"):
         indirect_access_kv_cache_attention(q, q.bfloat16(), q, 8.0)
+    additive = torch.zeros(2, 1).masked_fill(torch.tensor([[True], [False]]), float("-inf"))
+    with pytest.raises(ValueError, match="2-D attention_mask is a padding mask with 1 = attend"):
+        indirect_access_kv_cache_attention(q, q, q, 8.0, attention_mask=additive)
     with pytest.raises(ValueError, match="covers 1 key positions"):
         indirect_access_kv_cache_attention(torch.randn(2, 3, 4, 64), torch.randn(2, 3, 4, 64), torch.randn(2, 3, 4, 64),
                                            8.0, attention_mask=torch.ones(2, 1))

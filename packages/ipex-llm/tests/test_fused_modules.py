@@ -88,10 +88,31 @@ def test_bad_construction_and_calls():
     with pytest.raises(ValueError, match="one shape"):
         M.Linear2SiluMul(nn.Linear(8, 4), nn.Linear(8, 5))
     mod = M.LinearAdd(nn.Linear(8, 4))
-    with pytest.raises(TypeError, match="takes the input and 1 more"):
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'other'"):
         mod(torch.randn(2, 8))
     with pytest.raises(RuntimeError, match="packed weight dtype"):
         M.LinearSilu(nn.Linear(8, 4))(torch.randn(2, 8, dtype=torch.bfloat16))
+    # bf16 packs k in pairs, so in_features 7 is padded to 8: an 8-feature input must still be
+    # refused, as nn.Linear refuses it, not multiplied by the zero padding.
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        odd = nn.Linear(7, 8).to(dtype)
+        x7 = torch.randn(2, 7, dtype=dtype)
+        y7 = copy.deepcopy(odd).float()(x7.float())  # .float() casts in place: keep odd in dtype
+        for wrapped, want in ((M.LinearSilu(odd), F.silu(y7)), (M.Linear2SiluMul(odd, odd), F.silu(y7) * y7)):
+            with pytest.raises(ValueError, match="input has 8 features .* in_features=7"):
+                wrapped(torch.randn(2, 8, dtype=dtype))
+            close(wrapped(x7), want, dtype)
+
+
+def test_linear_fusions_take_the_documented_keywords():
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 8)
+    x, o1, o2 = torch.randn(3, 16), torch.randn(3, 8), torch.randn(3, 8)
+    y = lin(x)
+    close(M.LinearSiluMul(lin)(x, other=o1), F.silu(y) * o1, torch.float32)
+    close(M.LinearMul(lin)(input=x, other=o1), y * o1, torch.float32)
+    close(M.LinearAdd(lin)(x, other=o1), y + o1, torch.float32)
+    close(M.LinearAddAdd(lin)(x, other_1=o1, other_2=o2), y + o1 + o2, torch.float32)
 
 
 def hf_rotate_half(x):
@@ -137,6 +158,20 @@ def test_rotary_embedding_gptj_partial_and_past_length():
     with pytest.raises(RuntimeError, match="position_ids must be int64 or int32"):
         M.RotaryEmbedding.apply_function(q, q, rope.sin_cached, rope.cos_cached, 64, False,
                                          torch.arange(20, 23)[None].float())
+
+
+def test_rotary_embedding_tables_stay_float32_after_a_cast():
+    """model.to(bfloat16) must not turn the angle tables (or inv_freq) into bf16: a table grown
+    from a bf16 inv_freq was 2.6 off at position 3000, and fp32 inputs were refused."""
+    dim, heads = 64, 2
+    ref = M.RotaryEmbedding(128, dim)
+    cast = M.RotaryEmbedding(128, dim).to(torch.bfloat16)
+    assert cast.inv_freq.dtype == cast.sin_cached.dtype == cast.cos_cached.dtype == torch.float32
+    q = torch.randn(1, 2, heads, dim)
+    pos = torch.tensor([[3000, 3001]])  # past the table: it grows
+    want = ref(q, pos, heads, dim, dim // 2, dim)
+    torch.testing.assert_close(cast(q, pos, heads, dim, dim // 2, dim), want)  # fp32 input on the cast module
+    close(cast(q.bfloat16(), pos, heads, dim, dim // 2, dim), want, torch.bfloat16)
 
 
 def test_apply_function_gqa_and_3d():

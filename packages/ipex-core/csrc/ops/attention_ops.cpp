@@ -495,6 +495,8 @@ void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, const
   TORCH_CHECK(key_cache.stride(3) == 1 && value_cache.stride(3) == 1, op,
               ": the caches need unit stride along head_size (they are written in place, so no copy "
               "can be made); allocate them contiguous");
+  TORCH_CHECK(key_cache.size(1) > 0, op, ": key_cache.size(1) (block_size) is 0; a cache block needs at least one "
+              "token row ([num_blocks, block_size, num_kv_heads, head_size])");
   const int64_t capacity = key_cache.size(0) * key_cache.size(1);
   auto slots = to_i64(slot_mapping);
   for (size_t i = 0; i < slots.size(); ++i) {
@@ -565,6 +567,7 @@ void paged_attention_decode_cpu(const at::Tensor& out, const at::Tensor& query, 
               " must equal key_cache shape ", key_cache.sizes());
   TORCH_CHECK(key_cache.size(3) == D, op, ": key_cache head_size ", key_cache.size(3),
               " must equal query head_size ", D, " (caches are [num_blocks, block_size, num_kv_heads, head_size])");
+  TORCH_CHECK(block_size > 0, op, ": block_size must be positive; got ", block_size);
   TORCH_CHECK(key_cache.size(1) == block_size, op, ": block_size=", block_size, " but key_cache.size(1) is ",
               key_cache.size(1), "; caches are [num_blocks, block_size, num_kv_heads, head_size]");
   TORCH_CHECK(head_mapping.size(0) == H, op, ": head_mapping has ", head_mapping.size(0),

@@ -43,6 +43,14 @@ def _iakv_bias(attention_mask, alibi, B: int, H: int, S: int, L: int) -> torch.T
     if attention_mask is not None:
         m = attention_mask
         if m.dim() == 2:  # [B, L] padding mask, 1 = attend (transformers' input mask)
+            # A 2-D additive mask (0 / -inf) would read inverted here; refuse it (a data check,
+            # so skipped while compiling).
+            if m.is_floating_point() and not torch.compiler.is_compiling() and bool(((m != 0) & (m != 1)).any()):
+                raise ValueError(
+                    "indirect_access_kv_cache_attention: a 2-D attention_mask is a padding mask with 1 = attend and "
+                    "0 = masked (transformers' input mask); this one holds other values. Pass an additive mask as "
+                    "4-D [batch, 1, query_len, key_len]"
+                )
             m = m[:, None, None, :]
             m = torch.zeros(m.shape, dtype=torch.float32, device=m.device).masked_fill(m == 0, float("-inf"))
         elif m.dtype == torch.bool:  # True = attend (scaled_dot_product_attention's convention)
@@ -241,6 +249,8 @@ def varlen_attention(
         zero_tensors: zero ``out`` first (rows past ``seqlen_q[-1]`` stay zero).
         is_causal: causal mask, top-left aligned per sequence like
             ``scaled_dot_product_attention(is_causal=True)``: query row ``r`` sees key rows ``0..r``.
+            Where a sequence has fewer queries than keys this differs from flash-attn's
+            varlen kernels, which align the mask bottom-right (the last query sees every key).
         return_softmax: also return the probabilities ``[batch, num_heads, max_q, max_k]`` (fp32,
             zero padded, before dropout); runs in plain PyTorch.
         gen_: generator for the dropout mask.

@@ -42,7 +42,6 @@ class _PackedLinear(nn.Module):
     """One packed weight (or a gate/up pair) plus bias, exposed as nn.Linear-style state."""
 
     _epilogue = "none"
-    _others = 0  # how many extra tensors forward() takes
     _pair = False
 
     def __init__(self, *linears: nn.Linear):
@@ -135,17 +134,19 @@ class _PackedLinear(nn.Module):
             )
         return self
 
-    def _check_others(self, others) -> None:
-        if len(others) != self._others:
-            raise TypeError(f"{type(self).__name__}.forward takes the input and {self._others} more tensor(s); "
-                            f"got {len(others)}")
-
-    def forward(self, input: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
-        self._check_others(others)
+    def _run(self, input: torch.Tensor, other: torch.Tensor | None = None,
+             other_2: torch.Tensor | None = None) -> torch.Tensor:
+        # The packed weight is padded along in_features (to pairs for bf16), so the kernel
+        # alone cannot tell in_features from in_features + 1: check it here, as nn.Linear would.
+        if input.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: input has {input.shape[-1]} features in its last dimension; "
+                             f"the wrapped Linear takes in_features={self.in_features}")
         if self._pair:
             return L.linear_pair_silu_mul(input, self.packed_weight, self.bias, self.out_features)
-        padded = list(others) + [None] * (2 - len(others))
-        return L.linear(input, self.packed_weight, self.bias, self.out_features, self._epilogue, *padded)
+        return L.linear(input, self.packed_weight, self.bias, self.out_features, self._epilogue, other, other_2)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._run(input)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -164,10 +165,13 @@ class LinearSilu(_PackedLinear):
 class LinearSiluMul(_PackedLinear):
     """``silu(linear(input)) * other``."""
 
-    _epilogue, _others = "silu_mul", 1
+    _epilogue = "silu_mul"
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
+
+    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self._run(input, other)
 
 
 class Linear2SiluMul(_PackedLinear):
@@ -209,25 +213,34 @@ class LinearGelu(_PackedLinear):
 class LinearMul(_PackedLinear):
     """``linear(input) * other``."""
 
-    _epilogue, _others = "mul", 1
+    _epilogue = "mul"
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
+
+    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self._run(input, other)
 
 
 class LinearAdd(_PackedLinear):
     """``linear(input) + other``."""
 
-    _epilogue, _others = "add", 1
+    _epilogue = "add"
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
+
+    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self._run(input, other)
 
 
 class LinearAddAdd(_PackedLinear):
     """``linear(input) + other_1 + other_2``."""
 
-    _epilogue, _others = "add_add", 2
+    _epilogue = "add_add"
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
+
+    def forward(self, input: torch.Tensor, other_1: torch.Tensor, other_2: torch.Tensor) -> torch.Tensor:
+        return self._run(input, other_1, other_2)

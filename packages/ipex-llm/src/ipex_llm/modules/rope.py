@@ -31,16 +31,30 @@ class RotaryEmbedding(nn.Module):
         self.pos_embd_dim = pos_embd_dim
         self.base = base
         self.backbone = backbone
-        inv_freq = 1.0 / (base ** (torch.arange(0, pos_embd_dim, 2, dtype=torch.float32) / pos_embd_dim))
+        self._reset(torch.device("cpu"), max_position_embeddings)
+
+    def _reset(self, device: torch.device, length: int) -> None:
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, self.pos_embd_dim, 2, dtype=torch.float32,
+                                                     device=device) / self.pos_embd_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._build(max_position_embeddings)
+        self._build(length)
 
     def _build(self, length: int) -> None:
-        t = torch.arange(length, dtype=torch.float32)
+        t = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
         freqs = torch.outer(t, self.inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("sin_cached", emb.sin(), persistent=False)
         self.register_buffer("cos_cached", emb.cos(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # The tables stay float32 whatever the module is cast to (model.to(torch.bfloat16)):
+        # the kernel takes fp32 sin/cos with inputs of every dtype, and angles computed from
+        # a bf16 inv_freq are far off at large positions (2.6 at position 3000). A move to
+        # another device is kept; the tables are recomputed there.
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32 or self.sin_cached.dtype != torch.float32:
+            self._reset(self.inv_freq.device, self.sin_cached.shape[0])
+        return self
 
     def _positions(self, position_ids: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
         if position_ids.dtype not in (torch.int64, torch.int32):
