@@ -117,3 +117,18 @@ def test_deployment_guard_filter_keeps_tensor_guards():
         torch.testing.assert_close(step(x.double()), net(x.double()))
         net.lin = torch.nn.Linear(8, 6).double()  # a new shape
         assert step(x.double()).shape == (3, 6)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_graph_mode_with_lstm(dtype):
+    # Inductor's freezing packs a stock LSTM for oneDNN itself; a PackedLSTM's already packed weights
+    # made its pass fail ("could not find kernel for mkldnn._reorder_mkldnn_rnn_layer_weight").
+    torch.manual_seed(0)
+    model = M.LSTMNet().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        ref = model(ids)
+    torch._dynamo.reset()
+    opt = ipex.optimize(model, dtype=dtype, graph_mode=True)
+    with torch.no_grad():
+        close(opt(ids), ref, 1e-4 if dtype is None else 6e-2)

@@ -154,6 +154,25 @@ def test_conv1d_conv3d():
     assert_close(run(opt_bf16, s, v), ref)
 
 
+@pytest.mark.parametrize("make, inputs", [
+    (M.Decoder, lambda: (torch.randn(2, 3, 16, 16), torch.randn(1, 2, 4, 4, 4))),
+    (M.ConvNd, lambda: (torch.randn(2, 4, 32), torch.randn(1, 2, 6, 6, 6))),
+], ids=["conv_transpose", "conv1d_conv3d"])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_original_checkpoint_loads_into_every_packed_conv(make, inputs, dtype):
+    # Conv1d is packed as a 2-D conv and a transposed conv as [out, in, ...]: the checkpoint's
+    # shapes must be checked against the original layout, not the packed one.
+    torch.manual_seed(0)
+    opt = ipex.optimize(M.randomize_bn(make()).eval(), dtype=dtype)
+    torch.manual_seed(1)
+    other = M.randomize_bn(make()).eval()
+    opt.load_state_dict(other.state_dict())
+    x = inputs()
+    assert_close(run(opt, *x), run(other, *x), dtype or torch.float32)
+    sd = opt.state_dict()
+    assert all(sd[k].shape == v.shape for k, v in other.state_dict().items())
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_lstm(batch_first):
     torch.manual_seed(0)
@@ -392,3 +411,119 @@ def test_concat_linear_from_the_sample_run():
     assert ob.encoder.layer[1].attention.self.ipex_concat_linear_0.sizes == [64, 64, 64]
     assert list(ob.state_dict()) == list(bert.state_dict())
     assert_close(run(ob, ids).last_hidden_state, run(bert, ids).last_hidden_state)
+
+
+# -- models that once broke (review cases) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_stock_transformer_encoder(dtype, batch_first):
+    # nn.TransformerEncoderLayer's inference fast path hands linear1.weight to one fused aten op, which
+    # cannot read a packed weight ("Could not run 'aten::_transformer_encoder_layer_fwd' ... MkldnnCPU").
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=batch_first)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, 3:] = True
+    ref, ref_masked = run(model, x), run(model, x, None, mask)
+    opt = ipex.optimize(model, dtype=dtype)
+    assert isinstance(opt.layers[0].linear1, PackedLinear)
+    tol = dtype or torch.float32
+    assert_close(run(opt, x), ref, tol)
+    keep = ~mask if batch_first else ~mask.T
+    assert_close(run(opt, x, None, mask)[keep], ref_masked[keep], tol)
+    if dtype is not None:  # a bf16 input too: the stock MultiheadAttention keeps fp32 weights
+        assert_close(run(opt, x.to(dtype)), ref, tol)
+
+
+class _SharedLinear(nn.Module):
+    """One Linear under two names (tied), in two children traced separately (forward has an optional argument,
+    so the model itself is not traced): the BatchNorm after it in `enc` must not fold into it, nor the Tanh
+    in `dec` fuse."""
+
+    def __init__(self):
+        super().__init__()
+        lin = nn.Linear(8, 8)
+        self.enc = nn.Sequential(lin, nn.BatchNorm1d(8))
+        self.dec = nn.Sequential(lin, nn.Tanh())
+
+    def forward(self, x, scale=None):
+        y = self.dec(self.enc(x))
+        return y if scale is None else y * scale
+
+
+def test_shared_module_is_not_folded_or_fused():
+    torch.manual_seed(0)
+    model = M.randomize_bn(_SharedLinear()).eval()
+    x = torch.randn(4, 8)
+    ref = run(model, x)
+    for kwargs in (dict(), dict(weights_prepack=False)):
+        opt = ipex.optimize(model, **kwargs)
+        assert_close(run(opt, x), ref)
+        assert opt.enc[0] is opt.dec[0]  # still one module
+        assert not isinstance(opt.enc[1], FoldedBatchNorm)
+
+
+def test_forward_hooks_keep_firing():
+    # A folded BatchNorm or a fused activation never runs: modules with hooks are left out of folding/fusion.
+    torch.manual_seed(0)
+    model = M.randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())).eval()
+    fired = []
+    model[1].register_forward_hook(lambda m, i, o: fired.append("bn"))
+    model[2].register_forward_hook(lambda m, i, o: fired.append("relu"))
+    x = torch.randn(1, 3, 8, 8)
+    ref = run(model, x)
+    fired.clear()
+    opt = ipex.optimize(model)
+    assert_close(run(opt, x), ref)
+    assert fired == ["bn", "relu"]
+    assert isinstance(opt[0], PackedConv2d)  # still prepacked
+
+
+def test_linear_batchnorm1d_on_3d_input_without_sample_input():
+    # BatchNorm1d normalises dim 1: over the Linear's features only for 2-D input. Without sample_input the
+    # fold cannot know the rank, so a 3-D input runs the two steps (it was silently 4.09 off).
+    torch.manual_seed(0)
+    model = M.randomize_bn(nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU())).eval()
+    x3, x2 = torch.randn(5, 16, 8), torch.randn(5, 8)
+    opt = ipex.optimize(model)
+    assert isinstance(opt[1], FoldedBatchNorm)
+    assert_close(run(opt, x3), run(model, x3))
+    assert_close(run(opt, x2), run(model, x2))
+
+
+def test_float64_model_and_operands():
+    torch.manual_seed(0)
+    qkv = M.QKV().double().eval()  # float64 Linears are left to PyTorch, also when concat_linear groups them
+    x = torch.randn(2, 5, qkv.q.in_features, dtype=torch.float64)
+    ref = run(qkv, x)
+    opt = ipex.optimize(qkv, concat_linear=True)
+    assert_close(run(opt, x), ref)
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x, y):
+            return self.fc(x) + y
+
+    model = Residual().eval()
+    x, y = torch.randn(3, 8), torch.randn(3, 8, dtype=torch.float64)
+    out = run(ipex.optimize(model), x, y)
+    assert out.dtype == torch.float64  # promoted as in PyTorch, not cast back to float32
+    assert_close(out, run(model, x, y))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])  # float16 too where oneDNN lacks it
+def test_model_already_in_low_precision(dtype):
+    # dtype=None keeps the model's dtype; where oneDNN lacks it (float16 without AVX512-FP16) the layers
+    # stay on PyTorch's kernels instead of failing in the weight packer.
+    torch.manual_seed(0)
+    model = M.MLPBN().to(dtype).eval()
+    x = torch.randn(4, 32, dtype=dtype)
+    ref = run(model, x)
+    opt = ipex.optimize(model)
+    assert_close(run(opt, x), ref, dtype)

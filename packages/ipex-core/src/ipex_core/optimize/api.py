@@ -124,10 +124,10 @@ _SWAPS = {
 }
 # The API's cast list: always Conv2d, Linear, ConvTranspose2d; for inference also Embedding and LSTM.
 _CAST_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d, nn.Embedding, nn.LSTM)
-# Stock layers outside that list (Conv1d/3d left unpacked, GRU, RNN, ...) keep float32 weights
-# under dtype=, and their kernels refuse a bfloat16 input from a cast layer before them: a
-# pre-hook casts their floating-point inputs to their weights' dtype.
-_SAME_DTYPE_INPUT_TYPES = (nn.modules.conv._ConvNd, nn.RNNBase, nn.Bilinear)
+# Stock layers outside that list (Conv1d/3d left unpacked, GRU, RNN, MultiheadAttention, ...) keep
+# float32 weights under dtype=, and their kernels refuse a bfloat16 input from a cast layer before
+# them: a pre-hook casts their floating-point (positional) inputs to their weights' dtype.
+_SAME_DTYPE_INPUT_TYPES = (nn.modules.conv._ConvNd, nn.RNNBase, nn.Bilinear, nn.MultiheadAttention)
 _DROPOUT = fx_passes._DROPOUT
 
 
@@ -253,6 +253,8 @@ def _swappable(module: nn.Module) -> bool:
         return False
     if not module.weight.is_floating_point() or module.weight.dtype == torch.float64:
         return False
+    if module.weight.dtype != torch.float32 and not cpu_supports(module.weight.dtype):
+        return False  # a model already in bf16/fp16 on a CPU whose oneDNN lacks it: PyTorch's kernels run it
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return _PackedConvTransposeNd.supports(module)
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -432,7 +434,7 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                 "still optimized one by one (prepack, dtype, dropout; concat_linear with sample_input), but "
                 "BatchNorm folding and post-op fusion are skipped there.", stacklevel=3)
         input_dims = {name: len(s) for name, s in shapes.items()}
-        modules = dict(model.named_modules())
+        modules = dict(model.named_modules(remove_duplicate=False))
 
         def swappable(name: str) -> bool:
             return _swappable(modules[name])
@@ -443,7 +445,7 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             fx_passes.plan_folding(region, plans, knobs["conv_bn_folding"], knobs["linear_bn_folding"], input_dims,
                                    swappable)
             if knobs["concat_linear"]:
-                fx_passes.plan_concat_linear(region, plans)
+                fx_passes.plan_concat_linear(region, plans, swappable)
             if fusion:
                 # Under graph_mode inductor turns conv + add (+ relu) into its in-place oneDNN call; an
                 # in-place custom op of ours would not survive its freezing passes.
@@ -479,7 +481,10 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
         if isinstance(module, _DROPOUT) and knobs["replace_dropout_with_identity"]:
             replaced[id(module)] = nn.Identity()
             _set_submodule(model, name, replaced[id(module)])
-        elif type(module) is nn.LSTM and knobs["optimize_lstm"] and PackedLSTM.supports(module):
+        elif (type(module) is nn.LSTM and knobs["optimize_lstm"] and not knobs["graph_mode"]
+              and PackedLSTM.supports(module)):
+            # (Under graph_mode the stock LSTM stays: inductor's freezing packs it for oneDNN itself, and
+            # its pass would try to re-pack PackedLSTM's already packed weights.)
             if dtype is not None:
                 module.to(dtype)
             size = shapes.get(name)
@@ -505,6 +510,14 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             module.register_forward_pre_hook(_CastInputs(dtype))
         elif dtype is not None and isinstance(module, _SAME_DTYPE_INPUT_TYPES):
             module.register_forward_pre_hook(_CastInputs(None))
+
+    # nn.TransformerEncoderLayer's inference fast path hands linear1/linear2.weight to one fused aten op,
+    # which cannot read a packed (oneDNN) weight. Where they were swapped, turn the fast path off: an
+    # instance attribute the layer checks (the stock activations set it); the regular path then calls
+    # the swapped modules.
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and not (type(m.linear1) is type(m.linear2) is nn.Linear):
+            m.activation_relu_or_gelu = 0
 
     for region in regions:
         names = [_concat_group(model, region.module, members, dtype, prepack, shapes, knobs["graph_mode"])

@@ -50,6 +50,11 @@ class Region:
     graph: fx.Graph
     concat_groups: list[list[str]] = field(default_factory=list)  # qualified names, in output order
     changed: bool = False  # whether the graph now differs from the module's own forward (then it is bound)
+    frozen: frozenset[str] = frozenset()  # local names of modules the passes must leave alone (see _frozen_names)
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The region's submodules by local name, less the frozen ones (the passes see those as opaque calls)."""
+        return {n: m for n, m in self.module.named_modules() if n not in self.frozen}
 
 
 def _qual(prefix: str, target: str) -> str:
@@ -91,6 +96,41 @@ def _signature_problem(module: nn.Module) -> str | None:
     return None
 
 
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
+def _frozen_names(model: nn.Module) -> set[str]:
+    """Qualified names of the modules no pass may fold, fuse, merge or drop.
+
+    - A module with weights or buffers reachable under several names (tied or shared layers): a region
+      sees only its own calls, so folding a BatchNorm or fusing an activation into it would change the
+      other users. A stateless one (a ReLU shared by several blocks) stays fusable: fusing removes one
+      call of it from one graph, the module itself stays.
+    - A module with forward hooks or pre-hooks: folded or fused away, its hooks would never fire, and a
+      hook on a layer would see the activation's output instead of the layer's.
+    """
+    by_id: dict[int, list[str]] = {}
+    frozen = set()
+    for name, m in model.named_modules(remove_duplicate=False):
+        by_id.setdefault(id(m), []).append(name)
+        if _has_hooks(m):
+            frozen.add(name)
+    stateful = {id(m) for m in model.modules()
+                if next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None}
+    for key, names in by_id.items():
+        if len(names) > 1 and key in stateful:
+            frozen.update(names)
+    return frozen
+
+
+def _local(frozen: set[str], region_name: str) -> frozenset[str]:
+    if not region_name:
+        return frozenset(frozen)
+    prefix = region_name + "."
+    return frozenset(n[len(prefix):] for n in frozen if n.startswith(prefix))
+
+
 def trace_regions(model: nn.Module) -> tuple[list[Region], list[tuple[str, str]]]:
     """Trace ``model`` top-down; returns the traced regions and ``(name, reason)`` of those skipped.
 
@@ -101,6 +141,7 @@ def trace_regions(model: nn.Module) -> tuple[list[Region], list[tuple[str, str]]
     regions: list[Region] = []
     skipped: list[tuple[str, str]] = []
     leaf_check = _Tracer()
+    frozen = _frozen_names(model)
 
     def visit(name: str, module: nn.Module) -> None:
         if not _contains_interesting(module):
@@ -119,7 +160,7 @@ def trace_regions(model: nn.Module) -> tuple[list[Region], list[tuple[str, str]]
                 text = str(exc).strip().splitlines()
                 reason = f"{type(exc).__name__}: {text[0][:100] if text else ''}"
         if reason is None:
-            regions.append(Region(name, module, graph))
+            regions.append(Region(name, module, graph, frozen=_local(frozen, name)))
             return
         if any(isinstance(c, (*_FUSABLE, nn.modules.batchnorm._BatchNorm)) for c in module.children()):
             skipped.append((name or type(module).__name__, reason))
@@ -176,7 +217,8 @@ def _unary_of_node(node: fx.Node, src: fx.Node, modules) -> PostOp | None:
     kwargs = dict(node.kwargs)
     kwargs.pop("inplace", None)
     if node.op == "call_module":
-        return unary_of_module(modules[node.target]) if not rest and not kwargs else None
+        m = modules.get(node.target)  # absent: frozen (see _frozen_names)
+        return unary_of_module(m) if m is not None and not rest and not kwargs else None
     if node.op == "call_method":
         name = _UNARY_METHODS.get(node.target)
         return PostOp(name) if name and not rest and not kwargs else None
@@ -225,7 +267,7 @@ def _add_other(node: fx.Node, src: fx.Node) -> fx.Node | None:
 
 def _is_dropout(node: fx.Node, modules) -> bool:
     if node.op == "call_module":
-        return isinstance(modules[node.target], _DROPOUT)
+        return isinstance(modules.get(node.target), _DROPOUT)  # absent: frozen
     return node.op == "call_function" and node.target in _DROPOUT_FNS
 
 
@@ -240,7 +282,7 @@ def _call_counts(graph: fx.Graph) -> dict[str, int]:
 
 
 def remove_dropout(region: Region) -> None:
-    modules = dict(region.module.named_modules())
+    modules = region.modules()
     for node in list(region.graph.nodes):
         if _is_dropout(node, modules) and node.args and isinstance(node.args[0], fx.Node):
             node.replace_all_uses_with(node.args[0])
@@ -253,7 +295,7 @@ def plan_folding(region: Region, plans: dict[str, Plan], conv_bn: bool, linear_b
 
     ``swappable(qualified_name)`` says whether the layer can become an ipex module (which does the folding).
     """
-    modules = dict(region.module.named_modules())
+    modules = region.modules()
     counts = _call_counts(region.graph)
     for node in list(region.graph.nodes):
         layer = _module_of(node, modules)
@@ -284,9 +326,12 @@ def plan_folding(region: Region, plans: dict[str, Plan], conv_bn: bool, linear_b
         region.changed = True
 
 
-def plan_concat_linear(region: Region, plans: dict[str, Plan]) -> None:
-    """Group unshared Linears (no folded BatchNorm) that read the same input node."""
-    modules = dict(region.module.named_modules())
+def plan_concat_linear(region: Region, plans: dict[str, Plan], swappable) -> None:
+    """Group unshared Linears (no folded BatchNorm) that read the same input node.
+
+    ``swappable(qualified_name)`` says whether a Linear can become an ipex module (float64 ones cannot).
+    """
+    modules = region.modules()
     counts = _call_counts(region.graph)
     by_input: dict[fx.Node, list[fx.Node]] = {}
     for node in region.graph.nodes:
@@ -294,6 +339,8 @@ def plan_concat_linear(region: Region, plans: dict[str, Plan]) -> None:
         if type(m) is not nn.Linear or counts[node.target] != 1 or len(node.args) != 1 or node.kwargs:
             continue
         if not isinstance(node.args[0], fx.Node) or plans.get(_qual(region.name, node.target), Plan()).bn:
+            continue
+        if not swappable(_qual(region.name, node.target)):
             continue
         by_input.setdefault(node.args[0], []).append(node)
     for nodes in by_input.values():
@@ -319,7 +366,7 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary:
     ``conv_binary=False`` leaves a convolution's residual add in the graph (graph
     mode: inductor fuses it, in place, itself).
     """
-    modules = dict(region.module.named_modules())
+    modules = region.modules()
     counts = _call_counts(region.graph)
     graph = region.graph
     for node in list(graph.nodes):

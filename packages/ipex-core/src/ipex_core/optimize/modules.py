@@ -162,6 +162,9 @@ class _PackedModule(nn.Module):
         """Store ``weight``/``bias`` (of the module replaced) in ``dtype``, with ``bn`` folded in (fp32 math)."""
         dtype = dtype or weight.dtype
         weight, bias = weight.detach(), None if bias is None else bias.detach()
+        # The checkpoint's weight shape: the packed parameter's differs (Conv1d is packed as a
+        # 2-D conv, a transposed conv as [out, in, ...]), so load_state_dict checks against this.
+        self._plain_weight_shape = tuple(weight.shape)
         self._parameters["weight"] = None  # registered before bias: state_dict order as in nn.Linear / nn.ConvNd
         if bias is None:
             self.register_parameter("bias", None)
@@ -227,10 +230,10 @@ class _PackedModule(nn.Module):
                 missing_keys.append(key)
             return
         value = state_dict[key]
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(weight.shape):
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != self._plain_weight_shape:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             error_msgs.append(f"size mismatch for {key}: copying a param with shape {shape} from checkpoint, "
-                              f"the shape in current model is {tuple(weight.shape)}.")
+                              f"the shape in current model is {self._plain_weight_shape}.")
             return
         with torch.no_grad():
             if self._folded_bn is not None:
@@ -277,7 +280,10 @@ class _PackedModule(nn.Module):
         return s
 
     def _unfused(self, y: torch.Tensor, other) -> torch.Tensor:
-        return self.post_op.apply_unfused(y, other).to(y.dtype)
+        out = self.post_op.apply_unfused(y, other)
+        # A float64 operand promotes, as in PyTorch; a float32 residual meeting the output of a
+        # layer cast to bf16/fp16 (dtype=) stays in the cast dtype, like the activations around it.
+        return out if other is not None and other.dtype == torch.float64 else out.to(y.dtype)
 
 
 class PackedLinear(_PackedModule):
@@ -309,6 +315,8 @@ class PackedLinear(_PackedModule):
         w = self.weight
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
+        if self._folded_bn is not None and input.dim() != 2:
+            return self._forward_bn_unfolded(input, other)
         b = self._kernel_bias()
         post = self.post_op
         if self.kernel == "onednn":
@@ -324,6 +332,19 @@ class PackedLinear(_PackedModule):
                                           self._mkl_batch).view(*input.shape[:-1], self.out_features)
         else:
             y = F.linear(input, w, b)
+        return self._unfused(y, other)
+
+
+    def _forward_bn_unfolded(self, input: torch.Tensor, other) -> torch.Tensor:
+        """Linear then the folded BatchNorm1d as two steps: BatchNorm1d normalises dim 1, the Linear's
+        features only for 2-D input. The fold is planned without knowing the input's rank unless
+        sample_input shows it; a 3-D input (BatchNorm1d over [N, C, L]) takes this path instead."""
+        y = F.linear(input, self._raw_weight().to(self.dtype), self.bias)
+        scale, shift = self._folded_bn.scale_shift()
+        if y.dim() != 3 or y.shape[1] != scale.numel():
+            raise ValueError(f"BatchNorm1d({scale.numel()}) after this Linear expects a 2-D input or a 3-D "
+                             f"[N, {scale.numel()}, L] output; got the output shape {tuple(y.shape)}")
+        y = y * scale.to(y.dtype).view(1, -1, 1) + shift.to(y.dtype).view(1, -1, 1)
         return self._unfused(y, other)
 
 
