@@ -60,19 +60,20 @@ MULTIMODAL = {
 }
 
 
-def build(model_type: str, seed: int = 0):
-    """A tiny eval-mode model of ``model_type`` (a key of TINY, VARIANTS or MULTIMODAL) with random weights."""
+def build(model_type: str, seed: int = 0, **overrides):
+    """A tiny eval-mode model of ``model_type`` (a key of TINY, VARIANTS or MULTIMODAL) with random weights;
+    ``overrides`` change its config (text families)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
 
     if model_type in VARIANTS:
-        model_type, overrides = VARIANTS[model_type]
-        config = AutoConfig.for_model(model_type, **{**_COMMON, **TINY[model_type], **overrides})
+        model_type, variant = VARIANTS[model_type]
+        config = AutoConfig.for_model(model_type, **{**_COMMON, **TINY[model_type], **variant, **overrides})
         auto = AutoModelForCausalLM
     elif model_type in MULTIMODAL:
         config = AutoConfig.for_model(model_type, **MULTIMODAL[model_type])
         auto = AutoModelForCausalLM if model_type == "git" else AutoModelForImageTextToText
     else:
-        config = AutoConfig.for_model(model_type, **dict(_COMMON, **TINY[model_type]))
+        config = AutoConfig.for_model(model_type, **dict(_COMMON, **TINY[model_type], **overrides))
         auto = AutoModelForSeq2SeqLM if model_type == "t5" else AutoModelForCausalLM
     torch.manual_seed(seed)
     model = auto.from_config(config)

@@ -379,3 +379,112 @@ def test_iakv_layer_grows_and_records_beams():
     torch.testing.assert_close(values[:, :, 3:], v2)
     assert layer.beam_idx[2].tolist() == [1, 1] and layer.beam_idx[3].tolist() == [0, 1]
     assert layer.get_mask_sizes(1) == (9, 0)
+
+
+# -- user-facing cases that once broke (review) -------------------------------------------------------
+
+
+def test_deployment_mode_many_prompt_lengths():
+    # Each total length was one compiled graph and dynamo stops at 8 (an error under fullgraph): the
+    # ninth prompt length failed. Cache sizes are now powers of two, so these 11 share one graph.
+    model = build("llama")
+    opt = ipex.llm.optimize(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning either
+        for n in range(3, 14):
+            torch.manual_seed(n)
+            ids = torch.randint(3, 300, (1, n))
+            ref = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+            assert torch.equal(opt.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0), ref), n
+
+
+def test_deployment_mode_decodes_eagerly_past_the_recompile_limit():
+    import torch._dynamo
+
+    model = build("llama")
+    opt = ipex.llm.optimize(model)
+    torch._dynamo.reset()
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1):
+        outs = []
+        with pytest.warns(UserWarning, match="recompile limit"):
+            for batch in (1, 2, 3):  # each batch size is a new graph
+                ids = torch.randint(3, 300, (batch, 5))
+                ref = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+                outs.append(torch.equal(opt.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0), ref))
+    assert all(outs)
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # `cache=` is 5.25+ only
+def test_deployment_mode_accepts_the_callers_cache():
+    from transformers import DynamicCache
+
+    model = build("llama")
+    opt = ipex.llm.optimize(model)
+    ids, extra = torch.randint(3, 300, (1, 6)), torch.randint(3, 300, (1, 3))
+    results = []
+    with torch.no_grad():
+        for m in (model, opt):
+            out = m.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+            again = m.generate(torch.cat([out.sequences, extra], 1), past_key_values=out.past_key_values,
+                               max_new_tokens=4, do_sample=False, pad_token_id=0)
+            own = m.generate(ids, past_key_values=DynamicCache(config=m.config), max_new_tokens=4, do_sample=False,
+                             pad_token_id=0)
+            results.append((again, own))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("model_type, window", [("mistral", dict(sliding_window=4)),
+                                                ("phi3", dict(sliding_window=4))])
+def test_sliding_window_models_generate_past_the_window(model_type, window):
+    # transformers' static sliding-window cache recompiles at every step: such models decode eagerly.
+    model = build(model_type, **window)
+    opt = ipex.llm.optimize(model)
+    assert opt._ipex_optimized["compiled_decode"] is False
+    ids = _inputs(model_type)
+    assert torch.equal(_generate(opt, ids), _generate(model, ids))  # 8 new tokens after a 6-token prompt
+
+
+def test_deepcopy_of_an_optimized_model_runs_its_own_weights():
+    # The beam-search hooks once called methods bound to the original model: a copy's prompt ran on the
+    # original's weights (silently different tokens).
+    opt = ipex.llm.optimize(build("gptj"), deployment_mode=False)
+    copied = copy.deepcopy(opt)
+    other = build("gptj", seed=5)
+    copied.load_state_dict(other.state_dict())
+    ids = _inputs("gptj")
+    assert torch.equal(_generate(copied, ids), _generate(other, ids))
+    assert torch.equal(_generate(copied, ids, num_beams=3), _generate(other, ids, num_beams=3))
+    assert torch.equal(_generate(ipex.llm.optimize(opt), ids), _generate(opt, ids))  # optimize twice (deepcopy)
+
+
+def test_beam_search_returns_per_beam_hidden_states():
+    model = build("llama")
+    opt = ipex.llm.optimize(model, deployment_mode=False)
+    ids = _inputs("llama")
+    kw = dict(num_beams=2, return_dict_in_generate=True, output_hidden_states=True)
+    ref, out = _generate(model, ids, **kw), _generate(opt, ids, **kw)
+    assert torch.equal(out.sequences, ref.sequences)
+    assert [h.shape for h in out.hidden_states[0]] == [h.shape for h in ref.hidden_states[0]]
+
+
+def test_eager_model_keeps_returning_attention_weights():
+    model = build("llama", attn_implementation="eager")
+    opt = ipex.llm.optimize(model, deployment_mode=False)
+    ids = _inputs("llama")
+    with torch.no_grad():
+        ref, out = model(ids, output_attentions=True).attentions, opt(ids, output_attentions=True).attentions
+    assert len(out) == len(ref) == model.config.num_hidden_layers
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-5)
+    assert torch.equal(_generate(opt, ids, num_beams=2), _generate(model, ids, num_beams=2))  # IAKV still serves beams
+
+
+def test_tied_embedding_rejects_out_of_range_ids():
+    model = build("llama", tie_word_embeddings=True, vocab_size=200)
+    opt = ipex.llm.optimize(model, deployment_mode=False)
+    for bad in (200, 250, -1):
+        ids = torch.tensor([[5, bad, 7]])
+        with pytest.raises(IndexError):
+            model(ids)
+        with pytest.raises(IndexError, match=f"token id {bad} is out of range"):
+            opt(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import types
 import warnings
 
 import torch
@@ -158,6 +159,10 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
     generation_config = getattr(model, "generation_config", None)
     if generation_config is None or not getattr(model, "_can_compile_fullgraph", False):
         return False
+    if _has_windowed_layers(model):
+        # transformers' static sliding-window layer guards on a Python int that changes at every
+        # step: compiled, each step recompiles until dynamo's limit ends the generation.
+        return False
     from transformers import CompileConfig
 
     # mode=None: torch.compile takes `options` only without a mode (transformers' default,
@@ -167,4 +172,21 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
     compile_config._compile_all_devices = True
     generation_config.cache_implementation = "static"
     generation_config.compile_config = compile_config
+    # Bound to this model object only (a deepcopy rebinds them to the copy): cache sizes in
+    # powers of two, a cache passed by the caller accepted, eager decode past the recompile limit.
+    model._ipex_static_cache = True
+    model._prepare_cache_for_generation = types.MethodType(iakv_cache.prepare_cache_for_generation, model)
+    model._prepare_static_cache = types.MethodType(iakv_cache.prepare_static_cache, model)
+    model.get_compiled_call = types.MethodType(iakv_cache.get_compiled_call, model)
     return True
+
+
+def _has_windowed_layers(model: nn.Module) -> bool:
+    """Whether the model's static cache would have sliding-window or chunked layers."""
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
+    except (ImportError, AttributeError, TypeError):
+        return True  # cannot tell: stay eager
+    return any(t not in ("full_attention", "dummy") for t in layer_types)

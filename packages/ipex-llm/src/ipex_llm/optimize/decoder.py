@@ -65,13 +65,14 @@ class _FusedQKVAttention:
             query, key = self.q_norm(query), self.k_norm(key)
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
         cos, sin = position_embeddings
-        query, key = self._ipex_family.apply_rotary_pos_emb(query, key, cos, sin)
+        family = sys.modules[self._ipex_family_module]
+        query, key = family.apply_rotary_pos_emb(query, key, cos, sin)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                          self._ipex_family.eager_attention_forward)
+                                                          family.eager_attention_forward)
         extra = {}
         if self._ipex_sliding_from == "module":
             extra["sliding_window"] = self.sliding_window
@@ -154,7 +155,7 @@ def _fuse_qkv(attn: nn.Module) -> bool:
     attn._ipex_qkv_sizes = [p.out_features for p in projs]
     attn._ipex_qk_norm = hasattr(attn, "q_norm") and hasattr(attn, "k_norm")
     attn._ipex_sliding_from = FUSED_QKV_ATTENTIONS[name]
-    attn._ipex_family = family
+    attn._ipex_family_module = family.__name__  # a name, not the module object: deepcopy cannot copy modules
     attn.register_state_dict_post_hook(_state_dict_split_qkv)
     attn.register_load_state_dict_pre_hook(_load_merge_qkv)
     _swap_class(attn, _FusedQKVAttention)

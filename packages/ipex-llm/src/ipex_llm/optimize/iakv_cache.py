@@ -29,7 +29,9 @@ beam search reorders by copying.
 from __future__ import annotations
 
 import functools
+import sys
 import types
+import warnings
 import weakref
 
 import torch
@@ -48,6 +50,9 @@ ATTENTION_INTERFACE_TYPES = frozenset(
 ADAPTED_TYPES = frozenset({"bloom", "falcon", "mpt"})
 IAKV_MODEL_TYPES = ATTENTION_INTERFACE_TYPES | ADAPTED_TYPES
 ATTN_NAME = "ipex"
+#: For a model loaded with attn_implementation="eager": transformers' eager attention (which returns
+#: the attention weights, for output_attentions) everywhere but beam search's IAKV steps.
+EAGER_ATTN_NAME = "ipex_eager"
 
 
 def _cache_layer_base():
@@ -285,6 +290,19 @@ def ipex_attention(module: nn.Module, query, key, value, attention_mask, dropout
                                   position_bias=position_bias, **kwargs)
 
 
+def ipex_eager_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The "ipex_eager" attention function: the IAKV kernel on beam search's IAKV keys (no weights),
+    else the model family's own eager attention, which returns the weights."""
+    eager = None
+    for cls in type(module).__mro__:  # ipex's swapped classes live elsewhere: the family's module is a base's
+        eager = getattr(sys.modules.get(cls.__module__), "eager_attention_forward", None)
+        if eager is not None:
+            break
+    if hasattr(key, "_ipex_iakv") or eager is None:
+        return ipex_attention(module, query, key, value, attention_mask, **kwargs)
+    return eager(module, query, key, value, attention_mask, **kwargs)
+
+
 def _decode_kernel_applies(query, key, value, dropout, kwargs) -> bool:
     """One query token, no dropout or soft-capping, keys and values of one shape, grouped heads."""
     return (query.dim() == 4 and query.shape[2] == 1 and dropout == 0.0 and kwargs.get("softcap") is None
@@ -300,6 +318,11 @@ def _register() -> None:
     if ATTN_NAME not in AttentionInterface._global_mapping:
         AttentionInterface.register(ATTN_NAME, ipex_attention)
         AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+    if EAGER_ATTN_NAME not in AttentionInterface._global_mapping:
+        from transformers.masking_utils import eager_mask
+
+        AttentionInterface.register(EAGER_ATTN_NAME, ipex_eager_attention)
+        AttentionMaskInterface.register(EAGER_ATTN_NAME, eager_mask)
 
 
 def _dynamic_cache_base():
@@ -321,6 +344,65 @@ class BeamSharedCrossAttentionCache(_dynamic_cache_base()):
         return None
 
 
+# -- compiled decode (deployment_mode): cache sizes, fallback, a user's own cache --------------------
+
+#: Smallest static cache the compiled decode allocates; larger ones are powers of two.
+MIN_STATIC_CACHE = 256
+
+
+def cache_bucket(length: int) -> int:
+    """The static cache size for ``length`` tokens: a power of two, at least MIN_STATIC_CACHE.
+
+    Each cache size is one compiled graph, and dynamo stops after 8 (torch._dynamo.config
+    recompile_limit; with fullgraph=True an error). Sized exactly, a server's ninth distinct
+    prompt length + max_new_tokens failed; bucketed, 8 graphs cover 256 to 32768 tokens.
+    """
+    return max(MIN_STATIC_CACHE, 1 << (max(int(length), 1) - 1).bit_length())
+
+
+def prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+    """transformers' cache preparation, except that a cache the caller passes wins over the static cache
+    ``deployment_mode`` asked for in the model's generation config (transformers refuses the pair; the
+    call then decodes eagerly on the caller's cache, as stock does)."""
+    if model_kwargs.get("cache") is not None and generation_config.cache_implementation == "static" \
+            and getattr(self, "_ipex_static_cache", False):
+        generation_config.cache_implementation = None  # this call's copy of the config
+    return type(self)._prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs)
+
+
+def prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, *args, **kwargs):
+    """transformers' static cache, sized by cache_bucket."""
+    return type(self)._prepare_static_cache(self, cache_implementation, batch_size, cache_bucket(max_cache_len),
+                                            *args, **kwargs)
+
+
+def with_eager_fallback(model: nn.Module, compiled, eager):
+    """``compiled``, or ``eager`` from the first call that hits dynamo's recompile limit on (for this model).
+
+    More distinct shapes than the limit allows (batch sizes, cache sizes) must not end generation; the
+    limit is raised before the step runs, so the eager call repeats nothing."""
+
+    def call(*args, **kwargs):
+        if getattr(model, "_ipex_eager_decode", False):
+            return eager(*args, **kwargs)
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            warnings.warn("ipex.llm.optimize: the compiled decode step reached torch._dynamo's recompile limit "
+                          "(more distinct batch or cache sizes than it allows); this model decodes eagerly from "
+                          "now on. Raise torch._dynamo.config.recompile_limit to keep compiling.", UserWarning,
+                          stacklevel=2)
+            model._ipex_eager_decode = True
+            return eager(*args, **kwargs)
+
+    return call
+
+
+def get_compiled_call(self, compile_config):
+    """transformers' compiled ``__call__`` for the decode steps, with the eager fallback."""
+    return with_eager_fallback(self, type(self).get_compiled_call(self, compile_config), self.__call__)
+
+
 def install(model: nn.Module, compiled_decode: bool = False) -> bool:
     """Use the IAKV cache for this model's beam search; returns whether it applies.
 
@@ -334,7 +416,8 @@ def install(model: nn.Module, compiled_decode: bool = False) -> bool:
     model_type = getattr(config, "model_type", None)
     if model_type not in IAKV_MODEL_TYPES or not hasattr(model, "_prepare_cache_for_generation"):
         return False
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", None, ATTN_NAME):
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager", None, ATTN_NAME, EAGER_ATTN_NAME):
         return False  # the user chose another kernel (flash, flex): leave it
     if model_type in ADAPTED_TYPES:
         from ipex_llm.optimize.iakv_adapters import adapt_attention
@@ -343,18 +426,19 @@ def install(model: nn.Module, compiled_decode: bool = False) -> bool:
             return False  # an attention module without an adapter would read the raw buffers
     else:
         _register()
-        model.set_attn_implementation(ATTN_NAME)
+        model.set_attn_implementation(EAGER_ATTN_NAME if implementation in ("eager", EAGER_ATTN_NAME) else ATTN_NAME)
     static = compiled_decode and model_type in ATTENTION_INTERFACE_TYPES and not config.is_encoder_decoder
     if static:
         _compile_beam_decode(model)
-    original = model._prepare_cache_for_generation
-
+    # The wrappers below call the class's methods on `self`, never a method bound at install time: a
+    # deepcopy of the model rebinds them to the copy, which must not run the original's weights.
     def prepare_cache(self, generation_config, model_kwargs, *args, **kwargs):
         if (generation_config.num_beams or 1) > 1 and model_kwargs.get("cache") is None and \
                 generation_config.use_cache is not False:
             # transformers passes (generation_mode, batch_size, max_cache_length)
             max_cache_length = kwargs.get("max_cache_length", args[2] if len(args) > 2 else None)
-            cache = IpexIAKVCache(max_cache_len=max_cache_length + 1 if static and max_cache_length else None)
+            cache = IpexIAKVCache(max_cache_len=cache_bucket(max_cache_length + 1) if static and max_cache_length
+                                  else None)
             if self.config.is_encoder_decoder:
                 from transformers.cache_utils import EncoderDecoderCache
 
@@ -362,17 +446,16 @@ def install(model: nn.Module, compiled_decode: bool = False) -> bool:
                 cache = EncoderDecoderCache(cache, cross)
             model_kwargs["cache"] = cache
             return None
-        return original(generation_config, model_kwargs, *args, **kwargs)
-
-    original_prefill = model._prefill
+        return prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs)
 
     def prefill(self, input_ids, generation_config, model_kwargs, *args, **kwargs):
         shared = _shared_prompt_inputs(input_ids, generation_config, model_kwargs)
+        class_prefill = type(self)._prefill
         if shared is None:
-            return original_prefill(input_ids, generation_config, model_kwargs, *args, **kwargs)
+            return class_prefill(self, input_ids, generation_config, model_kwargs, *args, **kwargs)
         beams, one_ids, one_kwargs = shared
         model_kwargs["cache"].prompt_copies = beams
-        outputs = original_prefill(one_ids, generation_config, one_kwargs, *args, **kwargs)
+        outputs = class_prefill(self, one_ids, generation_config, one_kwargs, *args, **kwargs)
         outputs.logits = outputs.logits.repeat_interleave(beams, dim=0)
         return outputs
 
@@ -409,7 +492,9 @@ def _compile_beam_decode(model: nn.Module) -> None:
                 and not is_in_torch_dispatch_mode(include_infra_modes=False) and cache.get_seq_length() > 0):
             compiled = _COMPILED_FORWARD.get(self)
             if compiled is None:
-                compiled = torch.compile(types.MethodType(class_forward, self), **compile_config.to_dict())
+                compiled = with_eager_fallback(
+                    self, torch.compile(types.MethodType(class_forward, self), **compile_config.to_dict()),
+                    types.MethodType(class_forward, self))
                 _COMPILED_FORWARD[self] = compiled
             return compiled(*args, **kwargs)
         return class_forward(self, *args, **kwargs)
@@ -430,6 +515,8 @@ def _shared_prompt_inputs(input_ids, generation_config, model_kwargs):
         return None
     if generation_config.prefill_chunk_size is not None or input_ids.shape[0] % beams:
         return None
+    if generation_config.output_hidden_states or generation_config.output_attentions:
+        return None  # the prompt's hidden states / attentions are returned per beam: run it per beam
     if any(isinstance(v, (dict, list, tuple)) and v for k, v in model_kwargs.items() if k != "cache"):
         return None  # per-beam structures (e.g. encoded images): keep the per-beam prefill
     one_kwargs = {}
