@@ -1,7 +1,7 @@
 """Attention: ipex paged / IAKV decode and varlen prefill vs stock scaled_dot_product_attention, interleaved.
 
 Decode is memory bound: the figure of merit is the KV bytes read per second as a
-fraction of the read bandwidth probed in the same run. A real model reads a
+fraction of the read bandwidth probed in the same rounds. A real model reads a
 different layer's cache on every call, so the "cold" rows rotate through enough
 layers (> 1 GiB of cache) that nothing is left in the L3; the "hot" rows reuse
 one layer (what a single-layer micro-benchmark measures).
@@ -20,7 +20,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
+from harness import BandwidthProbes, Row, machine_meta, progress, report, time_interleaved
 from ipex_core.ops import attention_ops as A
 
 COLD_BYTES = 1.1 * (1 << 30)
@@ -41,7 +41,7 @@ def _cycle(items):
     return nxt
 
 
-def paged_case(dtype, batch, heads, kv_heads, head_dim, context, block, cold, rounds):
+def paged_case(dtype, batch, heads, kv_heads, head_dim, context, block, cold, rounds, probes):
     blocks_per_seq = context // block
     num_blocks = batch * blocks_per_seq
     kv_bytes = 2 * num_blocks * block * kv_heads * head_dim * torch.finfo(dtype).bits // 8
@@ -70,11 +70,11 @@ def paged_case(dtype, batch, heads, kv_heads, head_dim, context, block, cold, ro
         _, _, _, ks, vs = stock_layer()
         return F.scaled_dot_product_attention(q[:, :, None], ks, vs, enable_gqa=True)
 
-    t = time_interleaved({"stock": stock, "ours": ours}, rounds=rounds)
+    t = time_interleaved({"stock": stock, "ours": ours, **probes.fns}, rounds=rounds)
     return t, kv_bytes
 
 
-def iakv_case(dtype, beams, heads, kv_heads, head_dim, context, cold, rounds):
+def iakv_case(dtype, beams, heads, kv_heads, head_dim, context, cold, rounds, probes):
     kv_bytes = 2 * context * beams * kv_heads * head_dim * torch.finfo(dtype).bits // 8
 
     def layer():
@@ -103,7 +103,8 @@ def iakv_case(dtype, beams, heads, kv_heads, head_dim, context, cold, rounds):
         ks, vs = ks.index_select(0, beam_idx), vs.index_select(0, beam_idx)
         return F.scaled_dot_product_attention(q.transpose(1, 2), ks, vs, enable_gqa=True)
 
-    t = time_interleaved({"stock": stock, "ours": ours, "stock_reorder": stock_with_reorder}, rounds=rounds)
+    t = time_interleaved({"stock": stock, "ours": ours, "stock_reorder": stock_with_reorder, **probes.fns},
+                         rounds=rounds)
     return t, kv_bytes
 
 
@@ -145,14 +146,15 @@ def main(argv=None) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    bw = measure_bandwidth()
+    probes = BandwidthProbes()
     rows = []
     steps = [s for s in ("paged cold", "paged hot", "iakv cold", "iakv hot", "varlen") if s.split()[0] in args.cases]
     for i, step in enumerate(steps):
         progress(i, len(steps), step)
         if step.startswith("paged"):
             cold = step.endswith("cold")
-            t, nbytes = paged_case(dtype, 8, 32, 8, 128, 2048, 16, cold, args.rounds)
+            t, nbytes = paged_case(dtype, 8, 32, 8, 128, 2048, 16, cold, args.rounds, probes)
+            bw = probes.gbs(t)
             gbs = nbytes / t["ours"] / 1e9
             rows.append(Row(f"PagedAttention decode b8 h32/8 d128 ctx2048 blk16 ({'cold' if cold else 'hot L3'})",
                             t["stock"] * 1e3, t["ours"] * 1e3,
@@ -160,7 +162,8 @@ def main(argv=None) -> str:
                              "stock % read BW": 100 * nbytes / t["stock"] / 1e9 / bw["read_gbs"]}))
         elif step.startswith("iakv"):
             cold = step.endswith("cold")
-            t, nbytes = iakv_case(dtype, 4, 32, 8, 128, 1024, cold, args.rounds)
+            t, nbytes = iakv_case(dtype, 4, 32, 8, 128, 1024, cold, args.rounds, probes)
+            bw = probes.gbs(t)
             gbs = nbytes / t["ours"] / 1e9
             extra = {"ipex KV GB/s": gbs, "% of read BW": 100 * gbs / bw["read_gbs"],
                      "stock % read BW": 100 * nbytes / t["stock"] / 1e9 / bw["read_gbs"]}
@@ -175,11 +178,11 @@ def main(argv=None) -> str:
                             t["per_seq"] * 1e3, t["ours"] * 1e3, extra))
             rows.append(Row("Varlen prefill 512+1024+2048 h32 d128 causal vs SDPA padded batch",
                             t["padded"] * 1e3, t["ours"] * 1e3, dict(extra)))
-    meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"dtype": args.dtype}
+    meta = machine_meta() | probes.summary() | {"dtype": args.dtype}
     name = f"attention_{args.dtype}" + (f"_{args.threads}t" if args.threads else "")
     table = report(name, rows, meta,
                    columns=["ipex KV GB/s", "% of read BW", "stock % read BW", "ipex TFLOP/s"])
-    print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+    print(f"bandwidth probes (interleaved, median over cases): {probes.summary()}")
     print(table)
     return table
 

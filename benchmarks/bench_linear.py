@@ -1,7 +1,7 @@
 """Linear fusions at decode and prefill shapes: ipex packed kernels vs stock F.linear.
 
 Decode (small M) is memory bound: the figure of merit is the weight bytes read
-per second as a fraction of the copy bandwidth measured in the same run.
+per second as a fraction of the copy bandwidth measured in the same rounds (interleaved probes).
 Cases: plain linear, LinearSiluMul-style (silu(xW^T) * other) and
 Linear2SiluMul (silu(x Wg^T) * x Wu^T, both weights read in one pass).
 """
@@ -13,7 +13,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
+from harness import BandwidthProbes, Row, machine_meta, progress, report, time_interleaved
 from ipex_core.ops import linear_ops as L
 
 
@@ -24,7 +24,7 @@ def main(argv=None) -> str:
     parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    bw = measure_bandwidth()
+    probes = BandwidthProbes()
     shapes = [(4096, 11008), (11008, 4096)]
     cases = [(m, k, n) for (k, n) in shapes for m in args.m]
     rows = []
@@ -44,9 +44,11 @@ def main(argv=None) -> str:
                 "ours_sm": lambda: L.linear(x, p, None, n, "silu_mul", other),
                 "stock_2sm": lambda: F.silu(F.linear(x, w)) * F.linear(x, wu),
                 "ours_2sm": lambda: L.linear_pair_silu_mul(x, pp, None, n),
+                **probes.fns,
             },
             rounds=args.rounds,
         )
+        bw = probes.gbs(t)
         wbytes = w.numel() * w.element_size()
         for label, s, o, nbytes in (
             ("linear", t["stock"], t["ours"], wbytes),
@@ -57,9 +59,9 @@ def main(argv=None) -> str:
                 "ipex weight GB/s": nbytes / o / 1e9, "% of copy BW": 100 * nbytes / o / 1e9 / bw["copy_gbs"],
                 "stock % BW": 100 * nbytes / s / 1e9 / bw["copy_gbs"],
             }))
-    meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"dtype": args.dtype}
+    meta = machine_meta() | probes.summary() | {"dtype": args.dtype}
     table = report(f"linear_{args.dtype}", rows, meta, columns=["ipex weight GB/s", "% of copy BW", "stock % BW"])
-    print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+    print(f"bandwidth probes (interleaved, median over cases): {probes.summary()}")
     print(table)
     return table
 

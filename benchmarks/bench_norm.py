@@ -3,7 +3,7 @@
 Stock baselines: torch.nn.functional.rms_norm, and `x + residual` followed by
 F.rms_norm (unfused). Bytes moved: rms_norm reads x and writes y; add_rms_norm
 reads x and residual and writes y and the new residual. The fraction of
-bandwidth uses the copy bandwidth measured in the same run.
+bandwidth uses the copy bandwidth measured in the same rounds (interleaved probes).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import ipex_core  # noqa: F401
-from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
+from harness import BandwidthProbes, Row, machine_meta, progress, report, time_interleaved
 
 
 def main(argv=None) -> str:
@@ -28,7 +28,7 @@ def main(argv=None) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    bw = measure_bandwidth()
+    probes = BandwidthProbes()
     rows = []
     cases = [(dt, t) for dt in (torch.float32, torch.bfloat16) for t in args.tokens]
     for i, (dtype, tokens) in enumerate(cases):
@@ -65,7 +65,9 @@ def main(argv=None) -> str:
             torch.ops.ipex.add_rms_norm_(xi, ri, w, 1e-6)
 
         t = time_interleaved({"sn": stock_norm, "on": ours_norm, "sa": stock_add_norm, "oa": ours_add_norm,
-                              "si": stock_add_norm_inplace, "oi": ours_add_norm_inplace}, rounds=args.rounds)
+                              "si": stock_add_norm_inplace, "oi": ours_add_norm_inplace, **probes.fns},
+                             rounds=args.rounds)
+        bw = probes.gbs(t)
         name = str(dtype).replace("torch.", "")
         for label, base, ours, nbytes in (
             ("rms_norm", t["sn"], t["on"], 2 * tokens * h * esz),
@@ -75,9 +77,9 @@ def main(argv=None) -> str:
             gbs = nbytes / ours / 1e9
             rows.append(Row(f"{label} {name} tokens={tokens}", base * 1e3, ours * 1e3,
                             {"ipex GB/s": gbs, "% of copy BW": 100 * gbs / bw["copy_gbs"]}))
-    meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"hidden": args.hidden}
+    meta = machine_meta() | probes.summary() | {"hidden": args.hidden}
     table = report("norm", rows, meta, columns=["ipex GB/s", "% of copy BW"])
-    print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+    print(f"bandwidth probes (interleaved, median over cases): {probes.summary()}")
     print(table)
     return table
 

@@ -12,7 +12,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import Row, machine_meta, measure_bandwidth, progress, report, time_interleaved
+from harness import BandwidthProbes, Row, machine_meta, progress, report, time_interleaved
 from ipex_core.ops import elementwise_ops as E
 
 
@@ -28,7 +28,7 @@ def main(argv=None) -> str:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
-    bw = measure_bandwidth()
+    probes = BandwidthProbes()
     dtype = torch.bfloat16
     h, d = args.heads, args.head_dim
     inv = 1.0 / 10000 ** (torch.arange(0, d, 2).float() / d)
@@ -48,7 +48,9 @@ def main(argv=None) -> str:
             "ours_rope": lambda: E.rotary_embedding(q, sin_t, cos_t, d, True, pos),
             "stock_silu": lambda: F.silu(gate) * up,
             "ours_silu": lambda: E.silu_mul(gate, up),
+            **probes.fns,
         }, rounds=args.rounds)
+        bw = probes.gbs(tm)
         rope_bytes = 2 * q.numel() * q.element_size()
         silu_bytes = 3 * gate.numel() * gate.element_size()
         for label, s, o, nbytes in (("rotary_embedding", tm["stock_rope"], tm["ours_rope"], rope_bytes),
@@ -56,9 +58,9 @@ def main(argv=None) -> str:
             gbs = nbytes / o / 1e9
             rows.append(Row(f"{label} bf16 tokens={t}", s * 1e3, o * 1e3,
                             {"ipex GB/s": gbs, "% of copy BW": 100 * gbs / bw["copy_gbs"]}))
-    meta = machine_meta() | {k: round(v, 2) for k, v in bw.items()} | {"heads": h, "head_dim": d}
+    meta = machine_meta() | probes.summary() | {"heads": h, "head_dim": d}
     table_md = report("rope", rows, meta, columns=["ipex GB/s", "% of copy BW"])
-    print(f"bandwidth probe: read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+    print(f"bandwidth probes (interleaved, median over cases): {probes.summary()}")
     print(table_md)
     return table_md
 

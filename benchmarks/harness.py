@@ -71,6 +71,40 @@ def measure_bandwidth(gib: float = 1.0, rounds: int = 7) -> dict[str, float]:
     return {"read_gbs": nbytes / read["read"] / 1e9, "copy_gbs": 2 * nbytes / read["copy"] / 1e9}
 
 
+class BandwidthProbes:
+    """Read and copy probes timed among a case's functions: the bandwidth of the same minutes.
+
+    Add ``probes.fns`` to the dict given to :func:`time_interleaved`, then ``probes.gbs(times)`` is the
+    read/copy GB/s measured in those rounds. One probe at the start of a run was not enough here: this
+    VM's measured read bandwidth swung between 34 and 59 GB/s within minutes.
+    """
+
+    def __init__(self, gib: float = 0.5):
+        n = int(gib * (1 << 30)) // 4
+        self._src = torch.ones(n, dtype=torch.float32)
+        self._dst = torch.empty_like(self._src)
+        self._dst.copy_(self._src)
+        self._bytes = n * 4
+        self.fns = {"_probe_read": lambda: self._src.sum(), "_probe_copy": lambda: self._dst.copy_(self._src)}
+        self._seen: dict[str, list[float]] = {"read_gbs": [], "copy_gbs": []}
+
+    def gbs(self, times: dict[str, float]) -> dict[str, float]:
+        bw = {"read_gbs": self._bytes / times["_probe_read"] / 1e9,
+              "copy_gbs": 2 * self._bytes / times["_probe_copy"] / 1e9}
+        for k, v in bw.items():
+            self._seen[k].append(v)
+        return bw
+
+    def summary(self) -> dict[str, float]:
+        """Median, min and max of the probes over the cases so far (for the report's header)."""
+        out = {}
+        for k, v in self._seen.items():
+            if v:
+                out[k] = round(statistics.median(v), 2)
+                out[k.replace("_gbs", "_range")] = f"{min(v):.1f}-{max(v):.1f}"
+        return out
+
+
 def copy_bandwidth_probe(gib: float = 0.5):
     """A callable that copies a buffer far larger than the L3 once and returns the copy GB/s.
 
