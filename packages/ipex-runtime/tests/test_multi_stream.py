@@ -177,3 +177,44 @@ def test_errors(two_cpus):
         MultiStreamModule(lambda x: (x, x), num_streams=2, cpu_pool=pool)(torch.ones(2))
     with pytest.raises(ValueError, match="empty batch"):
         MultiStreamModule(lambda x: x, num_streams=2, cpu_pool=pool)(torch.ones(0, 2))
+
+
+def test_unhinted_batch_tensor_is_refused(two_cpus):
+    # Passed whole to every stream it broadcast against each slice: [4, 3] out for a batch of 2, no error.
+    def model(x, y):
+        return x * y
+
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    msm = MultiStreamModule(model, 2, CPUPool(list(two_cpus)))
+    with pytest.raises(ValueError, match=r"args\[1\] is a tensor with the batch size 2 .* does not mention it"):
+        msm(x, y)
+    both = MultiStreamModule(model, 2, CPUPool(list(two_cpus)), input_split_hint=MultiStreamModuleHint(0, 0))
+    torch.testing.assert_close(both(x, y), model(x, y))
+    # None in the hint passes it whole on purpose: each stream's row broadcasts against all of y.
+    whole = MultiStreamModule(model, 2, CPUPool(list(two_cpus)), input_split_hint=MultiStreamModuleHint(0, None))
+    torch.testing.assert_close(whole(x, y), torch.cat([x[:1] * y, x[1:] * y]))
+
+
+def test_optional_hinted_input_may_be_none(two_cpus):
+    def model(x, mask=None):
+        return x if mask is None else x * mask[:, None]
+
+    x = torch.randn(4, 3)
+    msm = MultiStreamModule(model, 2, CPUPool(list(two_cpus)), input_split_hint=MultiStreamModuleHint(0, mask=0))
+    torch.testing.assert_close(msm(x, mask=None), x)
+    mask = torch.rand(4)
+    torch.testing.assert_close(msm(x, mask=mask), model(x, mask))
+
+
+def test_split_along_dim_1_gives_contiguous_inputs(two_cpus):
+    lin = nn.Linear(4, 4)
+
+    def seq_first(x):  # [seq, batch, features], flattened with .view as sequence-first code does
+        s, b, f = x.shape
+        return lin(x.view(s * b, f)).view(s, b, f)
+
+    x = torch.randn(7, 6, 4)
+    msm = MultiStreamModule(seq_first, 2, CPUPool(list(two_cpus)), input_split_hint=MultiStreamModuleHint(1),
+                            output_concat_hint=MultiStreamModuleHint(1))
+    with torch.no_grad():
+        torch.testing.assert_close(msm(x), seq_first(x))

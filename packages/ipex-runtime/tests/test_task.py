@@ -168,3 +168,28 @@ def test_task_binding_survives_team_resize(probe, two_cpus):
         first, second = task.run_sync()
     assert [m for _, m in first] == [sorted([a, b])] * 3
     assert [m for _, m in second] == [sorted([a, b])] * 3
+
+
+def test_task_works_in_a_forked_child(two_cpus):
+    # fork() copies only the calling thread: the child inherited the executor but not its worker, and
+    # every call (and every MultiStreamModule forward) waited forever.
+    import signal
+
+    task = Task(lambda x: x * 2, CPUPool([two_cpus[1]]))
+    assert task.run_sync(torch.ones(2)).sum().item() == 4  # the worker exists before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report, never return into pytest
+        try:
+            signal.alarm(30)  # a hang ends the child, and the parent sees no "ok"
+            ok = task.run_sync(torch.ones(3)).sum().item() == 6 and task.run_sync(torch.ones(1)).item() == 2
+            os.write(write, b"ok" if ok else b"wrong")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    assert got == b"ok"
+    assert task.run_sync(torch.ones(2)).sum().item() == 4  # the parent's worker is untouched
+

@@ -91,7 +91,7 @@ def _rebuild(template, items: dict):
 
 
 def _split_lengths(hint, value, where: str, found: list) -> None:
-    if hint is None:
+    if hint is None or value is None:  # None: an optional input left out of this call (e.g. attention_mask)
         return
     if isinstance(hint, int):
         if not isinstance(value, torch.Tensor):
@@ -106,10 +106,13 @@ def _split_lengths(hint, value, where: str, found: list) -> None:
 
 
 def _split(hint, value, start: int, length: int):
-    if hint is None:
+    if hint is None or value is None:
         return value
     if isinstance(hint, int):
-        return value.narrow(hint, start, length)  # a view, no copy
+        part = value.narrow(hint, start, length)  # a view, no copy, along dim 0
+        # Along another dim the view is not contiguous and a model's .view() would fail where
+        # the direct call worked: one copy per stream then.
+        return part if hint % value.dim() == 0 else part.contiguous()
     return _rebuild(value, {key: _split(h, value[key], start, length) for key, h in _items(hint, value, "")})
 
 
@@ -152,7 +155,13 @@ class MultiStreamModule(nn.Module):
             process may use when the module is created.
         concat_output (bool): concatenate the stream outputs (default) or return
             the list of each stream's output.
-        input_split_hint (MultiStreamModuleHint): how to split the inputs.
+        input_split_hint (MultiStreamModuleHint): how to split the inputs: a dim per
+            input (nested like the input), None to pass an input whole to every stream.
+            An input the hint does not mention is passed whole too, except a tensor
+            with the batch size along dim 0 (when splitting along dim 0): that is an
+            error, since it would broadcast silently. A hinted input given as None
+            (an optional argument left out) passes through. Slices along a dim other
+            than 0 are made contiguous (one copy per stream).
         output_concat_hint (MultiStreamModuleHint): how to concat the outputs.
     """
 
@@ -240,6 +249,7 @@ class MultiStreamModule(nn.Module):
             raise ValueError(f"inputs to split disagree on the batch size: {found}; split only inputs that share it")
         if batch == 0:
             raise ValueError(f"cannot split an empty batch ({found[0][0]} has size 0 along its split dim)")
+        self._check_unhinted(args, kwargs, arg_hints, kwarg_hints, batch)
         streams = []
         start = 0
         for length in _split_sizes(batch, self.num_streams):
@@ -247,6 +257,24 @@ class MultiStreamModule(nn.Module):
                             {k: _split(h, kwargs[k], start, length) for k, h in kwarg_hints.items()}))
             start += length
         return streams
+
+    def _check_unhinted(self, args, kwargs, arg_hints, kwarg_hints, batch: int) -> None:
+        """Refuse a batch-sized tensor that no hint mentions: given whole to every stream it would broadcast
+        against each stream's slice, silently (the retired implementation raised here too). A hint of None
+        for it says "pass it whole" on purpose."""
+        hint = self.input_split_hint
+        dims = {h for h in (*arg_hints, *kwarg_hints.values()) if isinstance(h, int)}
+        if dims != {0}:
+            return  # split along other dims: a size match along dim 0 means nothing
+        unhinted = [(f"args[{i}]", a) for i, a in enumerate(args) if i >= len(hint.args)]
+        unhinted += [(f"kwargs[{k!r}]", v) for k, v in kwargs.items() if k not in hint.kwargs]
+        for where, value in unhinted:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == batch:
+                raise ValueError(
+                    f"{where} is a tensor with the batch size {batch} along dim 0 but input_split_hint "
+                    f"{hint!r} does not mention it, so every stream would get all of it. Add its split dim "
+                    "to the hint (e.g. MultiStreamModuleHint(0, 0) for two positional inputs), or None to pass "
+                    "it whole on purpose")
 
     def forward(self, *args, **kwargs):
         if self.num_streams == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 import weakref
 
@@ -75,18 +76,27 @@ class Task:
         _binding.require_enabled()
         self.module = module
         self.cpu_pool = cpu_pool
+        self._start_worker()
+
+    def _start_worker(self) -> None:
         # One worker: a ThreadPoolExecutor with max_workers=1 never starts a second
         # thread, and ends its thread on shutdown, at exit, or when collected.
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"ipex-task-cpus{'_'.join(map(str, cpu_pool.core_ids))}")
+            max_workers=1, thread_name_prefix=f"ipex-task-cpus{'_'.join(map(str, self.cpu_pool.core_ids))}")
         try:
-            self._thread_ident, self.thread_ids = self._executor.submit(_bind_worker, cpu_pool.core_ids).result()
+            self._thread_ident, self.thread_ids = self._executor.submit(_bind_worker, self.cpu_pool.core_ids).result()
         except BaseException:
             self._executor.shutdown(wait=True)
             raise
+        self._pid = os.getpid()
         self._finalizer = weakref.finalize(self, self._executor.shutdown, wait=False)
 
     def __call__(self, *args, **kwargs) -> Future:
+        if self._pid != os.getpid() and self._finalizer.alive:
+            # A forked child inherits the executor but not its thread (fork copies only the
+            # calling thread): queued calls would wait forever. Start this process's own worker.
+            self._finalizer.detach()
+            self._start_worker()
         future = Future()
         modes = _caller_modes()
         if threading.get_ident() == self._thread_ident:
