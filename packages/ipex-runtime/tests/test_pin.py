@@ -112,9 +112,9 @@ def test_pin_errors(two_cpus):
         pin([a])
     pool = CPUPool([a, b])
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {a})  # the process lost core b after the pool was made
+    os.sched_setaffinity(0, {a})  # this thread lost core b after the pool was made
     try:
-        with pytest.raises(ValueError, match=rf"core id\(s\) \[{b}\] are not available"):
+        with pytest.raises(ValueError, match=rf"core id\(s\) \[{b}\] are outside this thread's CPU mask"):
             with pin(pool):
                 pass
     finally:
@@ -127,3 +127,21 @@ def test_pools_made_inside_a_pin_still_see_every_allowed_cpu(probe, two_cpus):
         assert CPUPool().core_ids == probe.allowed
         with pin(CPUPool([b])):  # a pool on a core the outer pin excluded
             assert probe.cpus_allowed(probe.main_tid()) == [b]
+
+
+def test_thread_started_inside_a_pin_gets_a_clear_error(two_cpus):
+    # It inherits the pinned mask; the message must not claim the process lacks the other core.
+    a, b = two_cpus
+    errors = []
+
+    def worker():
+        try:
+            CPUPool([b])
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    with pin(CPUPool([a])):
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(30)
+    assert errors and "A thread started inside pin() or by a Task inherits that pinned mask" in errors[0]

@@ -71,6 +71,10 @@ def _stack() -> list[_Saved]:
     return stack
 
 
+#: The process's CPUs when ipex_runtime was imported (before any pin), for error messages.
+CPUS_AT_IMPORT = frozenset(os.sched_getaffinity(0))
+
+
 def unpinned_cpus() -> list[int]:
     """CPUs this thread may use outside any ipex binding (sched_getaffinity before the first pin)."""
     stack = _stack()

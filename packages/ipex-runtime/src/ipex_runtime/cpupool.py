@@ -14,6 +14,14 @@ __all__ = ["CPUPool", "pin"]
 
 def _check_available(core_ids: list[int], allowed: list[int]) -> None:
     missing = [c for c in core_ids if c not in set(allowed)]
+    if missing and set(missing) <= _binding.CPUS_AT_IMPORT:
+        # The process had them: this thread's mask is narrower (inherited from a pin, or set by hand).
+        raise ValueError(
+            f"core id(s) {missing} are outside this thread's CPU mask {allowed}, though the process had "
+            f"{sorted(_binding.CPUS_AT_IMPORT)} when ipex_runtime was imported. A thread started inside pin() or "
+            "by a Task inherits that pinned mask: create CPUPools, Tasks and MultiStreamModules outside pinned "
+            "regions (or widen the thread's mask with os.sched_setaffinity)"
+        )
     if missing:
         raise ValueError(
             f"core id(s) {missing} are not available to this process, which may use CPUs {allowed} "
