@@ -100,7 +100,9 @@ inline void reduce_many(const fVec* v, float* out) {
 // (the previous form) 15-16 GB/s on 2 threads, 8.8 on 1; spread like this 21-23 and
 // 12.7-13.4: bursts of whole rows filled the miss queues and stalled the compute behind
 // them, so the loop ran memory then compute rather than both at once. Into L1 (T0) it
-// was 1.4x slower: the rows evict the scores and accumulators.
+// was 1.4x slower: the rows evict the scores and accumulators. Prefetching a chunk
+// further ahead, or scoring head-major so that both passes run in the prefetch order,
+// was no faster.
 template <typename T>
 inline void prefetch_line(const T* row, int64_t j) {
   if ((j * static_cast<int64_t>(sizeof(T))) % 64 == 0) __builtin_prefetch(row + j, 0, 2);  // prefetcht1
