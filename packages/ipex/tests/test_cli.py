@@ -1,8 +1,11 @@
 """The ipex command line."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+
+import pytest
 
 from ipex import cli
 
@@ -38,3 +41,18 @@ def test_doctor_warns_on_version_mismatch(monkeypatch):
     monkeypatch.setattr(cli, "_version", lambda d: "9.9.9" if d == "ipex-core" else real(d))
     report = cli.collect_doctor_report()
     assert any("ipex-core 9.9.9 does not match ipex" in w for w in report["warnings"])
+
+
+def test_version_and_bad_generate_arguments(capsys):
+    from ipex import __version__, cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"ipex {__version__}"
+    if importlib.util.find_spec("ipex_llm") is None:
+        return
+    for bad in ("-3", "0", "many"):  # refused by argparse, before any model loads
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["generate", "--max-new-tokens", bad, "hi"])
+        assert exit_info.value.code == 2
+        assert "--max-new-tokens" in capsys.readouterr().err

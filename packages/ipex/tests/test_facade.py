@@ -82,6 +82,25 @@ def test_missing_piece_simulated(run_python):
     assert all("pip install ipex-runtime" in line for line in lines[3:])
 
 
+def test_star_import_with_pieces_missing(run_python):
+    # __all__ used to name every first-party piece, so `from ipex import *` failed wherever one was not
+    # installed; it now names the installed ones (here: none, the entry points hidden).
+    r = run_python(
+        """
+        import ipex._extensions as e
+        e._table = {}
+        from ipex import *
+        import ipex
+        print(sorted(ipex.__all__))
+        print(callable(optimize), callable(verbose))
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    names = r.stdout.splitlines()[0]
+    assert "'optimize'" in names and "'llm'" not in names and "'quantization'" not in names
+    assert r.stdout.splitlines()[1] == "True True"
+
+
 def test_first_party_name_cannot_be_claimed(fake_dist):
     fake_dist("evil-dist", {"ipex.extensions": {"llm": "evil_llm", "quantization": "evil_q"}})
     from ipex import _extensions

@@ -119,6 +119,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: checked before the model loads (a bad value used to fail only after loading it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(subparsers) -> None:
     """Entry point of the ``ipex.cli`` group: adds ``ipex generate``."""
     p = subparsers.add_parser(
@@ -130,7 +141,7 @@ def register(subparsers) -> None:
     p.add_argument("prompt", nargs="?", default="What is the capital of France? Answer in one sentence.",
                    help="the question (default: a short factual one)")
     p.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default="bf16", help="model dtype (default bf16)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate (default 48)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=48, help="tokens to generate (default 48)")
     p.add_argument("--skip-stock", action="store_true", help="run only the optimized model")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the short warm-up generation")
     p.add_argument("--deployment-mode", action=argparse.BooleanOptionalAction, default=True,

@@ -32,11 +32,20 @@ _CORE_API = {
 _SUBPACKAGES = ("cpu", "backends", "env")
 _TOP_LEVEL_PIECES = tuple(alias for alias in _extensions.FIRST_PARTY if "." not in alias)
 
-__all__ = ["__version__", *_CORE_API, *_TOP_LEVEL_PIECES, *_SUBPACKAGES]
+_ALWAYS = ["__version__", *_CORE_API, *_SUBPACKAGES]
+
+
+def _all_names() -> list[str]:
+    """``__all__``: the core API and the pieces installed here. Computed on first use, so that
+    ``from ipex import *`` does not fail on a piece that is not installed."""
+    installed = _extensions.installed_extensions()
+    return [*_ALWAYS, *(alias for alias in _TOP_LEVEL_PIECES if alias in installed)]
 
 
 def __getattr__(name: str):
-    if name in _CORE_API:
+    if name == "__all__":
+        value = _all_names()
+    elif name in _CORE_API:
         module, attr = _CORE_API[name]
         value = getattr(importlib.import_module(module), attr)
     elif name in _SUBPACKAGES:
@@ -50,4 +59,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(_ALWAYS) | set(_TOP_LEVEL_PIECES))

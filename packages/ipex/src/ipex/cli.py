@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipex", description="ipex: fast PyTorch on Intel CPUs. Run 'ipex COMMAND --help' for details."
     )
+    from ipex import __version__
+
+    parser.add_argument("--version", action="version", version=f"ipex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor = sub.add_parser(
         "doctor", help="report versions, installed pieces, backends and CPU features",
