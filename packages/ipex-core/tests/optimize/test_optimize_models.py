@@ -232,6 +232,28 @@ def test_bert_encoder():
         assert_close(run(low, ids).last_hidden_state, ref, dtype)
 
 
+def test_fast_bert_inference():
+    # The retired extension's BERT entry point, on the inference path of ipex.optimize.
+    model = M.bert(hidden=64, layers=2, heads=4, intermediate=128, vocab=100)
+    ids = torch.randint(0, 100, (2, 16))
+    ref = run(model, ids).last_hidden_state
+    opt = ipex.fast_bert(model)
+    assert isinstance(opt.encoder.layer[0].intermediate.dense, PackedLinear)
+    assert repr(opt.encoder.layer[0].intermediate.dense.post_op) == "gelu"
+    assert_close(run(opt, ids).last_hidden_state, ref)
+    assert_close(run(ipex.fast_bert(model, dtype=torch.bfloat16), ids).last_hidden_state, ref, torch.bfloat16)
+    with pytest.warns(UserWarning, match="unpad=True is not implemented"):
+        assert_close(run(ipex.fast_bert(model, unpad=True, seed=7), ids).last_hidden_state, ref)
+    with pytest.raises(NotImplementedError, match="training"):
+        ipex.fast_bert(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="float32 or torch.bfloat16"):
+        ipex.fast_bert(model, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="already passed through ipex.optimize"):
+        ipex.fast_bert(opt)
+    with pytest.warns(UserWarning, match="meant for BERT-style encoders"):
+        ipex.fast_bert(M.MLPBN().eval())
+
+
 def test_bert_base_config():
     # The real BERT-base shape (random weights) at a short sequence, fp32 and bf16.
     model = M.bert()

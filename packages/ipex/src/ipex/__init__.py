@@ -3,7 +3,7 @@
 ``import ipex`` is cheap: it imports neither torch nor any sibling package.
 Each public name is loaded on first use:
 
-* the core API (``ipex.optimize``, ``ipex.verbose``, ``ipex.enable_onednn_fusion``,
+* the core API (``ipex.optimize``, ``ipex.fast_bert``, ``ipex.verbose``, ``ipex.enable_onednn_fusion``,
   ``ipex.cpu_features``) comes from ``ipex-core``;
 * ``ipex.llm``, ``ipex.quantization``, ``ipex.cpu.runtime`` and ``ipex.xpu`` come
   from ``ipex-llm``, ``ipex-quant``, ``ipex-runtime`` and ``ipex-xpu``, found
@@ -24,6 +24,7 @@ _extensions.install_finder()
 # name -> (module, attribute) of the core API, imported on first access.
 _CORE_API = {
     "optimize": ("ipex_core.optimize", "optimize"),
+    "fast_bert": ("ipex_core.optimize", "fast_bert"),
     "verbose": ("ipex_core.verbose", "verbose"),
     "enable_onednn_fusion": ("ipex_core.fusion", "enable_onednn_fusion"),
     "is_onednn_fusion_enabled": ("ipex_core.fusion", "is_onednn_fusion_enabled"),

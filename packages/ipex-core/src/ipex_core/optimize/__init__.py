@@ -7,6 +7,7 @@ modules keep of the ones they replace.
 
 from ipex_core.optimize.api import optimize
 from ipex_core.optimize.concat_linear import ConcatLinear, ConcatLinearMember
+from ipex_core.optimize.fast_bert import fast_bert
 from ipex_core.optimize.lstm import PackedLSTM
 from ipex_core.optimize.modules import (
     FoldedBatchNorm,
@@ -31,5 +32,6 @@ __all__ = [
     "PackedLSTM",
     "PackedLinear",
     "PostOp",
+    "fast_bert",
     "optimize",
 ]
