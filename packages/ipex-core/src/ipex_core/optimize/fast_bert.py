@@ -41,9 +41,7 @@ def fast_bert(model: nn.Module, dtype: torch.dtype = torch.float32, optimizer=No
     if not isinstance(model, nn.Module):
         raise TypeError(f"ipex.fast_bert takes a torch.nn.Module; got {type(model).__name__}")
     if optimizer is not None:
-        raise NotImplementedError(
-            "ipex.fast_bert: training (optimizer=...) is not implemented yet; call it with model.eval() and no "
-            "optimizer for inference, and train with the stock model for now.")
+        return optimize(model, optimizer=optimizer)  # raises: training is not implemented
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"ipex.fast_bert: dtype must be torch.float32 or torch.bfloat16; got {dtype!r}")
     if any(isinstance(m, _PackedModule) for m in model.modules()):
