@@ -1,5 +1,7 @@
 """Backend plugins through the ipex.backends entry points."""
 
+import sys
+
 import pytest
 
 from ipex import backends
@@ -70,4 +72,30 @@ def test_wrong_return_type(fake_dist, monkeypatch):
     monkeypatch.delenv("IPEX_BACKEND_AUTOLOAD", raising=False)
     fake_dist("odd-backend", {"ipex.backends": {"odd": "odd_mod:register"}}, {"odd_mod": "def register():\n    return 3\n"})
     with pytest.raises(backends.BackendLoadError, match="must return a BackendSpec or None"):
+        backends.load_backends(reload=True)
+
+
+def test_optimize_loads_installed_plugins(fake_dist, monkeypatch):
+    # Nothing called load_backends but `ipex doctor`: an installed plugin's kernels were never registered.
+    import torch
+
+    import ipex
+
+    monkeypatch.delenv("IPEX_BACKENDS", raising=False)
+    monkeypatch.delenv("IPEX_BACKEND_AUTOLOAD", raising=False)
+    fake_dist("fake-backend", {"ipex.backends": {"fakedev": "fake_backend_mod:register"}}, {"fake_backend_mod": GOOD})
+    monkeypatch.setattr(backends, "_loaded", None)  # as in a fresh process
+    monkeypatch.delitem(sys.modules, "fake_backend_mod", raising=False)  # an earlier test's copy
+    ipex.optimize(torch.nn.Sequential(torch.nn.Linear(4, 4)).eval())
+    import fake_backend_mod
+
+    assert fake_backend_mod.calls == [1]
+    assert "fakedev" in backends.load_backends()
+
+
+def test_allow_list_typo_warns(fake_dist, monkeypatch):
+    fake_dist("fake-backend", {"ipex.backends": {"fakedev": "fake_backend_mod:register"}}, {"fake_backend_mod": GOOD})
+    monkeypatch.delenv("IPEX_BACKEND_AUTOLOAD", raising=False)
+    monkeypatch.setenv("IPEX_BACKENDS", "fakdev")
+    with pytest.warns(UserWarning, match=r"IPEX_BACKENDS names \['fakdev'\], which match no installed backend"):
         backends.load_backends(reload=True)

@@ -92,5 +92,13 @@ def load_backends(*, reload: bool = False) -> dict[str, BackendSpec | None]:
                         f"None, got {type(spec).__name__}. Fix the plugin or disable it with IPEX_BACKENDS."
                     )
                 result[ep.name] = spec
+        allow = [n.strip() for n in env.get("IPEX_BACKENDS").split(",") if n.strip()]
+        unknown = sorted(set(allow) - {ep.name for ep in entry_points(group=GROUP)})
+        if unknown and env.get_bool("IPEX_BACKEND_AUTOLOAD"):
+            import warnings
+
+            warnings.warn(f"IPEX_BACKENDS names {unknown}, which match no installed backend plugin (installed: "
+                          f"{sorted(ep.name for ep in entry_points(group=GROUP))}); check the spelling.",
+                          UserWarning, stacklevel=2)
         _loaded = result
         return dict(result)

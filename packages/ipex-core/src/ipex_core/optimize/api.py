@@ -103,6 +103,7 @@ from ipex_core.optimize.modules import (
     _PackedConvTransposeNd,
     link_folded,
 )
+from ipex_core.plugins import load_backend_plugins
 
 __all__ = ["optimize"]
 
@@ -362,6 +363,7 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"ipex.optimize: model must be a torch.nn.Module; got {type(model).__name__}")
+    load_backend_plugins()
     if optimizer is not None:
         raise NotImplementedError(
             "ipex.optimize: training optimizations (optimizer=...) are not implemented yet. For inference call "

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ipex_core.optimize.graph_mode import NO_OUTPUT_ASSERTS, deployment_guard_filter
+from ipex_core.plugins import load_backend_plugins
 from ipex_llm.optimize import decoder, iakv_cache
 from ipex_llm.optimize.families import REMOTE_CODE_FAMILIES, SUPPORTED_MODEL_TYPES, is_supported, model_type_of
 from ipex_llm.optimize.swaps import apply_swaps
@@ -110,6 +111,7 @@ def optimize(
     if device != "cpu":
         raise ValueError(f"ipex.llm.optimize: device must be 'cpu' or 'xpu'; got {device!r}")
     _check_dtype(dtype)
+    load_backend_plugins()  # their kernels for the ipex ops, before the model runs
     if optimizer is not None or model.training:
         warnings.warn(
             "ipex.llm.optimize optimizes inference (generation) only: "
