@@ -257,7 +257,9 @@ def test_deployment_mode_compiles_decode_once_and_matches_stock():
 def test_deployment_mode_sees_a_new_checkpoint_after_compiling():
     model = build("llama")
     opt = ipex.llm.optimize(model)
-    assert opt.generation_config.compile_config.to_dict()["options"]["guard_filter_fn"] is not None
+    from ipex_llm.optimize.iakv_cache import compile_kwargs
+
+    assert compile_kwargs(opt.generation_config.compile_config)["options"]["guard_filter_fn"] is not None
     ids = torch.randint(3, 300, (1, 6))
     with torch.no_grad():
         before = opt.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
@@ -488,3 +490,48 @@ def test_tied_embedding_rejects_out_of_range_ids():
             model(ids)
         with pytest.raises(IndexError, match=f"token id {bad} is out of range"):
             opt(ids)
+
+
+@pytest.mark.parametrize("model_type, overrides", [
+    ("falcon_alibi", {}),  # Falcon-RW: ALiBi does not fit transformers' static cache
+    ("llama", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}),
+])
+def test_deployment_mode_models_that_stay_eager(model_type, overrides):
+    model = build(model_type, **overrides)
+    opt = ipex.llm.optimize(model)
+    assert opt._ipex_optimized["compiled_decode"] is False
+    ids = _inputs(model_type)
+    assert torch.equal(_generate(opt, ids), _generate(model, ids))
+
+
+def test_deployment_mode_model_saves_and_prints(tmp_path):
+    # The compile options (a function among them) used to sit on the generation config: save_pretrained
+    # wrote config.json and then failed on generation_config.json, and repr() raised.
+    from transformers import AutoModelForCausalLM
+
+    opt = ipex.llm.optimize(build("llama"))
+    assert "static" in repr(opt.generation_config)
+    opt.save_pretrained(tmp_path)
+    assert (tmp_path / "generation_config.json").exists()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = _inputs("llama")
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, opt(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_training_after_optimize_is_refused_not_silent():
+    # The ipex kernels have no backward; the remaining parameters used to get None gradients silently.
+    opt = ipex.llm.optimize(build("llama"), deployment_mode=False)
+    assert not any(p.requires_grad for p in opt.parameters())
+    opt.train()
+    ids = _inputs("llama")
+    loss = opt(ids, labels=ids).loss
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        loss.backward()
+
+
+def test_sample_inputs_warns_and_device_objects_accepted():
+    with pytest.warns(UserWarning, match="sample_inputs is not used"):
+        ipex.llm.optimize(build("llama"), deployment_mode=False, sample_inputs=(_inputs("llama"),))
+    for device in (torch.device("cpu"), "cpu:0"):
+        ipex.llm.optimize(build("llama"), deployment_mode=False, device=device)

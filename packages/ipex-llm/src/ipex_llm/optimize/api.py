@@ -9,7 +9,6 @@ import warnings
 import torch
 from torch import nn
 
-from ipex_core.optimize.graph_mode import NO_OUTPUT_ASSERTS, deployment_guard_filter
 from ipex_core.plugins import load_backend_plugins
 from ipex_llm.optimize import decoder, iakv_cache
 from ipex_llm.optimize.families import REMOTE_CODE_FAMILIES, SUPPORTED_MODEL_TYPES, is_supported, model_type_of
@@ -100,6 +99,12 @@ def optimize(
         )
     if not isinstance(model, nn.Module):
         raise TypeError(f"ipex.llm.optimize takes a torch.nn.Module; got {type(model).__name__}")
+    if isinstance(device, torch.device) or (isinstance(device, str) and ":" in device):
+        device = torch.device(device).type  # torch.device("cpu"), "cpu:0"
+    if sample_inputs is not None:
+        warnings.warn("ipex.llm.optimize: sample_inputs is not used by this release (it served TorchScript tracing "
+                      "and quantization calibration, neither of which runs here); it is ignored.",
+                      UserWarning, stacklevel=2)
     if device == "xpu":
         import importlib.util
 
@@ -142,6 +147,9 @@ def optimize(
         report = apply_swaps(model)
         report.update(fused_qkv=fused_qkv, fused_decoder_layer=decoder.fuse_decoder_layers(model))
     report = +report  # only the kinds that occurred
+    # The ipex kernels have no backward: with parameters still requiring grad, model.train() and
+    # loss.backward() ran and silently left every gradient None. Now backward says no graph exists.
+    model.requires_grad_(False)
     compiled = deployment_mode and _enable_compiled_decode(model)
     iakv = iakv_cache.install(model, compiled_decode=compiled)
     model._ipex_optimized = {"model_type": model_type, "dtype": dtype, "swaps": dict(report),
@@ -165,12 +173,21 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
         # transformers' static sliding-window layer guards on a Python int that changes at every
         # step: compiled, each step recompiles until dynamo's limit ends the generation.
         return False
+    text_config = model.config.get_text_config(decoder=True)
+    if getattr(text_config, "alibi", False):
+        return False  # Falcon-RW's ALiBi mask does not fit transformers' static cache (a shape error)
+    rope = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
+        # Dynamic NTK branches on the positions' values (no graph); Phi-3's longrope drops the cache
+        # for a dynamic one past original_max_position_embeddings.
+        return False
     from transformers import CompileConfig
 
     # mode=None: torch.compile takes `options` only without a mode (transformers' default,
     # "reduce-overhead", only adds CUDA graphs, which do not exist on CPU).
-    compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=None,
-                                   options={"guard_filter_fn": deployment_guard_filter, **NO_OUTPUT_ASSERTS})
+    # The torch.compile options (a function among them) stay off the generation config, which
+    # save_pretrained() and repr() serialise to JSON; get_compiled_call adds them (iakv_cache.COMPILE_OPTIONS).
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=None)
     compile_config._compile_all_devices = True
     generation_config.cache_implementation = "static"
     generation_config.compile_config = compile_config

@@ -387,20 +387,51 @@ def with_eager_fallback(model: nn.Module, compiled, eager):
             return eager(*args, **kwargs)
         try:
             return compiled(*args, **kwargs)
-        except torch._dynamo.exc.FailOnRecompileLimitHit:
-            warnings.warn("ipex.llm.optimize: the compiled decode step reached torch._dynamo's recompile limit "
-                          "(more distinct batch or cache sizes than it allows); this model decodes eagerly from "
-                          "now on. Raise torch._dynamo.config.recompile_limit to keep compiling.", UserWarning,
-                          stacklevel=2)
+        except (torch._dynamo.exc.FailOnRecompileLimitHit, torch._dynamo.exc.Unsupported) as exc:
+            # Both are raised while tracing, before the step runs: nothing to undo.
+            warnings.warn(f"ipex.llm.optimize: the decode step cannot stay compiled ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160]}); this model decodes eagerly from now on. For the "
+                          "recompile limit, raise torch._dynamo.config.recompile_limit to keep compiling.",
+                          UserWarning, stacklevel=2)
             model._ipex_eager_decode = True
             return eager(*args, **kwargs)
 
     return call
 
 
+def compile_kwargs(compile_config) -> dict:
+    """torch.compile arguments: the generation config's, with ipex's options (guards, no output asserts)."""
+    from ipex_core.optimize.graph_mode import NO_OUTPUT_ASSERTS, deployment_guard_filter
+
+    kwargs = compile_config.to_dict()
+    kwargs["options"] = {**(kwargs.get("options") or {}), "guard_filter_fn": deployment_guard_filter,
+                         **NO_OUTPUT_ASSERTS}
+    return kwargs
+
+
+#: The compiled __call__ of each model (not an attribute of the model: a deepcopy would share it).
+_COMPILED_CALL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def get_compiled_call(self, compile_config):
-    """transformers' compiled ``__call__`` for the decode steps, with the eager fallback."""
-    return with_eager_fallback(self, type(self).get_compiled_call(self, compile_config), self.__call__)
+    """The compiled ``__call__`` for the decode steps (transformers' own, with ipex's options), with the
+    eager fallback. A step on another kind of cache than the static one (a model that swaps its cache
+    mid-generation) runs eagerly, for that call only."""
+    from transformers.cache_utils import StaticCache
+
+    compiled = _COMPILED_CALL.get(self)
+    if compiled is None:
+        compiled = with_eager_fallback(self, torch.compile(self.__call__, **compile_kwargs(compile_config)),
+                                       self.__call__)
+        _COMPILED_CALL[self] = compiled
+
+    def call(*args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and not isinstance(cache, StaticCache):
+            return self.__call__(*args, **kwargs)
+        return compiled(*args, **kwargs)
+
+    return call
 
 
 def install(model: nn.Module, compiled_decode: bool = False) -> bool:
@@ -493,7 +524,7 @@ def _compile_beam_decode(model: nn.Module) -> None:
             compiled = _COMPILED_FORWARD.get(self)
             if compiled is None:
                 compiled = with_eager_fallback(
-                    self, torch.compile(types.MethodType(class_forward, self), **compile_config.to_dict()),
+                    self, torch.compile(types.MethodType(class_forward, self), **compile_kwargs(compile_config)),
                     types.MethodType(class_forward, self))
                 _COMPILED_FORWARD[self] = compiled
             return compiled(*args, **kwargs)
