@@ -94,3 +94,24 @@ def test_enable_onednn_fusion_switch():
         ipex_core.enable_onednn_fusion(True)
     with pytest.raises(TypeError, match="takes a bool"):
         ipex_core.enable_onednn_fusion("yes")
+
+
+def test_scope_restores_the_level_onednn_started_with():
+    # With ONEDNN_VERBOSE=1 the output was on before a scope and off for good after it.
+    code = ONEDNN_WORK + """
+import ipex_core
+work("BEFORE")
+with ipex_core.verbose(ipex_core.verbose.VERBOSE_OFF):
+    work("INSIDE")
+work("AFTER")
+"""
+    env = {k: v for k, v in os.environ.items() if "VERBOSE" not in k}
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
+                       env={**env, "ONEDNN_VERBOSE": "1"})
+    assert r.returncode == 0, r.stderr
+    seg = _segments(r.stdout, ["BEFORE", "INSIDE", "AFTER"])
+    assert "primitive,exec" in seg["BEFORE"] and "primitive,exec" in seg["AFTER"]
+    assert "onednn_verbose" not in seg["INSIDE"]
+    bad = subprocess.run([sys.executable, "-c", "import ipex_core\nwith ipex_core.verbose(1): pass"],
+                         capture_output=True, text=True, timeout=300, env={**env, "IPEX_VERBOSE": "7"})
+    assert bad.returncode != 0 and "IPEX_VERBOSE must be 0, 1 or 2; got '7'" in bad.stderr

@@ -61,9 +61,9 @@ VARIABLES: dict[str, EnvVar] = {
         ),
         EnvVar(
             "IPEX_VERBOSE",
-            "0",
-            "Initial oneDNN verbose level for ipex.verbose bookkeeping: 0 off, 1 on, 2 on with "
-            "kernel creation.",
+            "",
+            "The oneDNN verbose level ipex.verbose restores outside its scopes: 0 off, 1 on, 2 on with "
+            "kernel creation. Default: what oneDNN started with (ONEDNN_VERBOSE / DNNL_VERBOSE).",
         ),
     )
 }

@@ -21,11 +21,20 @@ _current_level: int | None = None
 
 
 def _initial_level() -> int:
-    value = env.get("IPEX_VERBOSE") or "0"
-    try:
+    """The level outside every ipex.verbose scope: IPEX_VERBOSE if set, else what oneDNN started with
+    (ONEDNN_VERBOSE / DNNL_VERBOSE; a named mode such as 'all' counts as 1). Reading only IPEX_VERBOSE
+    made a scope's exit turn off the output a user had asked oneDNN for."""
+    import os
+
+    value = env.get("IPEX_VERBOSE")
+    if value:
+        if value.strip() not in ("0", "1", "2"):
+            raise ValueError(f"IPEX_VERBOSE must be 0, 1 or 2; got {value!r}")
         return int(value)
-    except ValueError:
-        raise ValueError(f"IPEX_VERBOSE must be 0, 1 or 2; got {value!r}") from None
+    onednn = (os.environ.get("ONEDNN_VERBOSE") or os.environ.get("DNNL_VERBOSE") or "0").strip()
+    if onednn in ("0", "1", "2"):
+        return int(onednn)
+    return 0 if onednn.lower() in ("", "none") else 1
 
 
 def _set_level(level: int) -> None:
