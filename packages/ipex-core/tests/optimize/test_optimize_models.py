@@ -549,3 +549,32 @@ def test_model_already_in_low_precision(dtype):
     ref = run(model, x)
     opt = ipex.optimize(model)
     assert_close(run(opt, x), ref, dtype)
+
+
+def test_train_after_optimize_is_refused_where_batchnorm_was_folded():
+    # A folded BatchNorm computes eval mode only: a train-mode call returned eval outputs silently.
+    torch.manual_seed(0)
+    model = M.randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())).eval()
+    opt = ipex.optimize(model)
+    x = torch.randn(1, 3, 8, 8)
+    opt.train()
+    with pytest.raises(RuntimeError, match=r"folded a BatchNorm .*train\(\) was called after optimize"):
+        run(opt, x)
+    assert_close(run(opt.eval(), x), run(model, x))
+
+
+def test_sample_input_call_error_names_sample_input():
+    class ListInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, xs):
+            return sum(self.fc(t) for t in xs)
+
+    a, b = torch.randn(2, 4), torch.randn(2, 4)
+    model = ListInput().eval()
+    with pytest.raises(TypeError, match=r"sample_input failed .* wrap a single list argument"):
+        ipex.optimize(model, sample_input=[a, b])
+    opt = ipex.optimize(model, sample_input=([a, b],))
+    assert_close(run(opt, [a, b]), run(model, [a, b]))

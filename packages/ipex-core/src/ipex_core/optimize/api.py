@@ -236,7 +236,13 @@ class _SampleRun:
             sample_input = _CastInputs(param.dtype)._cast_any(sample_input)
         try:
             with torch.no_grad():
-                _call_with(model, sample_input)
+                try:
+                    _call_with(model, sample_input)
+                except TypeError as exc:
+                    raise TypeError(
+                        f"ipex.optimize: calling the model with sample_input failed ({exc}). A tuple or list is "
+                        "passed as positional arguments and a dict as keyword arguments; wrap a single list "
+                        "argument as ([a, b],)") from exc
         finally:
             for h in handles:
                 h.remove()
@@ -270,6 +276,7 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     if isinstance(old, nn.Module):
         new._forward_hooks.update(old._forward_hooks)
         new._forward_pre_hooks.update(old._forward_pre_hooks)
+        new.train(old.training)  # a new module starts in training mode; keep the model's mode
     setattr(parent, attr, new)
 
 

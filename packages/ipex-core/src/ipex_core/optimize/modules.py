@@ -203,6 +203,15 @@ class _PackedModule(nn.Module):
     def _channel_view(self, w: torch.Tensor) -> tuple[int, ...]:
         return (-1,) + (1,) * (w.dim() - 1)
 
+    def _check_folded_inference(self) -> None:
+        """A folded BatchNorm computes eval mode only: refuse a call after model.train() (it used to return
+        eval-mode outputs silently, 2.09 off on a conv + BatchNorm)."""
+        if self.training and self._folded_bn is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}: ipex.optimize folded a BatchNorm into this layer for inference, but the "
+                "model is in training mode (train() was called after optimize). Call .eval(), or train the "
+                "original model.")
+
     # -- state_dict -------------------------------------------------------------------------------
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -312,6 +321,7 @@ class PackedLinear(_PackedModule):
                 + self._repr_tail())
 
     def forward(self, input: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_folded_inference()
         w = self.weight
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
@@ -439,6 +449,7 @@ class _PackedConvNd(_PackedModule):
                 for s, p, d, k, st in zip(input.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride)]
 
     def forward(self, input: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_folded_inference()
         w = self.weight
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
