@@ -578,3 +578,39 @@ def test_sample_input_call_error_names_sample_input():
         ipex.optimize(model, sample_input=[a, b])
     opt = ipex.optimize(model, sample_input=([a, b],))
     assert_close(run(opt, [a, b]), run(model, [a, b]))
+
+
+class _Stateful(nn.Module):
+    """A forward that keeps state: a call counter, the last attention map, an appended cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+        self.o = nn.Linear(8, 8)
+        self.calls = 0
+        self.last_attn = None
+        self.cache = []
+
+    def forward(self, x):
+        self.calls += 1
+        a = torch.softmax(self.q(x) @ x.transpose(-1, -2), -1)
+        self.last_attn = a
+        y = torch.relu(self.o(a @ x))
+        self.cache.append(y)
+        return y
+
+
+def test_forward_that_keeps_state_is_not_rewritten():
+    # Traced once on proxies and rewritten, such a forward kept an FX Proxy in last_attn and never
+    # counted or appended again (silently).
+    torch.manual_seed(0)
+    model = _Stateful().eval()
+    x = torch.randn(2, 3, 8)
+    ref = run(model, x)
+    with pytest.warns(UserWarning, match=r"forward changes _Stateful\.calls"):
+        opt = ipex.optimize(model)
+    assert opt.calls == 1 and len(opt.cache) == 1  # as copied: the trace's changes were undone
+    assert_close(run(opt, x), ref)
+    run(opt, x)
+    assert opt.calls == 3 and len(opt.cache) == 3 and isinstance(opt.last_attn, torch.Tensor)
+    assert isinstance(opt.q, PackedLinear)  # its layers are still optimized one by one

@@ -96,6 +96,48 @@ def _signature_problem(module: nn.Module) -> str | None:
     return None
 
 
+_MODULE_KEYS = frozenset(nn.Module().__dict__)  # nn.Module's own bookkeeping, not user state
+
+
+def _state_snapshot(module: nn.Module) -> list:
+    """The user attributes of ``module`` and its submodules (with a shallow copy of each list, dict or
+    set), to tell whether tracing its forward changed any."""
+    snap = []
+    for m in module.modules():
+        for key, value in m.__dict__.items():
+            if key not in _MODULE_KEYS:
+                copy_ = type(value)(value) if isinstance(value, (list, dict, set)) else None
+                snap.append((m, key, value, copy_))
+        snap.append((m, None, frozenset(k for k in m.__dict__ if k not in _MODULE_KEYS), None))
+    return snap
+
+
+def _changed_state(snap: list) -> str | None:
+    """The first attribute the trace changed (restored to its value before), or None."""
+    changed = None
+    for m, key, value, copy_ in snap:
+        if key is None:
+            added = set(k for k in m.__dict__ if k not in _MODULE_KEYS) - value
+            for k in added:
+                changed = changed or f"{type(m).__name__}.{k}"
+                del m.__dict__[k]
+            continue
+        now = m.__dict__.get(key)
+        same = now is value and (copy_ is None or (len(value) == len(copy_) and (
+            all(a is b for a, b in zip(value, copy_)) if isinstance(value, list) else
+            value == copy_ if isinstance(value, set) else
+            all(k in copy_ and value[k] is copy_[k] for k in value))))
+        if not same:
+            changed = changed or f"{type(m).__name__}.{key}"
+            m.__dict__[key] = value
+            if isinstance(value, list):
+                value[:] = copy_
+            elif isinstance(value, (dict, set)):
+                value.clear()
+                value.update(copy_)
+    return changed
+
+
 def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks)
 
@@ -154,11 +196,18 @@ def trace_regions(model: nn.Module) -> tuple[list[Region], list[tuple[str, str]]
             return
         reason = _signature_problem(module)
         if reason is None:
+            snap = _state_snapshot(module)
             try:
                 graph = _Tracer().trace(module)
             except Exception as exc:  # any failure means "not traceable": go one level down
                 text = str(exc).strip().splitlines()
                 reason = f"{type(exc).__name__}: {text[0][:100] if text else ''}"
+            # A forward that keeps state (a counter, a stored attention map, an appended cache) ran once
+            # on proxies here, and the rewritten forward would not keep that state at all: restore it
+            # and leave this forward as it is.
+            changed = _changed_state(snap)
+            if reason is None and changed is not None:
+                reason = f"forward changes {changed}, which a rewritten forward would not"
         if reason is None:
             regions.append(Region(name, module, graph, frozen=_local(frozen, name)))
             return
