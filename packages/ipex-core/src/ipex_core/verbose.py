@@ -8,6 +8,7 @@ when scopes nest.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import torch
@@ -24,17 +25,15 @@ def _initial_level() -> int:
     """The level outside every ipex.verbose scope: IPEX_VERBOSE if set, else what oneDNN started with
     (ONEDNN_VERBOSE / DNNL_VERBOSE; a named mode such as 'all' counts as 1). Reading only IPEX_VERBOSE
     made a scope's exit turn off the output a user had asked oneDNN for."""
-    import os
-
-    value = env.get("IPEX_VERBOSE")
+    value = env.get("IPEX_VERBOSE")  # stripped; "" when unset
     if value:
-        if value.strip() not in ("0", "1", "2"):
+        if value not in ("0", "1", "2"):
             raise ValueError(f"IPEX_VERBOSE must be 0, 1 or 2; got {value!r}")
         return int(value)
     onednn = (os.environ.get("ONEDNN_VERBOSE") or os.environ.get("DNNL_VERBOSE") or "0").strip()
     if onednn in ("0", "1", "2"):
         return int(onednn)
-    return 0 if onednn.lower() in ("", "none") else 1
+    return 0 if onednn.lower() == "none" else 1
 
 
 def _set_level(level: int) -> None:

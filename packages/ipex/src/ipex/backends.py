@@ -18,6 +18,7 @@ turns loading off; both are documented in ``ipex_core.env``.
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -54,9 +55,9 @@ def discovered_backends() -> list[dict[str, str]]:
     ]
 
 
-def _allowed(name: str) -> bool:
-    allow = [n.strip() for n in env.get("IPEX_BACKENDS").split(",") if n.strip()]
-    return not allow or name in allow
+def _allow_list() -> list[str]:
+    """IPEX_BACKENDS's names (empty: every plugin is allowed)."""
+    return [n.strip() for n in env.get("IPEX_BACKENDS").split(",") if n.strip()]
 
 
 def load_backends(*, reload: bool = False) -> dict[str, BackendSpec | None]:
@@ -70,16 +71,23 @@ def load_backends(*, reload: bool = False) -> dict[str, BackendSpec | None]:
         if _loaded is not None and not reload:
             return dict(_loaded)
         result: dict[str, BackendSpec | None] = {}
+        allow = _allow_list()
+        installed = list(entry_points(group=GROUP))
         if env.get_bool("IPEX_BACKEND_AUTOLOAD"):
-            for ep in entry_points(group=GROUP):
-                if not _allowed(ep.name):
+            unknown = sorted(set(allow) - {ep.name for ep in installed})
+            if unknown:
+                warnings.warn(f"IPEX_BACKENDS names {unknown}, which match no installed backend plugin (installed: "
+                              f"{sorted(ep.name for ep in installed)}); check the spelling.", UserWarning,
+                              stacklevel=2)
+            for ep in installed:
+                if allow and ep.name not in allow:
                     continue
                 dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
                 try:
                     register = ep.load()
                     spec = register()
                 except Exception as exc:
-                    others = sorted(e.name for e in entry_points(group=GROUP) if e.name != ep.name)
+                    others = sorted(e.name for e in installed if e.name != ep.name)
                     raise BackendLoadError(
                         f"ipex backend {ep.name!r} (entry point {ep.value!r} of distribution {dist!r}) "
                         f"failed to register: {type(exc).__name__}: {exc}. Disable it with "
@@ -92,13 +100,5 @@ def load_backends(*, reload: bool = False) -> dict[str, BackendSpec | None]:
                         f"None, got {type(spec).__name__}. Fix the plugin or disable it with IPEX_BACKENDS."
                     )
                 result[ep.name] = spec
-        allow = [n.strip() for n in env.get("IPEX_BACKENDS").split(",") if n.strip()]
-        unknown = sorted(set(allow) - {ep.name for ep in entry_points(group=GROUP)})
-        if unknown and env.get_bool("IPEX_BACKEND_AUTOLOAD"):
-            import warnings
-
-            warnings.warn(f"IPEX_BACKENDS names {unknown}, which match no installed backend plugin (installed: "
-                          f"{sorted(ep.name for ep in entry_points(group=GROUP))}); check the spelling.",
-                          UserWarning, stacklevel=2)
         _loaded = result
         return dict(result)

@@ -26,8 +26,8 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // Grow-only per-thread scratch: decode and prefill run every layer of every
 // step, so allocating (and page-faulting) fresh buffers each call would show.
 float* scratch(int64_t floats, int slot) {
-  thread_local std::unique_ptr<float[]> bufs[4];
-  thread_local int64_t caps[4] = {0, 0, 0, 0};
+  thread_local std::unique_ptr<float[]> bufs[3];
+  thread_local int64_t caps[3] = {0, 0, 0};
   if (caps[slot] < floats) {
     bufs[slot].reset(new float[floats]);
     caps[slot] = floats;
@@ -299,7 +299,6 @@ template <typename T>
 void decode_partial_impl(const DecodeArgs& a, const DecodeTask& t) {
   const int64_t D = a.head_dim, H = a.num_heads, Hkv = a.num_kv_heads;
   const int64_t dp = round_up(D, kF);
-  const T* vb = static_cast<const T*>(a.v_base);
   const T* q = static_cast<const T*>(t.q);
 
   float* qf = scratch(H * dp + H * kChunk, 0);

@@ -100,39 +100,36 @@ _MODULE_KEYS = frozenset(nn.Module().__dict__)  # nn.Module's own bookkeeping, n
 
 
 def _state_snapshot(module: nn.Module) -> list:
-    """The user attributes of ``module`` and its submodules (with a shallow copy of each list, dict or
-    set), to tell whether tracing its forward changed any."""
-    snap = []
-    for m in module.modules():
-        for key, value in m.__dict__.items():
-            if key not in _MODULE_KEYS:
-                copy_ = type(value)(value) if isinstance(value, (list, dict, set)) else None
-                snap.append((m, key, value, copy_))
-        snap.append((m, None, frozenset(k for k in m.__dict__ if k not in _MODULE_KEYS), None))
-    return snap
+    """The user attributes of ``module`` and its submodules, per module: key -> (value, shallow copy of
+    it if a list, dict or set), to tell whether tracing its forward changed any."""
+    return [(m, {k: (v, type(v)(v) if isinstance(v, (list, dict, set)) else None)
+                 for k, v in m.__dict__.items() if k not in _MODULE_KEYS})
+            for m in module.modules()]
+
+
+def _same_contents(value, copy_) -> bool:
+    if isinstance(value, list):
+        return len(value) == len(copy_) and all(a is b for a, b in zip(value, copy_))
+    if isinstance(value, set):
+        return value == copy_
+    return value.keys() == copy_.keys() and all(value[k] is copy_[k] for k in value)
 
 
 def _changed_state(snap: list) -> str | None:
-    """The first attribute the trace changed (restored to its value before), or None."""
+    """The first attribute the trace changed or added (each restored to its value before), or None."""
     changed = None
-    for m, key, value, copy_ in snap:
-        if key is None:
-            added = set(k for k in m.__dict__ if k not in _MODULE_KEYS) - value
-            for k in added:
-                changed = changed or f"{type(m).__name__}.{k}"
-                del m.__dict__[k]
-            continue
-        now = m.__dict__.get(key)
-        same = now is value and (copy_ is None or (len(value) == len(copy_) and (
-            all(a is b for a, b in zip(value, copy_)) if isinstance(value, list) else
-            value == copy_ if isinstance(value, set) else
-            all(k in copy_ and value[k] is copy_[k] for k in value))))
-        if not same:
+    for m, attrs in snap:
+        for key in [k for k in m.__dict__ if k not in _MODULE_KEYS and k not in attrs]:  # added
+            changed = changed or f"{type(m).__name__}.{key}"
+            del m.__dict__[key]
+        for key, (value, copy_) in attrs.items():
+            if m.__dict__.get(key) is value and (copy_ is None or _same_contents(value, copy_)):
+                continue
             changed = changed or f"{type(m).__name__}.{key}"
             m.__dict__[key] = value
             if isinstance(value, list):
                 value[:] = copy_
-            elif isinstance(value, (dict, set)):
+            elif copy_ is not None:
                 value.clear()
                 value.update(copy_)
     return changed

@@ -344,7 +344,6 @@ class PackedLinear(_PackedModule):
             y = F.linear(input, w, b)
         return self._unfused(y, other)
 
-
     def _forward_bn_unfolded(self, input: torch.Tensor, other) -> torch.Tensor:
         """Linear then the folded BatchNorm1d as two steps: BatchNorm1d normalises dim 1, the Linear's
         features only for 2-D input. The fold is planned without knowing the input's rank unless

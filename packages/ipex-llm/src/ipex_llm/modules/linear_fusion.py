@@ -153,6 +153,13 @@ class _PackedLinear(nn.Module):
                 f"dtype={self.packed_weight.dtype}")
 
 
+class _PackedLinearWithOther(_PackedLinear):
+    """The fusions whose epilogue reads one more tensor, ``other`` (the documented keyword)."""
+
+    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self._run(input, other)
+
+
 class LinearSilu(_PackedLinear):
     """``silu(linear(input))``."""
 
@@ -162,16 +169,13 @@ class LinearSilu(_PackedLinear):
         super().__init__(linear)
 
 
-class LinearSiluMul(_PackedLinear):
+class LinearSiluMul(_PackedLinearWithOther):
     """``silu(linear(input)) * other``."""
 
     _epilogue = "silu_mul"
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
-
-    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        return self._run(input, other)
 
 
 class Linear2SiluMul(_PackedLinear):
@@ -210,7 +214,7 @@ class LinearGelu(_PackedLinear):
         super().__init__(linear)
 
 
-class LinearMul(_PackedLinear):
+class LinearMul(_PackedLinearWithOther):
     """``linear(input) * other``."""
 
     _epilogue = "mul"
@@ -218,20 +222,14 @@ class LinearMul(_PackedLinear):
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
 
-    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        return self._run(input, other)
 
-
-class LinearAdd(_PackedLinear):
+class LinearAdd(_PackedLinearWithOther):
     """``linear(input) + other``."""
 
     _epilogue = "add"
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
-
-    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        return self._run(input, other)
 
 
 class LinearAddAdd(_PackedLinear):

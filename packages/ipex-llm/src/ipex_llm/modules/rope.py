@@ -49,8 +49,8 @@ class RotaryEmbedding(nn.Module):
     def _apply(self, fn, recurse=True):
         # The tables stay float32 whatever the module is cast to (model.to(torch.bfloat16)):
         # the kernel takes fp32 sin/cos with inputs of every dtype, and angles computed from
-        # a bf16 inv_freq are far off at large positions (2.6 at position 3000). A move to
-        # another device is kept; the tables are recomputed there.
+        # a bf16 inv_freq are far off at large positions (2.6 at position 3000). After a
+        # cast they are recomputed in fp32 (on the buffers' device); a move alone just moves them.
         super()._apply(fn, recurse)
         if self.inv_freq.dtype != torch.float32 or self.sin_cached.dtype != torch.float32:
             self._reset(self.inv_freq.device, self.sin_cached.shape[0])

@@ -186,7 +186,7 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
     # mode=None: torch.compile takes `options` only without a mode (transformers' default,
     # "reduce-overhead", only adds CUDA graphs, which do not exist on CPU).
     # The torch.compile options (a function among them) stay off the generation config, which
-    # save_pretrained() and repr() serialise to JSON; get_compiled_call adds them (iakv_cache.COMPILE_OPTIONS).
+    # save_pretrained() and repr() serialise to JSON; get_compiled_call adds them (iakv_cache.compile_kwargs).
     compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=None)
     compile_config._compile_all_devices = True
     generation_config.cache_implementation = "static"

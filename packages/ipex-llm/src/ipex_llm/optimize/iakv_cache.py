@@ -377,10 +377,9 @@ def prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, 
 
 
 def with_eager_fallback(model: nn.Module, compiled, eager):
-    """``compiled``, or ``eager`` from the first call that hits dynamo's recompile limit on (for this model).
-
-    More distinct shapes than the limit allows (batch sizes, cache sizes) must not end generation; the
-    limit is raised before the step runs, so the eager call repeats nothing."""
+    """``compiled``, or ``eager`` from the first call that cannot compile on (for this model): dynamo's
+    recompile limit (more distinct batch or cache sizes than it allows) or a construct it does not
+    support. Both are raised while tracing, before the step runs, so the eager call repeats nothing."""
 
     def call(*args, **kwargs):
         if getattr(model, "_ipex_eager_decode", False):
@@ -388,7 +387,6 @@ def with_eager_fallback(model: nn.Module, compiled, eager):
         try:
             return compiled(*args, **kwargs)
         except (torch._dynamo.exc.FailOnRecompileLimitHit, torch._dynamo.exc.Unsupported) as exc:
-            # Both are raised while tracing, before the step runs: nothing to undo.
             warnings.warn(f"ipex.llm.optimize: the decode step cannot stay compiled ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:160]}); this model decodes eagerly from now on. For the "
                           "recompile limit, raise torch._dynamo.config.recompile_limit to keep compiling.",

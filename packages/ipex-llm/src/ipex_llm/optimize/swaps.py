@@ -198,9 +198,9 @@ class IpexPackedEmbedding(nn.Module):
         # padding (or wrap, if negative) instead of failing as nn.Embedding does: check, outside
         # compiled graphs (a data check would break them).
         if not torch.compiler.is_compiling() and input_ids.numel():
-            lo, hi = torch.aminmax(input_ids)
-            if int(lo) < 0 or int(hi) >= self.num_embeddings:
-                bad = int(lo) if int(lo) < 0 else int(hi)
+            lo, hi = (int(v) for v in torch.aminmax(input_ids))
+            if lo < 0 or hi >= self.num_embeddings:
+                bad = lo if lo < 0 else hi
                 raise IndexError(f"token id {bad} is out of range of the embedding table's {self.num_embeddings} rows")
         packed = self._head[0].packed_weight  # [N/32, K_pad/V, 32, V]
         block_n = packed.shape[2]
