@@ -125,7 +125,8 @@ def test_conv_transpose_decoder():
     assert_close(run(opt, x, v), ref)
     assert isinstance(opt.up1, PackedConvTranspose2d) and isinstance(opt.up3d, PackedConvTranspose3d)
     assert isinstance(opt.bn1, FoldedBatchNorm) is False  # BatchNorm after a transposed conv is not folded
-    assert repr(opt.up2.post_op) == "swish" and repr(opt.up3d.post_op) == "tanh"
+    assert type(opt.up2) is nn.ConvTranspose2d  # grouped: stays stock (see test_grouped_conv_transpose_stays_stock)
+    assert repr(opt.up3d.post_op) == "tanh"
     assert repr(opt.out.post_op) == "sigmoid"
     out = run(opt, x, v)
     assert out[0].is_contiguous()  # NCHW in, NCHW out
@@ -353,6 +354,44 @@ def test_post_op_fusion(act, name):
         run(opt, x)
     assert not (log.names & _ACTIVATION_OPS), log.names
     assert {"_convolution_pointwise", "onednn_linear"} <= log.names, log.names
+
+
+def test_fused_layer_called_alone_computes_the_layer_only():
+    """The activation fused into a layer runs only in the rewritten graph: called as a module (a Sequential
+    iterated or sliced, a submodule called alone) the layer is the layer, and hooks see its own output.
+    The post-op used to run inside the layer on every call: sigmoid(conv) from model[0], sigmoid twice
+    when iterating."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 4, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(144, 8), nn.GELU()).eval()
+    x = torch.randn(2, 4, 8, 8)
+    opt = ipex.optimize(model)
+    assert repr(opt[0].post_op) == "sigmoid" and repr(opt[3].post_op) == "gelu"
+    with torch.no_grad():
+        assert_close(opt(x), model(x))
+        assert_close(opt[0](x), model[0](x))
+        assert_close(opt[:2](x), model[:2](x))
+        y = x
+        for layer in opt:
+            y = layer(y)
+        assert_close(y, model(x))
+        seen = []
+        handle = opt[0].register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+        assert_close(opt(x), model(x))
+        handle.remove()
+        assert_close(seen[0], model[0](x))
+
+
+def test_auto_kernel_selection_with_folded_batchnorm():
+    """Candidates are timed in eval mode: a folded BatchNorm used to make every candidate refuse to run."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 6),
+                          nn.BatchNorm1d(6)).eval()
+    model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 16, 16)
+    opt = ipex.optimize(model, auto_kernel_selection=True, sample_input=x)
+    assert isinstance(opt[1], FoldedBatchNorm) and not opt[0].training
+    with torch.no_grad():
+        assert_close(opt(x), model(x))
 
 
 def test_fusion_switch():

@@ -102,6 +102,7 @@ from ipex_core.optimize.modules import (
     _explicit_padding,
     _PackedConvTransposeNd,
     link_folded,
+    run_fused,
 )
 from ipex_core.plugins import load_backend_plugins
 
@@ -311,14 +312,14 @@ def _build(module: nn.Module, kernel: str, plan: fx_passes.Plan | None, bn: Fold
 
 
 def _time_module(module: nn.Module, example: torch.Tensor, other: torch.Tensor | None) -> float:
-    args = (example,) if other is None else (example, other)
+    """Median time of the layer as the optimized graph runs it: its post-ops fused (run_fused)."""
     with torch.no_grad():
         for _ in range(3):
-            module(*args)
+            run_fused(module, example, other)
         samples = []
         for _ in range(7):
             t0 = time.perf_counter()
-            module(*args)
+            run_fused(module, example, other)
             samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
 
@@ -352,7 +353,7 @@ def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, 
     best, best_t = None, float("inf")
     for kernel in kernels:
         bn = FoldedBatchNorm(bn_source) if bn_source is not None else None
-        candidate = _build(module, kernel, plan, bn, dtype, shape)
+        candidate = _build(module, kernel, plan, bn, dtype, shape).eval()  # a folded BatchNorm runs in eval only
         other = _binary_operand(candidate, example) if candidate.post_op.binary is not None else None
         t = _time_module(candidate, example, other)
         if t < best_t:
@@ -432,6 +433,7 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
     fusion = prepack and is_onednn_fusion_enabled()
     plans: dict[str, fx_passes.Plan] = {}
     regions: list[fx_passes.Region] = []
+    read_directly: set[str] = set()  # layers whose parameters the model's own code reads: left as they are
     need_graph = knobs["conv_bn_folding"] or knobs["linear_bn_folding"] or fusion or knobs["concat_linear"]
     if need_graph:
         regions, skipped = fx_passes.trace_regions(model)
@@ -444,9 +446,11 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                 "BatchNorm folding and post-op fusion are skipped there.", stacklevel=3)
         input_dims = {name: len(s) for name, s in shapes.items()}
         modules = dict(model.named_modules(remove_duplicate=False))
+        for region in regions:
+            read_directly |= fx_passes.layers_read_directly(region)
 
         def swappable(name: str) -> bool:
-            return _swappable(modules[name])
+            return name not in read_directly and _swappable(modules[name])
 
         for region in regions:
             if knobs["replace_dropout_with_identity"]:
@@ -484,14 +488,16 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                 _set_submodule(model, name, replaced[id(module)])
             continue
         replaced[id(module)] = module
+        if name in read_directly:
+            continue
         plan = plans.get(name)
         if plan is not None and plan.concat_group is not None:
             continue  # built with its group below
-        if isinstance(module, _DROPOUT) and knobs["replace_dropout_with_identity"]:
+        if isinstance(module, _DROPOUT) and knobs["replace_dropout_with_identity"] and not module.training:
             replaced[id(module)] = nn.Identity()
             _set_submodule(model, name, replaced[id(module)])
         elif (type(module) is nn.LSTM and knobs["optimize_lstm"] and not knobs["graph_mode"]
-              and PackedLSTM.supports(module)):
+              and PackedLSTM.supports(module) and not (module.training and module.dropout > 0)):
             # (Under graph_mode the stock LSTM stays: inductor's freezing packs it for oneDNN itself, and
             # its pass would try to re-pack PackedLSTM's already packed weights.)
             if dtype is not None:

@@ -100,6 +100,17 @@ class ConcatLinearMember(nn.Module):
     def group(self) -> ConcatLinear:
         return self._group[0]
 
+    # Code that reads a projection's parameters (``x.to(self.q.weight.dtype)``, a common transformers
+    # idiom) gets this member's slice of the group: a new dense tensor per read, so writing into it
+    # changes nothing (load_state_dict does).
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.group.read_slice(self.index)[0]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.group.read_slice(self.index)[1] if self.has_bias else None
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         w, b = self.group.read_slice(self.index)
         destination[prefix + "weight"] = w
@@ -132,13 +143,17 @@ class ConcatLinearMember(nn.Module):
             return group(input)[self.index]
         # The cache is one tuple, read and replaced whole: (input, its version, outputs, members that read it).
         # A member reading twice means a new forward pass (one that did not call every member): recompute.
+        # An inference tensor (made under torch.inference_mode) has no version counter: there the cache
+        # trusts the tensor's identity alone (an in-place change of the shared input between two sibling
+        # projections is not seen).
+        version = -1 if input.is_inference() else input._version
         cache = group._shared
-        if cache is not None and cache[0] is input and cache[1] == input._version and self.index not in cache[3]:
+        if cache is not None and cache[0] is input and cache[1] == version and self.index not in cache[3]:
             read = cache[3] | {self.index}
             group._shared = None if len(read) == len(cache[2]) else (cache[0], cache[1], cache[2], read)
             return cache[2][self.index]
         outs = group(input)
-        group._shared = (input, input._version, outs, frozenset((self.index,)))
+        group._shared = (input, version, outs, frozenset((self.index,)))
         return outs[self.index]
 
     def extra_repr(self) -> str:

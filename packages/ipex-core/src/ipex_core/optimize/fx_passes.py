@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ipex_core.optimize.modules import PostOp
+from ipex_core.optimize.modules import PostOp, run_fused
 
 __all__ = ["Plan", "Region", "trace_regions"]
 
@@ -312,9 +312,15 @@ def _add_other(node: fx.Node, src: fx.Node) -> fx.Node | None:
 
 
 def _is_dropout(node: fx.Node, modules) -> bool:
+    """Whether ``node`` is a dropout that does nothing in this model (see remove_dropout)."""
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), _DROPOUT)  # absent: frozen
-    return node.op == "call_function" and node.target in _DROPOUT_FNS
+        m = modules.get(node.target)  # absent: frozen
+        return isinstance(m, _DROPOUT) and not m.training
+    if node.op != "call_function" or node.target not in _DROPOUT_FNS:
+        return False
+    # F.dropout(input, p=0.5, training=True, ...) and torch.dropout(input, p, train): the flag is argument 2.
+    training = node.args[2] if len(node.args) > 2 else node.kwargs.get("training", node.kwargs.get("train", True))
+    return training is False
 
 
 # -- passes -------------------------------------------------------------------------------------------
@@ -327,7 +333,24 @@ def _call_counts(graph: fx.Graph) -> dict[str, int]:
     return counts
 
 
+def layers_read_directly(region: Region) -> set[str]:
+    """Qualified names of the region's Linear / convolution layers whose parameters its forward reads
+    itself (``F.conv2d(x, self.conv.weight)``, ``x.to(self.q.weight.dtype)``): folding a BatchNorm into
+    such a layer, packing, casting or merging its weight would change what that code reads (a folded
+    weight, an opaque oneDNN tensor, or no ``weight`` at all in a concat group), so they stay as they are."""
+    modules = region.modules()
+    read = set()
+    for node in region.graph.nodes:
+        if node.op == "get_attr":
+            owner = node.target.rpartition(".")[0]
+            if isinstance(modules.get(owner), _FUSABLE):
+                read.add(_qual(region.name, owner))
+    return read
+
+
 def remove_dropout(region: Region) -> None:
+    """Drop dropout calls that are identities in eval: modules in eval mode (one left in training mode,
+    as Monte Carlo dropout does, stays) and functional calls traced with ``training=False``."""
     modules = region.modules()
     for node in list(region.graph.nodes):
         if _is_dropout(node, modules) and node.args and isinstance(node.args[0], fx.Node):
@@ -351,6 +374,8 @@ def plan_folding(region: Region, plans: dict[str, Plan], conv_bn: bool, linear_b
         bn = _module_of(bn_node, modules)
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or counts[bn_node.target] != 1 \
                 or len(bn_node.args) != 1 or bn_node.kwargs:
+            continue
+        if bn.training:  # left in training mode under an eval model: it normalises with batch statistics
             continue
         if bn.running_mean is None or bn.running_var is None:
             continue
@@ -429,8 +454,7 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary:
         unary = _unary_of_node(user, node, modules)
         if unary is not None:
             plans.setdefault(name, plan).post_op = unary
-            user.replace_all_uses_with(node)
-            graph.erase_node(user)
+            _call_fused(graph, node, user, (node.args[0],))
             region.changed = True
             continue
         other = _add_other(user, node)
@@ -449,15 +473,24 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary:
                 last = after
         if not isinstance(layer, nn.Linear):
             post.inplace = _dead_after(other, node.args[0], user, graph, modules)
-        with graph.inserting_before(last):
-            fused = graph.call_module(node.target, (node.args[0], other))
-        last.replace_all_uses_with(fused)
         if last is not user:
+            last.replace_all_uses_with(user)
             graph.erase_node(last)
-        graph.erase_node(user)
-        graph.erase_node(node)
+        _call_fused(graph, node, user, (node.args[0], other))
         plans.setdefault(name, plan).post_op = post
         region.changed = True
+
+
+def _call_fused(graph: fx.Graph, node: fx.Node, last: fx.Node, args: tuple) -> None:
+    """Replace the layer call ``node`` and the post-op nodes it feeds, ending at ``last`` (its only
+    user), by ``run_fused(layer, *args)``: the layer's own call (``forward``) keeps computing the
+    layer alone (see :func:`ipex_core.optimize.modules.run_fused`)."""
+    with graph.inserting_before(last):
+        layer = graph.get_attr(node.target)
+        fused = graph.call_function(run_fused, (layer, *args))
+    last.replace_all_uses_with(fused)
+    graph.erase_node(last)
+    graph.erase_node(node)
 
 
 _FRESH_OUTPUT = (*_FUSABLE, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -471,15 +504,22 @@ def _dead_after(other: fx.Node, layer_input, at: fx.Node, graph: fx.Graph, modul
     Its producer and every other reader must be layer or pooling modules (they make new tensors, no views),
     every other reader must come before ``at``, and the layer must not read ``other`` itself.
     """
-    if other is layer_input or other.op != "call_module" or not isinstance(modules.get(other.target), _FRESH_OUTPUT):
+    if other is layer_input or not _fresh_output(other, modules):
         return False
     order = {n: i for i, n in enumerate(graph.nodes)}
     for u in other.users:
         if u is at:
             continue
-        if u.op != "call_module" or not isinstance(modules.get(u.target), _FRESH_OUTPUT) or order[u] > order[at]:
+        if not _fresh_output(u, modules) or order[u] > order[at]:
             return False
     return True
+
+
+def _fresh_output(node: fx.Node, modules) -> bool:
+    """Whether ``node`` is a layer or pooling call (a new tensor, not a view of its input), fused or not."""
+    if node.op == "call_function" and node.target is run_fused:
+        return True
+    return node.op == "call_module" and isinstance(modules.get(node.target), _FRESH_OUTPUT)
 
 
 def rewrite_concat(region: Region, names: list[str]) -> None:

@@ -74,6 +74,28 @@ class _InferenceCall:
 
 
 def compile_model(model: nn.Module, concat_linear: bool = False) -> None:
+    """Compile ``model`` in place; ``model.load_state_dict`` and ``model.to()`` (``.float()``,
+    ``.bfloat16()``, ...) afterwards compile it anew.
+
+    Freezing makes the weights constants of the compiled graph, so new values loaded into the
+    modules, or a new dtype, were not seen (the old weights kept running: 4.5 off on a Linear
+    after load_state_dict, fp32 outputs after .to(torch.bfloat16)). Only calls on the model
+    itself are seen: optimize again after loading into a submodule or changing parameters in place.
+    """
+    _compile(model, concat_linear)
+    model.register_load_state_dict_post_hook(lambda module, incompatible: _compile(module, concat_linear))
+    # An instance attribute in front of nn.Module._apply (what .to() & co. call on the model).
+    model._apply = functools.partial(_apply_then_compile, model, concat_linear)
+
+
+def _apply_then_compile(model: nn.Module, concat_linear: bool, fn, recurse: bool = True) -> nn.Module:
+    type(model)._apply(model, fn, recurse)
+    _compile(model, concat_linear)
+    return model
+
+
+def _compile(model: nn.Module, concat_linear: bool) -> None:
+    model._compiled_call_impl = None
     model.compile(backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
                   options={"guard_filter_fn": deployment_guard_filter})
     model._compiled_call_impl = _InferenceCall(model._compiled_call_impl)

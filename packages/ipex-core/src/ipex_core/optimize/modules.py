@@ -99,6 +99,32 @@ class PostOp:
         return apply_unary(y, self.unary, self.scalars, self.algorithm)
 
 
+NO_POST_OP = PostOp()  # what a swapped layer called as a module runs after itself: nothing
+
+
+class _NoBackward(torch.autograd.Function):
+    """Identity forward; a backward that says why there is none."""
+
+    @staticmethod
+    def forward(ctx, output, input, layer_name):
+        ctx.layer_name = layer_name
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(
+            f"{ctx.layer_name}: ipex.optimize optimized this model for inference, and its packed layers compute "
+            "no gradients. Take gradients (saliency maps, Grad-CAM, training) from the original model.")
+
+
+def _inference_only(layer: nn.Module, input: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """``output``, made to refuse a backward when ``input`` asks for gradients: oneDNN's packed kernels have
+    none, and the gradients used to come out silently missing (x.grad None, torch only warned)."""
+    if input.requires_grad and torch.is_grad_enabled():
+        return _NoBackward.apply(output, input, type(layer).__name__)
+    return output
+
+
 def link_folded(layer: _PackedModule, bn: FoldedBatchNorm) -> None:
     """Point ``layer`` and the BatchNorm folded into it at each other (plain references, not submodules)."""
     layer.__dict__["_folded_bn"] = bn
@@ -288,8 +314,11 @@ class _PackedModule(nn.Module):
             s += ", bn_folded"
         return s
 
-    def _unfused(self, y: torch.Tensor, other) -> torch.Tensor:
-        out = self.post_op.apply_unfused(y, other)
+    def _unfused(self, y: torch.Tensor, other, post: PostOp) -> torch.Tensor:
+        """``post`` applied to the layer's output ``y`` by PyTorch ops (the kernel did not fuse it)."""
+        if post.binary is None and post.unary == "none":
+            return y
+        out = post.apply_unfused(y, other)
         # A float64 operand promotes, as in PyTorch; a float32 residual meeting the output of a
         # layer cast to bf16/fp16 (dtype=) stays in the cast dtype, like the activations around it.
         return out if other is not None and other.dtype == torch.float64 else out.to(y.dtype)
@@ -320,15 +349,17 @@ class PackedLinear(_PackedModule):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
                 + self._repr_tail())
 
-    def forward(self, input: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _inference_only(self, input, self._run(input, None, NO_POST_OP))
+
+    def _run(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
         self._check_folded_inference()
         w = self.weight
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
         if self._folded_bn is not None and input.dim() != 2:
-            return self._forward_bn_unfolded(input, other)
+            return self._forward_bn_unfolded(input, other, post)
         b = self._kernel_bias()
-        post = self.post_op
         if self.kernel == "onednn":
             if post.binary is None:
                 return _ipex.onednn_linear(input, w, b, post.unary, post.scalars, post.algorithm)
@@ -342,9 +373,9 @@ class PackedLinear(_PackedModule):
                                           self._mkl_batch).view(*input.shape[:-1], self.out_features)
         else:
             y = F.linear(input, w, b)
-        return self._unfused(y, other)
+        return self._unfused(y, other, post)
 
-    def _forward_bn_unfolded(self, input: torch.Tensor, other) -> torch.Tensor:
+    def _forward_bn_unfolded(self, input: torch.Tensor, other, post: PostOp) -> torch.Tensor:
         """Linear then the folded BatchNorm1d as two steps: BatchNorm1d normalises dim 1, the Linear's
         features only for 2-D input. The fold is planned without knowing the input's rank unless
         sample_input shows it; a 3-D input (BatchNorm1d over [N, C, L]) takes this path instead."""
@@ -354,7 +385,7 @@ class PackedLinear(_PackedModule):
             raise ValueError(f"BatchNorm1d({scale.numel()}) after this Linear expects a 2-D input or a 3-D "
                              f"[N, {scale.numel()}, L] output; got the output shape {tuple(y.shape)}")
         y = y * scale.to(y.dtype).view(1, -1, 1) + shift.to(y.dtype).view(1, -1, 1)
-        return self._unfused(y, other)
+        return self._unfused(y, other, post)
 
 
 def _keeps_channels_last(input: torch.Tensor) -> bool:
@@ -447,12 +478,16 @@ class _PackedConvNd(_PackedModule):
         return [(s + 2 * p - d * (k - 1) - 1) // st + 1
                 for s, p, d, k, st in zip(input.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride)]
 
-    def forward(self, input: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _inference_only(self, input, self._run(input, None, NO_POST_OP))
+
+    def _run(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
         self._check_folded_inference()
+        if input.dim() == self._nd + 1:  # unbatched, as nn.Conv accepts: a batch of one
+            return self._run(input.unsqueeze(0), None if other is None else other.unsqueeze(0), post).squeeze(0)
         w = self.weight
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
-        post = self.post_op
         fuse_binary = (post.binary is not None and other is not None and other.dtype == w.dtype
                        and self.groups == 1 and other.dim() == input.dim() and other.shape[1] == self.out_channels
                        and other.shape[0] == input.shape[0] and list(other.shape[2:]) == self._out_spatial(input))
@@ -461,7 +496,7 @@ class _PackedConvNd(_PackedModule):
             input = F.pad(input, self._pre_pad, mode=self.padding_mode)
         b = self._kernel_bias()
         if self.kernel == "dense":
-            return self._unfused(self._dense_forward(input, w, b), other)
+            return self._unfused(self._dense_forward(input, w, b), other, post)
         if self._nd == 1:
             input = input.unsqueeze(2)
         if fuse_binary and post.inplace and post.binary == "add" and self._nd != 1 and _keeps_channels_last(other) \
@@ -484,7 +519,7 @@ class _PackedConvNd(_PackedModule):
         if not keep_cl:
             y = y.contiguous()
         if post.binary is not None and not fuse_binary:
-            y = self._unfused(y, other)
+            y = self._unfused(y, other, post)
         return y
 
     def _dense_forward(self, input, w, b):
@@ -530,10 +565,11 @@ class _PackedConvTransposeNd(_PackedModule):
 
     @staticmethod
     def supports(conv: nn.modules.conv._ConvTransposeNd) -> bool:
-        """oneDNN's limits (as inductor's): no depthwise, output_padding below stride or dilation."""
-        if conv.padding_mode != "zeros":
-            return False
-        if conv.groups > 1 and conv.groups == conv.in_channels:
+        """oneDNN's limits (as inductor's): output_padding below stride or dilation; and no groups. A grouped
+        weight packs and runs, but its ``to_dense()`` comes back scrambled (a [in, out/g, k] weight of 2 groups
+        reads back as [out, in/g, k] holding the first group's values only), so ``state_dict()``, ``.to()`` and
+        the ``output_size=`` path were wrong; grouped transposed convolutions stay stock."""
+        if conv.padding_mode != "zeros" or conv.groups != 1:
             return False
         return all(op < max(s, d) for op, s, d in zip(conv.output_padding, conv.stride, conv.dilation))
 
@@ -543,11 +579,8 @@ class _PackedConvTransposeNd(_PackedModule):
                                                              self._input_size)
 
     def _unpack(self, stored):
-        # oneDNN stores [groups * out/g, in/g, k...]; nn.ConvTranspose keeps [in, out/g, k...].
-        d = stored.to_dense()
-        g = self.groups
-        out_g, in_g = d.shape[0] // g, d.shape[1]
-        return d.view(g, out_g, in_g, *d.shape[2:]).transpose(1, 2).reshape(g * in_g, out_g, *d.shape[2:])
+        # oneDNN stores [out, in, k...]; nn.ConvTranspose keeps [in, out, k...] (groups == 1, see supports).
+        return stored.to_dense().transpose(0, 1).contiguous()
 
     def _channel_view(self, w):
         # Output channels are dim 1 of [in, out/g, k...] (per group).
@@ -563,6 +596,13 @@ class _PackedConvTransposeNd(_PackedModule):
         return s + self._repr_tail()
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        return _inference_only(self, input, self._run(input, output_size, NO_POST_OP))
+
+    def _run(self, input: torch.Tensor, output_size: list[int] | None, post: PostOp) -> torch.Tensor:
+        if input.dim() == self._nd + 1:  # unbatched, as nn.ConvTranspose accepts: a batch of one
+            if output_size is not None and len(output_size) == self._nd + 1:
+                output_size = list(output_size)[1:]
+            return self._run(input.unsqueeze(0), output_size, post).squeeze(0)
         w = self.weight
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
@@ -576,8 +616,7 @@ class _PackedConvTransposeNd(_PackedModule):
             conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self._nd - 1]
             y = conv(input, self.dense_weight(), b, self._stride, self._padding, list(output_padding), self.groups,
                      self._dilation)
-            return self._unfused(y, None)
-        post = self.post_op
+            return self._unfused(y, None, post)
         y = _ipex.onednn_conv_transpose(input, w, b, self._padding, self._output_padding, self._stride,
                                         self._dilation, self.groups, post.unary, post.scalars, post.algorithm)
         return y if _keeps_channels_last(input) else y.contiguous()
@@ -649,3 +688,26 @@ class FoldedBatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, folded {self._bn_type}"
 
+
+def _has_forward_hooks(module: nn.Module) -> bool:
+    from torch.nn.modules import module as module_mod
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module_mod._global_forward_hooks
+                or module_mod._global_forward_pre_hooks)
+
+
+def run_fused(layer: _PackedModule, input: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    """How a graph rewritten by ``ipex.optimize`` calls a layer with the activation / residual add
+    that followed it fused in (``fx_passes.plan_post_ops``): one kernel, post-ops included.
+
+    The post-ops run only here. Called as a module (``model[0](x)``, iterating a Sequential),
+    the layer computes what the module it replaced computed: the activation module is still in
+    the tree after it, and applying the post-op inside the layer too ran it twice. A layer with
+    forward hooks is called as a module, so the hooks see its own output, and the post-ops follow
+    unfused.
+    """
+    if _has_forward_hooks(layer):
+        return layer._unfused(layer(input), other, layer.post_op)
+    if isinstance(layer, _PackedConvTransposeNd):
+        return _inference_only(layer, input, layer._run(input, None, layer.post_op))
+    return _inference_only(layer, input, layer._run(input, other, layer.post_op))

@@ -1,0 +1,191 @@
+"""ipex.optimize on models whose own code meets the swapped layers: layers read directly, submodules left
+in training mode, grouped transposed convolutions, unbatched inputs, reloads after graph_mode, inference
+mode, backward. Each case gave a wrong answer or an error before its fix (see the test's docstring)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_optimize_models import _CrossAttention, assert_close, run
+from torch import nn
+
+import ipex
+from ipex_core.optimize import FoldedBatchNorm, PackedConv2d, PackedConvTranspose2d, PackedLinear
+
+
+class _ReadsConvWeight(nn.Module):
+    """Calls its conv and also reads the conv's weight for a functional convolution of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x)) + F.conv2d(x, self.conv.weight, self.conv.bias, padding=1)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_layer_whose_weight_the_model_reads_stays_as_it_is():
+    """F.conv2d(x, self.conv.weight) read the BN-folded weight (0.70 off) or, prepacked, an opaque oneDNN
+    tensor (a dtype error)."""
+    torch.manual_seed(0)
+    model = _ReadsConvWeight().eval()
+    model.bn.running_var.fill_(4.0)
+    x = torch.randn(2, 4, 6, 6)
+    for kwargs in ({}, {"weights_prepack": False}, {"dtype": torch.bfloat16}):
+        opt = ipex.optimize(model, **kwargs)
+        assert type(opt.conv) is nn.Conv2d and type(opt.bn) is nn.BatchNorm2d, kwargs
+        assert opt.conv.weight.dtype == torch.float32
+        assert isinstance(opt.fc, PackedLinear) or kwargs, kwargs  # the rest is still optimized
+        assert_close(run(opt, x).float(), run(model, x), torch.bfloat16 if kwargs.get("dtype") else torch.float32)
+
+
+class _ProjectionsReadDtype(nn.Module):
+    """The transformers idiom: cast to the projection's dtype, then project (q and k share the input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+        self.k = nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = x.to(self.q.weight.dtype)
+        return self.q(x) * self.k(x)
+
+
+def test_concat_linear_with_projection_weight_read():
+    """optimize() itself crashed: 'ConcatLinearMember' object has no attribute 'weight'."""
+    torch.manual_seed(0)
+    model = _ProjectionsReadDtype().eval()
+    x = torch.randn(3, 8)
+    for kwargs in ({"concat_linear": True}, {"graph_mode": True}):
+        assert_close(run(ipex.optimize(model, **kwargs), x), run(model, x))
+    # Untraced (found by the sample run): the members answer .weight / .bias with their slice.
+    cross = _CrossAttention().eval()
+    opt = ipex.optimize(cross, concat_linear=True, sample_input=(torch.randn(2, 5, 16), torch.randn(2, 7, 16)))
+    member = opt.k
+    assert type(member).__name__ == "ConcatLinearMember"
+    assert torch.equal(member.weight, cross.k.weight.detach()) and torch.equal(member.bias, cross.k.bias.detach())
+
+
+def test_concat_members_under_inference_mode():
+    """Inference tensors have no version counter: the members' shared-GEMM cache raised
+    'Inference tensors do not track version counter'."""
+    torch.manual_seed(0)
+    model = _CrossAttention().eval()
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    opt = ipex.optimize(model, concat_linear=True, sample_input=(x, y))
+    assert opt.ipex_concat_linear_0.sizes == [16, 16]
+    with torch.inference_mode():
+        xi, yi = x.clone(), y.clone()
+        assert_close(opt(xi, yi), model(xi, yi))
+        assert_close(opt(xi, yi), model(xi, yi))  # the same tensors again: a new pass, recomputed
+
+
+def test_submodules_left_in_training_mode_are_kept():
+    """A BatchNorm left in training mode under an eval model was folded (1.50 off: running instead of batch
+    statistics); a Dropout left in training mode (Monte Carlo dropout) was removed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 8),
+                          nn.Dropout(0.5), nn.Linear(8, 2)).eval()
+    model[1].train()
+    model[4].train()
+    x = torch.randn(4, 3, 8, 8)
+    opt = ipex.optimize(model)
+    assert type(opt[1]) is nn.BatchNorm2d and type(opt[4]) is nn.Dropout
+    # Batch statistics: the conv's output normalised per batch, as the original does.
+    stock = copy.deepcopy(model)
+    with torch.no_grad():
+        a = opt[:2](x)
+        b = stock[:2](x)
+    assert_close(a, b)
+    # Dropout still drops: two calls differ.
+    with torch.no_grad():
+        assert not torch.equal(opt(x), opt(x))
+
+
+def test_functional_dropout_kept_when_training_is_true():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return F.dropout(self.fc(x), 0.5, training=True) + F.dropout(self.fc(x), 0.5, training=self.training)
+
+    torch.manual_seed(0)
+    opt = ipex.optimize(M().eval())
+    x = torch.randn(16, 8)
+    with torch.no_grad():
+        assert not torch.equal(opt(x), opt(x))
+
+
+def test_grouped_conv_transpose_stays_stock():
+    """Its packed weight reads back scrambled: state_dict 0.245 off, .to() and output_size= 1.41 off."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(8, 12, 3, stride=2, groups=2), nn.ConvTranspose2d(12, 4, 3)).eval()
+    x = torch.randn(2, 8, 7, 9)
+    opt = ipex.optimize(model)
+    assert type(opt[0]) is nn.ConvTranspose2d and isinstance(opt[1], PackedConvTranspose2d)
+    for key, value in model.state_dict().items():
+        assert torch.equal(opt.state_dict()[key], value), key
+    assert_close(run(opt, x), run(model, x))
+
+
+def test_unbatched_convolution_inputs():
+    """nn.Conv / nn.ConvTranspose accept an input without its batch dimension; the packed ones raised."""
+    torch.manual_seed(0)
+    for layer, shape in ((nn.Conv1d(4, 6, 3, padding=1), (4, 9)), (nn.Conv2d(4, 6, 3, padding=1), (4, 5, 5)),
+                         (nn.Conv3d(4, 6, 3), (4, 5, 5, 5)), (nn.ConvTranspose2d(4, 6, 3, stride=2), (4, 5, 5)),
+                         (nn.ConvTranspose3d(4, 6, 3), (4, 3, 3, 3))):
+        opt = ipex.optimize(nn.Sequential(layer).eval())
+        assert type(opt[0]).__name__.startswith("Packed"), opt
+        x = torch.randn(shape)
+        assert_close(run(opt, x), run(layer.eval(), x))
+    deconv = nn.ConvTranspose2d(4, 6, 3, stride=2).eval()
+    opt = ipex.optimize(nn.Sequential(deconv).eval())
+    x = torch.randn(4, 5, 5)
+    with torch.no_grad():
+        assert_close(opt[0](x, output_size=[12, 12]), deconv(x, output_size=[12, 12]))
+
+
+def test_graph_mode_sees_load_state_dict_and_to():
+    """Freezing made the weights graph constants: the old weights kept running after load_state_dict (4.46 off),
+    and .to(torch.bfloat16) kept computing in fp32."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 8)
+    opt = ipex.optimize(model, graph_mode=True)
+    assert_close(opt(x), run(model, x))
+    other = copy.deepcopy(model)
+    other[0].weight.data.normal_()
+    opt.load_state_dict(other.state_dict())
+    assert_close(opt(x), run(other, x))
+    opt.to(torch.bfloat16)
+    out = opt(x)
+    assert out.dtype == torch.bfloat16
+    assert_close(out, run(other, x), torch.bfloat16)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(6, 4), nn.Conv2d(3, 4, 3)], ids=["linear", "conv"])
+def test_backward_through_packed_layers_raises(layer):
+    """Gradients came out silently missing (x.grad None, torch only warned)."""
+    opt = ipex.optimize(nn.Sequential(layer, nn.ReLU()).eval())
+    x = torch.randn(2, 6) if isinstance(layer, nn.Linear) else torch.randn(1, 3, 6, 6)
+    x.requires_grad_(True)
+    y = opt(x)
+    with pytest.raises(RuntimeError, match="compute no gradients"):
+        y.sum().backward()
+    # Forward alone, with grad mode on and parameters that need grad upstream, still works.
+    model = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 4)).eval()
+    assert_close(ipex.optimize(model)(torch.tensor([[1, 2]])), run(model, torch.tensor([[1, 2]])))
+
+
+def test_folded_model_keeps_folded_modules():
+    """The BN placeholder and the packed conv of an ordinary model are unaffected by these rules."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    opt = ipex.optimize(model)
+    assert isinstance(opt[0], PackedConv2d) and isinstance(opt[1], FoldedBatchNorm)
