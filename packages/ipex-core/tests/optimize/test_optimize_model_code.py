@@ -189,3 +189,27 @@ def test_folded_model_keeps_folded_modules():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
     opt = ipex.optimize(model)
     assert isinstance(opt[0], PackedConv2d) and isinstance(opt[1], FoldedBatchNorm)
+
+
+def test_cast_after_optimize_to_dtypes_onednn_lacks():
+    """.double() raised (itensor_view_from_dense expects float/bfloat16), as did .half() on a CPU whose oneDNN
+    has no float16 kernels; the layers now run PyTorch's kernel on the dense weight there."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 5)).eval()
+    model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 8, 8)
+    ref = run(model, x)
+    opt = ipex.optimize(model).double()
+    out = run(opt, x.double())
+    assert out.dtype == torch.float64 and opt[0].weight.dtype == torch.float64
+    assert_close(out, ref.double())
+    opt.float()
+    assert_close(run(opt, x), ref)
+
+
+def test_empty_linear_stays_stock():
+    """nn.Linear(0, n) failed inside oneDNN."""
+    model = nn.Sequential(nn.Linear(0, 3)).eval()
+    opt = ipex.optimize(model)
+    assert type(opt[0]) is nn.Linear
+    assert torch.equal(run(opt, torch.randn(2, 0)), run(model, torch.randn(2, 0)))

@@ -64,6 +64,18 @@ inductor, freezing on, and runs the compiled call under ``torch.no_grad()``;
 the model keeps its class and ``state_dict()``. ``copy.deepcopy`` or
 unpickling gives back the eager model (PyTorch drops compiled state there).
 
+New weights: ``load_state_dict`` re-packs and re-folds them (and, under
+``graph_mode``, compiles anew, as ``.to()`` does). Writing into parameters in
+place after ``optimize`` (``layer.weight.mul_(2)``, a folded BatchNorm's
+``running_mean``, an LSTM's weights) is not guaranteed to reach the packed and
+folded copies the kernels read: load them through ``load_state_dict``, or
+optimize again. The layers compute inference only; a backward through them
+raises (take gradients from the original model).
+
+``inplace=True`` changes the model object itself and returns it, except when the
+model is itself a single swappable layer (a bare ``nn.Linear``, ``nn.Conv2d``,
+...): a module cannot change its class in place, so the new layer is returned.
+
 Not supported: pickling the whole optimized model (``torch.save(model)``): its
 rewritten ``forward`` is generated code and its packed weights are opaque
 oneDNN tensors. Save ``state_dict()`` instead; it loads into the original model.
@@ -102,6 +114,7 @@ from ipex_core.optimize.modules import (
     _explicit_padding,
     _PackedConvTransposeNd,
     link_folded,
+    onednn_runs,
     run_fused,
 )
 from ipex_core.plugins import load_backend_plugins
@@ -135,9 +148,7 @@ _DROPOUT = fx_passes._DROPOUT
 
 def cpu_supports(dtype: torch.dtype) -> bool:
     """Whether oneDNN runs ``dtype`` (bfloat16 / float16) natively on this CPU."""
-    if dtype == torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return onednn_runs(dtype)
 
 
 def _check_dtype(dtype) -> None:
@@ -257,6 +268,8 @@ class _SampleRun:
 def _swappable(module: nn.Module) -> bool:
     if type(module) not in _SWAPS or module.weight is None or module.weight.device.type != "cpu":
         return False
+    if module.weight.numel() == 0:  # nn.Linear(0, n) & co.: oneDNN has no empty primitives
+        return False
     if torch.nn.utils.parametrize.is_parametrized(module):
         return False
     if not module.weight.is_floating_point() or module.weight.dtype == torch.float64:
@@ -367,7 +380,8 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
              sample_input=None, graph_mode=None, concat_linear=None):
     """Optimize ``model`` for inference on this CPU; see ``reference/api.md`` (ipex.optimize) and this module.
 
-    Returns the optimized model (the same object when ``inplace=True``).
+    Returns the optimized model (the same object when ``inplace=True``, unless ``model`` is itself a single
+    Linear / convolution / LSTM / Dropout, which is returned replaced).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"ipex.optimize: model must be a torch.nn.Module; got {type(model).__name__}")

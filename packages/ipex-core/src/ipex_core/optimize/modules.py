@@ -19,6 +19,7 @@ output comes out in the module's dtype.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,19 @@ class PostOp:
         if self.binary is not None:
             y = apply_binary(y, other, self.binary)
         return apply_unary(y, self.unary, self.scalars, self.algorithm)
+
+
+@functools.cache
+def onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's kernels run ``dtype`` on this CPU: float32 always, bfloat16 / float16 where the CPU
+    has them (AVX512-BF16 or AMX; AVX512-FP16 or AMX-FP16), nothing else."""
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return False
 
 
 NO_POST_OP = PostOp()  # what a swapped layer called as a module runs after itself: nothing
@@ -284,6 +298,13 @@ class _PackedModule(nn.Module):
         if packed:
             self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
         super()._apply(fn, recurse)
+        dtype = self.weight.dtype
+        if not onednn_runs(dtype) or (self.kernel == "mkl" and dtype != torch.float32):
+            # .double(), or .half() where oneDNN has no float16 kernels: packing raised. PyTorch's kernel on
+            # the dense weight runs it (post-ops unfused), as it runs the module this one replaced.
+            self.kernel = "dense"
+            self.__dict__.pop("_mkl_weight", None)
+            return self
         if packed or self.kernel == "mkl":
             self._set_weight(self.weight.detach())
         return self
