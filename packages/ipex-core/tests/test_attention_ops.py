@@ -510,3 +510,32 @@ def test_compile_fullgraph_decode_step():
     want = step(q, k_new, v_new, kc.clone(), vc.clone(), slots)
     got = torch.compile(step, fullgraph=True)(q, k_new, v_new, kc.clone(), vc.clone(), slots)
     torch.testing.assert_close(got, want)
+
+
+# ------------------------------------------------------------------ NaN ---
+
+
+@pytest.mark.parametrize("dtype", level_dtypes([torch.float32, torch.bfloat16]), indirect=True)
+@pytest.mark.parametrize("nan_at", [5, 280])
+def test_nan_in_a_key_propagates(dtype, nan_at):
+    """A NaN score made its block look fully masked (max(-inf, NaN) is -inf), so the block was dropped and the
+    output came out finite and wrong (zeros, or attention over the other blocks only). SDPA gives NaN."""
+    torch.manual_seed(0)
+    L, H, D = 300, 2, 64
+    q, k, v = (torch.randn(L, H, D, dtype=dtype) for _ in range(3))
+    k[nan_at, 1, 0] = float("nan")
+    cu = _cu([L])
+    out = torch.empty_like(q)
+    torch.ops.ipex.varlen_attention(q, k, v, out, cu, cu, L, L, D**-0.5, False)
+    assert out[:, 1].isnan().all() and not out[:, 0].isnan().any()
+    # Decode over a paged cache holding the same keys.
+    block = 16
+    blocks = (L + block - 1) // block
+    kc = torch.zeros(blocks, block, H, D, dtype=dtype)
+    vc = torch.zeros_like(kc)
+    kc.view(-1, H, D)[:L], vc.view(-1, H, D)[:L] = k, v
+    tables = torch.arange(blocks, dtype=torch.int32).view(1, blocks)
+    dec = torch.empty(1, H, D, dtype=dtype)
+    torch.ops.ipex.paged_attention_decode(dec, q[:1], kc, vc, torch.arange(H, dtype=torch.int32), D**-0.5, tables,
+                                          torch.tensor([L], dtype=torch.int32), block, L, None)
+    assert dec[0, 1].isnan().all() and not dec[0, 0].isnan().any()

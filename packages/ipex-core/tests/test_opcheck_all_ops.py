@@ -297,3 +297,15 @@ def test_opcheck_packed_onednn_weights(name, dtype):
         fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
         fake = op(*fake_args)
     assert (fake.shape, fake.stride(), fake.dtype) == (real.shape, real.stride(), real.dtype)
+
+
+def test_every_overload_refuses_a_backward():
+    """Inference kernels: an Autograd kernel that keeps the graph and raises on backward. Without one, inputs that
+    required grad gave outputs detached from them and backward() left the gradients silently None."""
+    for name in sorted(_registered_overloads()):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd"), name
+    x = torch.randn(3, 8, requires_grad=True)
+    y = torch.ops.ipex.rms_norm(x, torch.ones(8), 1e-6)
+    assert y.requires_grad
+    with pytest.raises(RuntimeError, match="derivative for ipex::rms_norm is not implemented"):
+        y.sum().backward()

@@ -302,3 +302,17 @@ def test_varlen_bad_input():
         varlen_attention(q, k, v, torch.empty_like(q), cq, ck, 4, 6, 0.0, 0.2)
     with pytest.raises(RuntimeError, match="more than max_seqlen_q"):  # the plain-PyTorch path checks the same
         varlen_attention(q, k, v, torch.empty_like(q), cq, ck, 4, 6, 0.1, 0.2)
+
+
+def test_iakv_nan_in_a_key_propagates():
+    """A NaN key made the prompt's rows that see it exact zeros (its block looked fully masked); SDPA gives NaN."""
+    torch.manual_seed(0)
+    B, P, H, D = 1, 40, 1, 64
+    q, k, v = (torch.randn(B, P, H, D) for _ in range(3))
+    k[0, 3, 0, 0] = float("nan")
+    iakv = IndirectAccessKVCacheAttention(64)
+    out, _, past = iakv(q, k, v, 8.0)
+    assert out[0, 3:].isnan().all() and not out[0, :3].isnan().any()  # causal: rows 0..2 never see key 3
+    q1 = torch.randn(B, 1, H, D)
+    out1, _, _ = iakv(q1, q1, q1, 8.0, past)
+    assert out1.isnan().all()

@@ -254,3 +254,15 @@ def test_decoder_block_compiles_fullgraph():
         eager = block(x, pos)
         compiled = torch.compile(block, fullgraph=True)(x, pos)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_load_state_dict_bias_into_module_without_bias():
+    """A checkpoint's bias loaded into a fusion built without one was dropped silently ("All keys matched",
+    0.15 off); nn.Linear reports it as unexpected."""
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 48)
+    module = M.LinearRelu(nn.Linear(40, 48, bias=False))
+    with pytest.raises(RuntimeError, match='Unexpected key.*"bias"'):
+        module.load_state_dict(lin.state_dict())
+    result = module.load_state_dict(lin.state_dict(), strict=False)
+    assert result.unexpected_keys == ["bias"]

@@ -584,7 +584,8 @@ void paged_attention_decode_cpu(const at::Tensor& out, const at::Tensor& query, 
   const Ints bt(block_tables);
   const int64_t max_blocks = block_tables.size(1);
   for (int64_t s = 0; s < S; ++s) {
-    TORCH_CHECK(ctx[s] >= 0 && ctx[s] <= max_blocks * block_size, op, ": context_lens[", s, "] = ", ctx[s],
+    TORCH_CHECK(ctx[s] >= 0, op, ": context_lens[", s, "] = ", ctx[s], " is negative; each must be >= 0");
+    TORCH_CHECK(ctx[s] <= max_blocks * block_size, op, ": context_lens[", s, "] = ", ctx[s],
                 " exceeds what block_tables can address (", max_blocks, " blocks x ", block_size,
                 " tokens = ", max_blocks * block_size, ")");
     TORCH_CHECK(ctx[s] <= max_context_len, op, ": context_lens[", s, "] = ", ctx[s], " exceeds max_context_len=",

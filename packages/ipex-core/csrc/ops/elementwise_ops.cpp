@@ -76,7 +76,9 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
     const int64_t* ids = rows.const_data_ptr<int64_t>();
     for (int64_t i = 0; i < tokens; ++i) {
       TORCH_CHECK(ids[i] >= 0 && ids[i] < cs.size(0), op, ": position_ids must be in [0, ", cs.size(0),
-                  ") (rows of sin/cos); got ", ids[i], " at index ", i);
+                  ") (rows of sin/cos); got ", ids[i], " at index ", i,
+                  ". A longer table: more rows of sin/cos (RotaryEmbedding: a larger max_position_embeddings; "
+                  "it grows its table by itself only outside torch.compile)");
     }
   } else {
     TORCH_CHECK(cs.size(0) == tokens, op, ": without position_ids, sin/cos need one row per token (",

@@ -23,6 +23,12 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// max that keeps a NaN (std::max(-inf, NaN) is -inf): a NaN score must make the output NaN, as in
+// PyTorch's SDPA, not mark its block fully masked and drop it (a silently finite wrong answer).
+inline float max_nan(float a, float b) {
+  return std::isnan(a) || std::isnan(b) ? std::numeric_limits<float>::quiet_NaN() : std::max(a, b);
+}
+
 // Grow-only per-thread scratch: decode and prefill run every layer of every
 // step, so allocating (and page-faulting) fresh buffers each call would show.
 float* scratch(int64_t floats, int slot) {
@@ -246,7 +252,7 @@ inline void softmax_chunk(const DecodeTask& t, float* scores, int64_t chunk, int
     }
     const float mx = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, vmax);
     const float m_old = t.m[h];
-    const float m_new = std::max(m_old, mx);
+    const float m_new = max_nan(m_old, mx);
     if (m_new == kNegInf) {  // everything so far masked out
       std::fill(s, s + chunk, 0.f);
       continue;
@@ -552,7 +558,7 @@ void decode_combine_impl(const DecodeCombine& c) {
   T* out = static_cast<T*>(c.out);
   for (int64_t h = 0; h < H; ++h) {
     float gmax = kNegInf;
-    for (int64_t p = 0; p < c.num_parts; ++p) gmax = std::max(gmax, c.parts[p * c.part_stride + h]);
+    for (int64_t p = 0; p < c.num_parts; ++p) gmax = max_nan(gmax, c.parts[p * c.part_stride + h]);
     T* o = out + h * c.out_head_stride;
     if (gmax == kNegInf) {
       std::fill(o, o + D, T(0.f));
@@ -563,7 +569,7 @@ void decode_combine_impl(const DecodeCombine& c) {
       const float* part = c.parts + p * c.part_stride;
       total += part[H + h] * std::exp(part[h] - gmax);
     }
-    const float inv = total > 0.f ? 1.f / total : 0.f;
+    const float inv = total > 0.f || std::isnan(total) ? 1.f / total : 0.f;
     int64_t i = 0;
     for (; i < D; i += kF) {
       const int64_t cnt = std::min(kF, D - i);
@@ -780,7 +786,7 @@ inline float scaled_row_max(const SoftmaxBlock& b, int64_t r, int64_t limit) {
     for (int64_t c = j; c < limit; ++c) s[c] = s[c] * b.scale + (brow ? brow[c] : 0.f);
   }
   float mx = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, vmax);
-  for (int64_t c = j; c < limit; ++c) mx = std::max(mx, s[c]);
+  for (int64_t c = j; c < limit; ++c) mx = max_nan(mx, s[c]);
   return folds_scale(b) && mx != kNegInf ? mx * b.scale : mx;
 }
 
@@ -797,7 +803,7 @@ void softmax_block_impl(const SoftmaxBlock& b) {
   const float mul = folds_scale(b) ? b.scale : 1.f;
   for (int64_t r = 0; r < b.m_rows; ++r) {
     const int64_t limit = visible_cols(b, r);
-    const float m_new = std::max(b.row_max[r], scaled_row_max(b, r, limit));
+    const float m_new = max_nan(b.row_max[r], scaled_row_max(b, r, limit));
     const float* s = b.s + r * b.lds;
     float sum = 0.f;
     int64_t done = 0;
@@ -849,7 +855,7 @@ void softmax_block_impl(const SoftmaxBlock& b) {
 // ~4e-5, under bf16's rounding), scale * log2(e) folded into one FMA, and the
 // conversion is vcvtneps2bf16.
 IPEX_BF16_INSN_FN inline __m512 exp2_bf16(__m512 y) {
-  y = _mm512_max_ps(y, _mm512_set1_ps(-150.f));  // -inf (masked by a bias) -> 0
+  y = _mm512_max_ps(_mm512_set1_ps(-150.f), y);  // -inf (masked by a bias) -> 0; NaN stays NaN (2nd operand)
   const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(y, n);
   __m512 p = _mm512_set1_ps(0.0096181291f);
@@ -865,7 +871,7 @@ IPEX_BF16_INSN_FN void softmax_block_bf16(const SoftmaxBlock& b) {
   const float mul = (folds_scale(b) ? b.scale : 1.f) * kLog2e;
   for (int64_t r = 0; r < b.m_rows; ++r) {
     const int64_t limit = visible_cols(b, r);
-    const float m_new = std::max(b.row_max[r], scaled_row_max(b, r, limit));
+    const float m_new = max_nan(b.row_max[r], scaled_row_max(b, r, limit));
     const float* s = b.s + r * b.lds;
     uint16_t* p = static_cast<uint16_t*>(b.p) + r * b.ldp;
     if (m_new == kNegInf) {
@@ -1194,7 +1200,7 @@ void finalize_impl(const FlashFinalize& f) {
   for (int64_t r = 0; r < f.m_rows; ++r) {
     const float l = f.row_sum[r];
     T* o = out + r * f.out_row_stride;
-    if (!(l > 0.f)) {  // no visible key: zeros (acc may hold nothing)
+    if (!(l > 0.f) && !std::isnan(l)) {  // no visible key: zeros (acc may hold nothing); a NaN stays NaN
       std::fill(o, o + D, T(0.f));
       continue;
     }

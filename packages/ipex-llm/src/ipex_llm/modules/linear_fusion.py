@@ -114,7 +114,9 @@ class _PackedLinear(nn.Module):
                     self.bias.copy_(torch.cat([state_dict[prefix + n] for n in bnames]))
             elif strict:
                 missing_keys.extend(prefix + n for n in bnames if prefix + n not in state_dict)
-        known = set(wnames) | set(bnames)
+        # A module without a bias does not take one: a checkpoint's bias is unexpected, as for nn.Linear
+        # (it used to be dropped silently, "All keys matched").
+        known = set(wnames) | (set(bnames) if self.bias is not None else set())
         if strict:
             unexpected_keys.extend(
                 k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):] and k[len(prefix):] not in known
