@@ -99,3 +99,21 @@ def test_compiled_decode_left_padding_sampling_and_eos_match_stock():
     stop = int(greedy[0, 6 + 2])
     stopped = _generate(opt, max_new_tokens=8, do_sample=False, eos_token_id=stop)
     assert torch.equal(stopped, _generate(model, max_new_tokens=8, do_sample=False, eos_token_id=stop))
+
+
+def test_two_models_of_one_class_keep_their_own_compiled_decode():
+    """The decode step's graphs were cached per code object (the class's forward), and its guards on module
+    attributes are dropped for speed: a second model of the same class ran the first one's graph, with the
+    first one's Python constants baked in (RMSNorm eps 1e-6 against 0.5: logits 0.5 off), greedy and beams."""
+    import copy
+
+    first, second = build("llama", seed=0), build("llama", seed=1, rms_norm_eps=0.5)
+    reference = copy.deepcopy(second)
+    opt_first, opt_second = ipex.llm.optimize(first), ipex.llm.optimize(second)
+    for kw in ({}, {"num_beams": 2}):
+        _generate(opt_first, max_new_tokens=4, **kw)
+        want = _generate(reference, max_new_tokens=4, return_dict_in_generate=True, output_scores=True, **kw)
+        got = _generate(opt_second, max_new_tokens=4, return_dict_in_generate=True, output_scores=True, **kw)
+        assert torch.equal(got.sequences, want.sequences), kw
+        for a, b in zip(got.scores, want.scores):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

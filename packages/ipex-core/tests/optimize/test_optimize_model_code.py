@@ -213,3 +213,19 @@ def test_empty_linear_stays_stock():
     opt = ipex.optimize(model)
     assert type(opt[0]) is nn.Linear
     assert torch.equal(run(opt, torch.randn(2, 0)), run(model, torch.randn(2, 0)))
+
+
+def test_graph_mode_runs_each_layer_of_a_sequential():
+    """Graph mode on Sequential(Linear(8, 8), Linear(8, 4)) returned the first Linear's [2, 8] output: the
+    compiled call's cache was keyed on nn.Module._call_impl, shared by every module, with the guards on
+    self's type and attributes dropped, so a PackedLinear's graph answered for the Sequential."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8)
+    for mid in (nn.Identity(), nn.LayerNorm(8)):
+        model = nn.Sequential(nn.Linear(8, 8), mid, nn.Linear(8, 4)).eval()
+        assert_close(ipex.optimize(model, graph_mode=True)(x), run(model, x))
+    # Two graph-mode models of one class and shapes keep their own graphs (their frozen weights differ).
+    a, b = (nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8, eps=e), nn.Linear(8, 4)).eval() for e in (1e-5, 0.5))
+    oa, ob = ipex.optimize(a, graph_mode=True), ipex.optimize(b, graph_mode=True)
+    assert_close(oa(x), run(a, x))
+    assert_close(ob(x), run(b, x))

@@ -14,7 +14,8 @@ import functools
 import torch
 from torch import nn
 
-__all__ = ["NO_OUTPUT_ASSERTS", "compile_model", "deployment_guard_filter", "inductor_freezing_backend"]
+__all__ = ["NO_OUTPUT_ASSERTS", "ROOT_ARG", "compile_model", "deployed_step", "deployment_guard_filter",
+           "inductor_freezing_backend"]
 
 
 # Inductor's wrapper checks the size, strides and alignment of every extern kernel's
@@ -23,25 +24,55 @@ __all__ = ["NO_OUTPUT_ASSERTS", "compile_model", "deployment_guard_filter", "ind
 NO_OUTPUT_ASSERTS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
 
 
+ROOT_ARG = "_ipex_deployed_root"  # the compiled step's argument holding the deployed model (see deployed_step)
+
+
 def deployment_guard_filter(guard_entries) -> list[bool]:
     """Which of dynamo's guards a deployed model's compiled call checks on every call (``guard_filter_fn``).
 
-    Kept: every guard on a tensor (dtype, shape, device, strides: a model cast or resized
-    after optimizing recompiles instead of running a stale graph, and new weight values
-    are read at each call where weights are graph inputs) and every guard on what is not
-    one of the model's modules (inputs, caches, globals). Dropped: the guards on module
-    attributes, types and hook dictionaries, thousands for a large model (SmolLM2's 30
-    layers: about 3,000, 1.2 ms of a 24 ms decode step, 0.55 ms with only these kept;
-    ResNet-50 graph mode: 5% of a call). A deployed model is used as it is: like the
-    retired extension's frozen TorchScript graphs, the compiled call does not see modules
-    swapped, attributes set or hooks added afterwards; optimize again after such changes.
-    Used by ``ipex.optimize(graph_mode=True)`` (whose weights are frozen constants anyway)
-    and by ``ipex.llm.optimize``'s ``deployment_mode``.
+    In the frame of :func:`deployed_step` (the deployed model's own call), kept: every guard
+    on a tensor (dtype, shape, device, strides: a model cast or resized after optimizing
+    recompiles instead of running a stale graph, and new weight values are read at each call
+    where weights are graph inputs) and every guard on what is not one of the model's modules
+    (inputs, caches, globals). Dropped: the guards on module attributes, types and hook
+    dictionaries, thousands for a large model (SmolLM2's 30 layers: about 3,000, 1.2 ms of a
+    24 ms decode step, 0.55 ms with only these kept; ResNet-50 graph mode: 5% of a call). A
+    deployed model is used as it is: like the retired extension's frozen TorchScript graphs,
+    the compiled call does not see modules swapped, attributes set or hooks added afterwards;
+    optimize again after such changes.
+
+    Every other frame (one dynamo compiles on its own after a graph break, such as a
+    submodule's ``_call_impl``) keeps all its guards: its code is shared by every module that
+    runs it, and without the guards on ``self``'s type and attributes one module's graph ran
+    for another (graph mode on ``Sequential(Linear(8, 8), Linear(8, 4))`` returned the first
+    Linear's output). Used by ``ipex.optimize(graph_mode=True)`` and by ``ipex.llm.optimize``'s
+    ``deployment_mode``.
     """
+    root = f"L['{ROOT_ARG}']"
+    if not any(e.name.startswith(root) for e in guard_entries):
+        return [True] * len(guard_entries)
     return [
         entry.guard_type == "TENSOR_MATCH" or not entry.orig_guard.source.is_unspecialized_nn_module()
         for entry in guard_entries
     ]
+
+
+def deployed_step(fn):
+    """``step(root, *args, **kwargs) = fn(root, *args, **kwargs)`` with a code object of its own, for
+    ``torch.compile`` of one deployed model (pass the model as ``root``).
+
+    Dynamo keeps compiled graphs per code object, and deployment_guard_filter drops the guards on
+    the model's attributes: compiling a shared code object (``nn.Module._call_impl``, a class's
+    ``forward``) let a second model of the same class run the first one's graph, with its Python
+    constants baked in (two Llamas with different RMSNorm eps: logits 0.5 off). One code object
+    per model keeps their graphs apart; the model as an argument named ROOT_ARG marks the frame
+    whose guards the filter may drop.
+    """
+    def _ipex_step(_ipex_deployed_root, *args, **kwargs):
+        return fn(_ipex_deployed_root, *args, **kwargs)
+
+    _ipex_step.__code__ = _ipex_step.__code__.replace()  # a new code object: a cache of its own
+    return _ipex_step
 
 
 def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, concat_linear: bool = False):
@@ -95,7 +126,8 @@ def _apply_then_compile(model: nn.Module, concat_linear: bool, fn, recurse: bool
 
 
 def _compile(model: nn.Module, concat_linear: bool) -> None:
-    model._compiled_call_impl = None
-    model.compile(backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
-                  options={"guard_filter_fn": deployment_guard_filter})
-    model._compiled_call_impl = _InferenceCall(model._compiled_call_impl)
+    compiled = torch.compile(deployed_step(type(model)._call_impl),
+                             backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
+                             options={"guard_filter_fn": deployment_guard_filter})
+    # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
+    model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model))

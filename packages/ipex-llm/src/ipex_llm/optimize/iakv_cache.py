@@ -407,6 +407,15 @@ def compile_kwargs(compile_config) -> dict:
     return kwargs
 
 
+def compile_for(model: nn.Module, fn, compile_config):
+    """``torch.compile`` of ``fn(model, ...)`` for this model alone (graph_mode.deployed_step: a code object
+    of its own, so that another model of the same class never runs this one's graphs), as a callable
+    taking the rest of the arguments."""
+    from ipex_core.optimize.graph_mode import deployed_step
+
+    return functools.partial(torch.compile(deployed_step(fn), **compile_kwargs(compile_config)), model)
+
+
 #: The compiled __call__ of each model (not an attribute of the model: a deepcopy would share it).
 _COMPILED_CALL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -419,8 +428,7 @@ def get_compiled_call(self, compile_config):
 
     compiled = _COMPILED_CALL.get(self)
     if compiled is None:
-        compiled = with_eager_fallback(self, torch.compile(self.__call__, **compile_kwargs(compile_config)),
-                                       self.__call__)
+        compiled = with_eager_fallback(self, compile_for(self, type(self).__call__, compile_config), self.__call__)
         _COMPILED_CALL[self] = compiled
 
     def call(*args, **kwargs):
@@ -521,9 +529,8 @@ def _compile_beam_decode(model: nn.Module) -> None:
                 and not is_in_torch_dispatch_mode(include_infra_modes=False) and cache.get_seq_length() > 0):
             compiled = _COMPILED_FORWARD.get(self)
             if compiled is None:
-                compiled = with_eager_fallback(
-                    self, torch.compile(types.MethodType(class_forward, self), **compile_kwargs(compile_config)),
-                    types.MethodType(class_forward, self))
+                compiled = with_eager_fallback(self, compile_for(self, class_forward, compile_config),
+                                               types.MethodType(class_forward, self))
                 _COMPILED_FORWARD[self] = compiled
             return compiled(*args, **kwargs)
         return class_forward(self, *args, **kwargs)
