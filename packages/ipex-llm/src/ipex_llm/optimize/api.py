@@ -43,10 +43,15 @@ def _fallback(model: nn.Module, dtype, inplace: bool) -> nn.Module:
         from ipex_core.optimize import optimize as core_optimize
     except ImportError:
         core_optimize = None
+    # The whole model in dtype, as for the supported families: ipex.optimize(dtype=) casts only the layers
+    # its API lists (Linear, Conv2d, Embedding, ...), and GPT-2's Conv1D or Gemma's norms left in fp32
+    # then met bf16 activations (a dtype error at the first generate). ipex.optimize packs the cast layers.
+    target = model if inplace else copy.deepcopy(model)
+    if dtype != torch.float32:
+        target.to(dtype)
     if core_optimize is None:
-        target = model if inplace else copy.deepcopy(model)
-        return target.to(dtype) if dtype != torch.float32 else target
-    return core_optimize(model, dtype=None if dtype == torch.float32 else dtype, inplace=inplace)
+        return target
+    return core_optimize(target, inplace=True)
 
 
 def optimize(
@@ -116,6 +121,11 @@ def optimize(
     if device != "cpu":
         raise ValueError(f"ipex.llm.optimize: device must be 'cpu' or 'xpu'; got {device!r}")
     _check_dtype(dtype)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"ipex.llm.optimize: optimizer must be a torch.optim.Optimizer or None; got {optimizer!r}. (Pass the "
+            "dtype by keyword: ipex.llm.optimize(model, dtype=torch.bfloat16); the second positional argument "
+            "is the optimizer.)")
     load_backend_plugins()  # their kernels for the ipex ops, before the model runs
     if optimizer is not None or model.training:
         warnings.warn(
@@ -150,6 +160,7 @@ def optimize(
     # The ipex kernels have no backward: with parameters still requiring grad, model.train() and
     # loss.backward() ran and silently left every gradient None. Now backward says no graph exists.
     model.requires_grad_(False)
+    _disable_compiled_decode(model)  # a model optimized before: back to transformers' own generation settings
     compiled = deployment_mode and _enable_compiled_decode(model)
     iakv = iakv_cache.install(model, compiled_decode=compiled)
     model._ipex_optimized = {"model_type": model_type, "dtype": dtype, "swaps": dict(report),
@@ -189,8 +200,10 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
     # save_pretrained() and repr() serialise to JSON; get_compiled_call adds them (iakv_cache.compile_kwargs).
     compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=None)
     compile_config._compile_all_devices = True
+    model._ipex_stock_generation = (generation_config.cache_implementation, generation_config.compile_config)
     generation_config.cache_implementation = "static"
     generation_config.compile_config = compile_config
+    model.save_pretrained = types.MethodType(_save_pretrained_stock_generation, model)
     # Bound to this model object only (a deepcopy rebinds them to the copy): cache sizes in
     # powers of two, a cache passed by the caller accepted, eager decode past the recompile limit.
     model._ipex_static_cache = True
@@ -198,6 +211,34 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
     model._prepare_static_cache = types.MethodType(iakv_cache.prepare_static_cache, model)
     model.get_compiled_call = types.MethodType(iakv_cache.get_compiled_call, model)
     return True
+
+
+_COMPILED_DECODE_ATTRS = ("_ipex_static_cache", "_prepare_cache_for_generation", "_prepare_static_cache",
+                          "get_compiled_call", "save_pretrained", "_ipex_stock_generation")
+
+
+def _disable_compiled_decode(model: nn.Module) -> None:
+    """Undo _enable_compiled_decode (optimizing again with deployment_mode=False used to keep compiling)."""
+    stock = model.__dict__.get("_ipex_stock_generation")
+    if stock is None:
+        return
+    model.generation_config.cache_implementation, model.generation_config.compile_config = stock
+    for name in _COMPILED_DECODE_ATTRS:
+        model.__dict__.pop(name, None)
+
+
+def _save_pretrained_stock_generation(self, *args, **kwargs):
+    """``save_pretrained`` with transformers' own generation settings in the saved generation config: the
+    static cache and compile config are this process's deployment choice, and a checkpoint carrying
+    ``"cache_implementation": "static"`` made every later plain-transformers generate() use a static cache
+    (and refuse a cache passed in)."""
+    config = self.generation_config
+    deployed = config.cache_implementation, config.compile_config
+    config.cache_implementation, config.compile_config = self._ipex_stock_generation
+    try:
+        return type(self).save_pretrained(self, *args, **kwargs)
+    finally:
+        config.cache_implementation, config.compile_config = deployed
 
 
 def _has_windowed_layers(model: nn.Module) -> bool:

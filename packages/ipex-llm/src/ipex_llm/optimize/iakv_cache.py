@@ -364,10 +364,38 @@ def prepare_cache_for_generation(self, generation_config, model_kwargs, *args, *
     """transformers' cache preparation, except that a cache the caller passes wins over the static cache
     ``deployment_mode`` asked for in the model's generation config (transformers refuses the pair; the
     call then decodes eagerly on the caller's cache, as stock does)."""
-    if model_kwargs.get("cache") is not None and generation_config.cache_implementation == "static" \
+    cache = model_kwargs.get("cache")
+    if cache is not None and generation_config.cache_implementation == "static" \
             and getattr(self, "_ipex_static_cache", False):
         generation_config.cache_implementation = None  # this call's copy of the config
+        if _static_cache_too_small(cache, generation_config):
+            model_kwargs["cache"] = _as_dynamic_cache(cache)
     return type(self)._prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs)
+
+
+def _static_cache_too_small(cache, generation_config) -> bool:
+    from transformers.cache_utils import StaticCache
+
+    if not isinstance(cache, StaticCache):
+        return False
+    capacity = cache.get_max_length()
+    return capacity is not None and capacity > 0 and (generation_config.max_length or 0) > capacity
+
+
+def _as_dynamic_cache(cache):
+    """The caller's StaticCache as a DynamicCache (its tokens so far), to continue past its size.
+
+    generate() returns the static cache deployment_mode gave the call, sized to a bucket of that
+    call's length; a conversation continued with it (``past_key_values=out.past_key_values``) ran out
+    of room at the bucket's end (an index_copy_ IndexError where stock's DynamicCache grows).
+    """
+    from transformers.cache_utils import DynamicCache
+
+    used = cache.get_seq_length()
+    dynamic = DynamicCache()
+    for index, layer in enumerate(cache.layers):
+        dynamic.update(layer.keys[:, :, :used].clone(), layer.values[:, :, :used].clone(), index)
+    return dynamic
 
 
 def prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, *args, **kwargs):
@@ -378,15 +406,18 @@ def prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, 
 
 def with_eager_fallback(model: nn.Module, compiled, eager):
     """``compiled``, or ``eager`` from the first call that cannot compile on (for this model): dynamo's
-    recompile limit (more distinct batch or cache sizes than it allows) or a construct it does not
-    support. Both are raised while tracing, before the step runs, so the eager call repeats nothing."""
+    recompile limit (more distinct batch or cache sizes than it allows), a construct it does not
+    support, or a failed compilation (no working C++ compiler on the machine, as in slim images).
+    All are raised while tracing or compiling, before the step runs, so the eager call repeats nothing."""
+    from torch._inductor.exc import InductorError
 
     def call(*args, **kwargs):
         if getattr(model, "_ipex_eager_decode", False):
             return eager(*args, **kwargs)
         try:
             return compiled(*args, **kwargs)
-        except (torch._dynamo.exc.FailOnRecompileLimitHit, torch._dynamo.exc.Unsupported) as exc:
+        except (torch._dynamo.exc.FailOnRecompileLimitHit, torch._dynamo.exc.Unsupported,
+                torch._dynamo.exc.BackendCompilerFailed, InductorError) as exc:
             warnings.warn(f"ipex.llm.optimize: the decode step cannot stay compiled ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:160]}); this model decodes eagerly from now on. For the "
                           "recompile limit, raise torch._dynamo.config.recompile_limit to keep compiling.",
