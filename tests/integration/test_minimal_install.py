@@ -23,7 +23,7 @@ def test_core_works_and_pieces_fail_with_fix():
         for stmt in ("import ipex.llm", "ipex.quantization", "import ipex.cpu.runtime", "ipex.xpu"):
             try:
                 exec(stmt)
-            except ModuleNotFoundError as e:
+            except (ModuleNotFoundError, AttributeError) as e:  # import statement / attribute
                 msgs.append(str(e))
         print("\\n".join(msgs))
         print("IMPORTED", sorted(m for m in sys.modules if m.startswith(("ipex_", "transformers"))))

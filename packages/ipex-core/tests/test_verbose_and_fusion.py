@@ -96,22 +96,52 @@ def test_enable_onednn_fusion_switch():
         ipex_core.enable_onednn_fusion("yes")
 
 
-def test_scope_restores_the_level_onednn_started_with():
-    # With ONEDNN_VERBOSE=1 the output was on before a scope and off for good after it.
-    code = ONEDNN_WORK + """
+OFF_SCOPE_WORK = ONEDNN_WORK + """
 import ipex_core
 work("BEFORE")
 with ipex_core.verbose(ipex_core.verbose.VERBOSE_OFF):
     work("INSIDE")
 work("AFTER")
 """
+
+
+@pytest.mark.parametrize("variable", ["ONEDNN_VERBOSE", "IPEX_VERBOSE"])
+def test_level_outside_scopes_is_the_environment_one(variable):
+    """ONEDNN_VERBOSE=1: the output was on before a scope and off for good after it. IPEX_VERBOSE=1: it took
+    effect only after the first scope had closed."""
     env = {k: v for k, v in os.environ.items() if "VERBOSE" not in k}
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
-                       env={**env, "ONEDNN_VERBOSE": "1"})
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(OFF_SCOPE_WORK)], capture_output=True, text=True,
+                       timeout=300, env={**env, variable: "1"})
     assert r.returncode == 0, r.stderr
     seg = _segments(r.stdout, ["BEFORE", "INSIDE", "AFTER"])
     assert "primitive,exec" in seg["BEFORE"] and "primitive,exec" in seg["AFTER"]
     assert "onednn_verbose" not in seg["INSIDE"]
+
+
+def test_bad_ipex_verbose_value():
+    env = {k: v for k, v in os.environ.items() if "VERBOSE" not in k}
     bad = subprocess.run([sys.executable, "-c", "import ipex_core\nwith ipex_core.verbose(1): pass"],
                          capture_output=True, text=True, timeout=300, env={**env, "IPEX_VERBOSE": "7"})
     assert bad.returncode != 0 and "IPEX_VERBOSE must be 0, 1 or 2; got '7'" in bad.stderr
+
+
+def test_overlapping_scopes_of_two_threads_end_off():
+    """Each scope restored the level it saw on entry: thread A (on) entered, B (off) entered, A exited (set off),
+    B exited (set A's on), and verbose stayed on for the rest of the process."""
+    r = _run(ONEDNN_WORK + """
+import threading, ipex_core
+in_first, in_second, first_done = threading.Event(), threading.Event(), threading.Event()
+def first():
+    with ipex_core.verbose(1):
+        in_first.set(); in_second.wait()
+    first_done.set()
+def second():
+    in_first.wait()
+    with ipex_core.verbose(0):
+        in_second.set(); first_done.wait()
+threads = [threading.Thread(target=f) for f in (first, second)]
+[t.start() for t in threads]; [t.join() for t in threads]
+work("AFTER")
+""")
+    assert r.returncode == 0, r.stderr
+    assert "onednn_verbose" not in _segments(r.stdout, ["AFTER"])["AFTER"]

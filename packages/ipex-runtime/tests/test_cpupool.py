@@ -107,3 +107,16 @@ def test_node_without_allowed_cpus(tmp_path, monkeypatch):
 def test_core_ids_errors(core_ids, error, match):
     with pytest.raises(error, match=match):
         CPUPool(core_ids)
+
+
+def test_default_pool_leaves_hyper_thread_siblings_out(tmp_path, monkeypatch):
+    """CPUPool() took every allowed CPU, both threads of each core: MultiStreamModule("AUTO") then ran two streams
+    per physical core, and disagreed with get_core_list_of_node_id."""
+    # cpu 0 and 1 share a core here (a fake topology over the CPUs this process has).
+    siblings = {c: ",".join(map(str, ALLOWED[:2])) if c in ALLOWED[:2] else str(c) for c in ALLOWED}
+    root = make_sysfs(tmp_path, {0: ",".join(map(str, ALLOWED))}, ",".join(map(str, ALLOWED)), siblings)
+    monkeypatch.setattr(topology, "SYSFS_ROOT", root)
+    if len(ALLOWED) < 2:
+        pytest.skip("needs two CPUs available to the process")
+    assert CPUPool().core_ids == [ALLOWED[0], *ALLOWED[2:]]
+    assert topology.physical_cores(ALLOWED, root=root) == [ALLOWED[0], *ALLOWED[2:]]

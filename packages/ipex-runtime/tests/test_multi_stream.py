@@ -218,3 +218,23 @@ def test_split_along_dim_1_gives_contiguous_inputs(two_cpus):
                             output_concat_hint=MultiStreamModuleHint(1))
     with torch.no_grad():
         torch.testing.assert_close(msm(x), seq_first(x))
+
+
+def test_output_without_a_concat_hint_is_an_error(two_cpus):
+    """An output the hint did not cover came back as stream 0's slice only (batch 4 -> [2, 3]), silently; a
+    misspelt hint key did the same."""
+    def fn(x):
+        return {"logits": x + 1, "hidden": x * 2, "scale": torch.ones(3)}
+
+    x = torch.zeros(4, 3)
+    partial = MultiStreamModule(fn, 2, CPUPool(list(two_cpus)), output_concat_hint=MultiStreamModuleHint(logits=0))
+    with pytest.raises(ValueError, match=r"\['hidden'\].*does not mention it"):
+        partial(x)
+    typo = MultiStreamModule(fn, 2, CPUPool(list(two_cpus)), output_concat_hint=MultiStreamModuleHint(logit=0, hidden=0))
+    with pytest.raises(ValueError, match=r"names \['logit'\]"):
+        typo(x)
+    # An explicit None takes the first stream's value (a batch-independent output).
+    full = MultiStreamModule(fn, 2, CPUPool(list(two_cpus)),
+                             output_concat_hint=MultiStreamModuleHint(logits=0, hidden=0, scale=None))
+    out = full(x)
+    assert out["hidden"].shape == (4, 3) and torch.equal(out["scale"], torch.ones(3))

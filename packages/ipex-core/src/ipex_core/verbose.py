@@ -1,8 +1,9 @@
 """On-demand oneDNN verbose output (``ipex.verbose``).
 
 torch exposes a setter for oneDNN's verbose level but no getter, so we keep the
-level we set ourselves and restore exactly that on exit, also on exceptions and
-when scopes nest.
+levels of the open scopes ourselves and, when one closes, set the level of the
+newest one still open (any thread), or the level outside every scope; also on
+exceptions and when scopes nest.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from ipex_core import env
 __all__ = ["verbose"]
 
 _lock = threading.Lock()
-_current_level: int | None = None
+# The open scopes of every thread, oldest first: (token, level). oneDNN's level is process-wide, so on exit
+# the newest scope still open wins, or the level outside every scope. Restoring each scope's saved level
+# (the previous form) assumed scopes close in reverse order; two threads' overlapping scopes left verbose on.
+_active: list[tuple[object, int]] = []
 
 
 def _initial_level() -> int:
@@ -62,22 +66,33 @@ class verbose(contextlib.ContextDecorator):
                 f"VERBOSE_ON_CREATION (2); got {level!r}"
             )
         self.level = level
-        self._saved: list[int] = []
+        self._saved: list[object] = []
 
     def __enter__(self) -> verbose:
-        global _current_level
+        token = object()
         with _lock:
-            if _current_level is None:
-                _current_level = _initial_level()
-            self._saved.append(_current_level)
+            _active.append((token, self.level))
             _set_level(self.level)
-            _current_level = self.level
+        self._saved.append(token)  # this object's open scopes (it may be entered again, nested or recursively)
         return self
 
     def __exit__(self, *exc) -> bool:
-        global _current_level
+        token = self._saved.pop()
         with _lock:
-            previous = self._saved.pop()
-            _set_level(previous)
-            _current_level = previous
+            for i, (t, _) in enumerate(_active):
+                if t is token:
+                    del _active[i]
+                    break
+            _set_level(_active[-1][1] if _active else _initial_level())
         return False
+
+
+# IPEX_VERBOSE is the level outside every scope from the start, not only after a scope closed (that is
+# when it used to take effect). Set only when the user set it: importing ipex changes nothing otherwise.
+if env.get("IPEX_VERBOSE"):
+    try:
+        _set_level(_initial_level())
+    except (ValueError, RuntimeError) as _exc:
+        import warnings
+
+        warnings.warn(f"ipex: IPEX_VERBOSE ignored: {_exc}", RuntimeWarning, stacklevel=2)

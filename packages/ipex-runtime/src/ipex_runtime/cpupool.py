@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterable
 
 from ipex_runtime import _binding
-from ipex_runtime.topology import get_core_list_of_node_id
+from ipex_runtime.topology import get_core_list_of_node_id, physical_cores
 
 __all__ = ["CPUPool", "pin"]
 
@@ -58,7 +58,8 @@ class CPUPool:
             (:func:`get_core_list_of_node_id`) that this process may use.
             ``node_id`` doesn't work if ``core_ids`` is set (it is ignored, with a warning).
 
-    With neither, the pool is every CPU this process may use. "May use" means the
+    With neither, the pool is every physical core this process may use (one CPU per core: hyper-thread
+    siblings other than the first are left out, as in a node's core list), on every NUMA node. "May use" means the
     calling thread's affinity outside any :class:`pin`.
     """
 
@@ -83,7 +84,9 @@ class CPUPool:
                 )
             self.core_ids = usable
         else:
-            self.core_ids = allowed
+            # One CPU per physical core, as get_core_list_of_node_id gives: a second hardware thread adds
+            # nothing to intra-op work, and MultiStreamModule("AUTO") ran two streams per core on it.
+            self.core_ids = physical_cores(allowed) or allowed
 
     def __len__(self) -> int:
         return len(self.core_ids)

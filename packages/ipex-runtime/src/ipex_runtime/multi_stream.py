@@ -42,7 +42,9 @@ class MultiStreamModuleHint:
     items without a hint are passed whole, hints without an argument are ignored.
 
     For outputs, one positional hint describes the module's output, several
-    positional hints a tuple output, keyword hints a dict output.
+    positional hints a tuple output, keyword hints a dict output; a tensor output
+    the hint does not mention (a key left out, a shorter tuple) is an error, as
+    returning the first stream's slice of it would be wrong.
     """
 
     def __init__(self, *args, **kwargs):
@@ -116,7 +118,19 @@ def _split(hint, value, start: int, length: int):
     return _rebuild(value, {key: _split(h, value[key], start, length) for key, h in _items(hint, value, "")})
 
 
+_UNCOVERED = object()  # an output the concat hint does not mention (unlike an explicit None)
+
+
 def _concat(hint, outputs: list, where: str):
+    if hint is _UNCOVERED:
+        if len(outputs) > 1 and any(isinstance(o, torch.Tensor) for o in outputs):
+            # Each stream's tensor is its slice of the batch: returning the first one (what this did) gave
+            # stream 0's part only, silently.
+            raise ValueError(
+                f"{where}: this output is a tensor per stream, but output_concat_hint does not mention it; add its "
+                "concat dim to the hint (e.g. MultiStreamModuleHint(logits=0, hidden=0)), None to take the first "
+                "stream's value on purpose, or pass concat_output=False to get the per-stream outputs")
+        return outputs[0]
     if hint is None:
         return outputs[0]
     if isinstance(hint, int):
@@ -126,8 +140,15 @@ def _concat(hint, outputs: list, where: str):
                             "give an output_concat_hint that matches the output structure, or concat_output=False")
         return torch.cat(outputs, dim=hint)
     first = outputs[0]
-    return _rebuild(first, {key: _concat(h, [o[key] for o in outputs], f"{where}[{key!r}]")
-                            for key, h in _items(hint, first, where)})
+    if isinstance(hint, Mapping) and isinstance(first, Mapping) and set(hint) - set(first):
+        raise ValueError(f"{where}: output_concat_hint names {sorted(set(hint) - set(first))}, which the outputs do "
+                         f"not have (they have {sorted(first)})")
+    items = _items(hint, first, where)
+    if isinstance(hint, Mapping):
+        items = [(key, hint.get(key, _UNCOVERED)) for key, _ in items]
+    else:
+        items = [(key, hint[key] if key < len(hint) else _UNCOVERED) for key, _ in items]
+    return _rebuild(first, {key: _concat(h, [o[key] for o in outputs], f"{where}[{key!r}]") for key, h in items})
 
 
 _DEFAULT_POOL = CPUPool()

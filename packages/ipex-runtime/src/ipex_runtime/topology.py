@@ -71,6 +71,12 @@ def _is_first_thread_of_core(cpu: int, root: Path) -> bool:
     return True
 
 
+def physical_cores(cpus: list[int], *, root: Path | None = None) -> list[int]:
+    """``cpus`` less the hyper-thread siblings other than the first of each physical core (in order)."""
+    root = _root(root)
+    return [c for c in cpus if _is_first_thread_of_core(c, root)]
+
+
 def get_core_list_of_node_id(node_id: int, *, root: Path | None = None) -> list[int]:
     """CPU core ids of NUMA node ``node_id``: one logical CPU per online physical core, ascending.
 

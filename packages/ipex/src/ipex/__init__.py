@@ -60,4 +60,5 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_ALWAYS) | set(_TOP_LEVEL_PIECES))
+    installed = _extensions.installed_extensions()
+    return sorted(set(globals()) | set(_ALWAYS) | {p for p in _TOP_LEVEL_PIECES if p in installed})

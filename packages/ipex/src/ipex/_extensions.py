@@ -52,7 +52,13 @@ FIRST_PARTY: dict[str, Piece] = {
 
 
 class PieceNotInstalledError(ModuleNotFoundError):
-    """An ipex piece was used whose distribution is not installed."""
+    """An ipex piece was imported whose distribution is not installed (``import ipex.llm``)."""
+
+
+class PieceNotInstalledAttributeError(AttributeError):
+    """The same, met as an attribute (``ipex.llm``): an AttributeError, so that ``hasattr(ipex, "llm")`` is
+    False and ``getattr(ipex, "xpu", None)`` is None, as for any missing attribute (a ModuleNotFoundError
+    escaped both). Python cannot make one class of both (their layouts conflict)."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,12 @@ def not_installed_error(alias: str) -> PieceNotInstalledError:
 
 
 def resolve(alias: str):
-    """Import and return the module behind ``ipex.<alias>``."""
-    return importlib.import_module(f"ipex.{alias}")
+    """Import and return the module behind ``ipex.<alias>``, for attribute access: a piece that is not
+    installed raises PieceNotInstalledAttributeError with the message naming its package."""
+    try:
+        return importlib.import_module(f"ipex.{alias}")
+    except PieceNotInstalledError as exc:
+        raise PieceNotInstalledAttributeError(str(exc)) from None
 
 
 def _is_real_submodule(head: str) -> bool:
