@@ -76,15 +76,17 @@ def test_dtype_given_as_the_optimizer_is_refused():
         ipex.llm.optimize(build("llama"), torch.bfloat16)
 
 
-def test_decode_falls_back_to_eager_without_a_compiler(monkeypatch):
+def test_decode_falls_back_to_eager_without_a_compiler():
     """With no working C++ compiler (slim images), generate() raised InductorError: InvalidCxxCompiler."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
     model = build("llama", seed=3)
     reference = copy.deepcopy(model)
     opt = ipex.llm.optimize(model)
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+    # config.patch restores the option (monkeypatch.setattr deleted it on undo: the config serves it
+    # through __getattr__, so it is not in the namespace's __dict__).
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), \
+            inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
         warnings.simplefilter("always")
         got = opt.generate(PROMPT, max_new_tokens=4, do_sample=False)
     assert any("cannot stay compiled" in str(w.message) for w in caught)
