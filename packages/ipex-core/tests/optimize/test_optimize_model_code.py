@@ -229,3 +229,157 @@ def test_graph_mode_runs_each_layer_of_a_sequential():
     oa, ob = ipex.optimize(a, graph_mode=True), ipex.optimize(b, graph_mode=True)
     assert_close(oa(x), run(a, x))
     assert_close(ob(x), run(b, x))
+
+
+BF16 = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16 on this CPU")
+
+
+def test_single_input_channel_convolution_under_compile():
+    """Graph mode on a 1-channel front end returned garbage after an input shape change (1.63 off), and
+    torch.compile of the optimized model failed a stride assert: such convolutions run the stock kernel."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    graph = ipex.optimize(model, graph_mode=True)
+    compiled = torch.compile(ipex.optimize(model))
+    assert graph[0].kernel == "dense" and isinstance(graph[2], PackedConv2d) and graph[2].kernel == "onednn"
+    for shape in ((2, 1, 28, 28), (3, 1, 28, 28), (2, 1, 20, 24)):
+        x = torch.randn(shape)
+        assert_close(graph(x), run(model, x))
+        assert_close(run(compiled, x), run(model, x))
+
+
+def test_hooks_on_containers_keep_firing():
+    """A block's forward hook ran on FX proxies at optimize time (the user's dict got a Proxy) and never again;
+    one registered after optimize never fired either."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()), nn.Conv2d(8, 8, 3)).eval()
+    seen = {}
+    model[0].register_forward_hook(lambda m, i, o: seen.__setitem__("before", o))
+    opt = ipex.optimize(model)
+    assert not seen  # nothing ran at optimize time
+    opt[0].register_forward_hook(lambda m, i, o: seen.__setitem__("after", o))
+    x = torch.randn(1, 3, 16, 16)
+    out = run(opt, x)
+    assert_close(out, run(model, x))
+    assert_close(seen["before"], run(model[0], x))
+    assert_close(seen["after"], run(model[0], x))
+    assert isinstance(opt[0][1], FoldedBatchNorm)  # the block itself is still optimized
+
+
+def test_required_argument_passed_as_none():
+    """FX traced `if mask is not None` as taken; calling with None raised a TypeError inside generated code."""
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(16, 48)
+            self.out = nn.Linear(16, 16)
+
+        def forward(self, x, mask):
+            q, k, v = self.qkv(x).chunk(3, -1)
+            a = q @ k.transpose(-1, -2)
+            if mask is not None:
+                a = a.masked_fill(~mask[:, None, :], float("-inf"))
+            return torch.relu(self.out(a.softmax(-1) @ v))
+
+    torch.manual_seed(0)
+    model = Attention().eval()
+    x = torch.randn(2, 5, 16)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    opt = ipex.optimize(model)
+    assert repr(opt.out.post_op) == "relu"  # traced and fused
+    assert_close(run(opt, x, mask), run(model, x, mask))
+    assert_close(run(opt, x, None), run(model, x, None))
+
+
+def test_transformer_encoder_with_padding_mask():
+    """The encoder made a NestedTensor of the padded batch, which the packed layers cannot take."""
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, batch_first=True), 2).eval()
+    x = torch.randn(3, 10, 64)
+    pad = torch.zeros(3, 10, dtype=torch.bool)
+    pad[1, 6:] = True
+    out = run(ipex.optimize(encoder), x, None)
+    assert_close(out, run(encoder, x, None))
+    with torch.no_grad():
+        got = ipex.optimize(encoder)(x, src_key_padding_mask=pad)
+        want = encoder(x, src_key_padding_mask=pad)
+    assert_close(got[~pad], want[~pad])  # padded positions: computed values here, zeros in the stock fast path
+
+
+@pytest.mark.parametrize("mode", ["graph_mode", "torch.compile"])
+def test_unpacking_paths_under_compile(mode):
+    """ConvTranspose with output_size= (another output_padding) and Linear + BatchNorm1d on 3-D input unpacked
+    the oneDNN weight, which compiled code cannot read ('Cannot access data pointer of Tensor that doesn't have
+    storage')."""
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1)
+            self.fc = nn.Linear(14, 4)
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, x, skip):
+            y = self.up(x, output_size=skip.shape[-2:]) + skip
+            return self.bn(self.fc(y.mean(-1)))  # [N, 4, 14] -> [N, 4, 4]: BatchNorm1d(4) over dim 1
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    model.bn.running_var.uniform_(0.5, 2.0)
+    x, skip = torch.randn(2, 8, 7, 7), torch.randn(2, 4, 14, 14)
+    opt = ipex.optimize(model, graph_mode=True) if mode == "graph_mode" else torch.compile(ipex.optimize(model))
+    assert_close(run(opt, x, skip), run(model, x, skip))
+
+
+@BF16
+def test_bf16_meets_layers_left_in_fp32():
+    """dtype=bf16: GRU with a PackedSequence ('tuple' has no attribute 'dim'), Conv + PReLU, a custom projection
+    (HF GPT-2's Conv1D: 'mat1 and mat2 must have the same dtype') and an attention mask passed by keyword."""
+
+    class Projection(nn.Module):  # GPT-2's Conv1D: a leaf of the model's own code with a 2-D weight
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(16, 16) * 0.1)
+
+        def forward(self, x):
+            return torch.addmm(torch.zeros(x.shape[-1]), x.reshape(-1, x.shape[-1]), self.weight).view(x.shape)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 16)
+            self.gru = nn.GRU(16, 16, batch_first=True)
+            self.proj = Projection()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.prelu = nn.PReLU(4)
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, ids, lengths):
+            e = self.emb(ids)
+            packed = nn.utils.rnn.pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False)
+            h = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True)[0]
+            h = self.proj(h)
+            mask = torch.zeros(h.shape[1], h.shape[1], dtype=h.dtype)
+            a = self.attn(h, h, h, attn_mask=mask)[0]
+            c = self.prelu(self.conv(a[:, None]))
+            return c.float().mean((1, 2, 3))
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    ids, lengths = torch.randint(0, 20, (3, 6)), torch.tensor([6, 4, 2])
+    assert_close(run(ipex.optimize(model, dtype=torch.bfloat16), ids, lengths), run(model, ids, lengths),
+                 torch.bfloat16)
+
+
+@BF16
+def test_optimize_again_with_dtype():
+    """Optimizing an optimized model with dtype=bf16 quietly stayed fp32."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 5)).eval()
+    opt = ipex.optimize(ipex.optimize(model), dtype=torch.bfloat16)
+    assert opt[0].weight.dtype == opt[2].weight.dtype == torch.bfloat16
+    x = torch.randn(2, 3, 8, 8)
+    out = run(opt, x)
+    assert out.dtype == torch.bfloat16
+    assert_close(out, run(model, x), torch.bfloat16)

@@ -139,6 +139,7 @@ _SWAPS = {
 }
 # The API's cast list: always Conv2d, Linear, ConvTranspose2d; for inference also Embedding and LSTM.
 _CAST_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d, nn.Embedding, nn.LSTM)
+_PACKED_CAST_TYPES = (PackedLinear, PackedConv2d, PackedConvTranspose2d)  # the swapped forms of the cast layers
 # Stock layers outside that list (Conv1d/3d left unpacked, GRU, RNN, MultiheadAttention, ...) keep
 # float32 weights under dtype=, and their kernels refuse a bfloat16 input from a cast layer before
 # them: a pre-hook casts their floating-point (positional) inputs to their weights' dtype.
@@ -189,8 +190,11 @@ class _CastInputs:
     def _cast(value, dtype: torch.dtype):
         if isinstance(value, torch.Tensor):
             return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+        if isinstance(value, nn.utils.rnn.PackedSequence):  # a namedtuple rebuilt as a tuple lost its type
+            return value._replace(data=_CastInputs._cast(value.data, dtype))
         if isinstance(value, tuple):
-            return tuple(_CastInputs._cast(v, dtype) for v in value)
+            items = [_CastInputs._cast(v, dtype) for v in value]
+            return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
         if isinstance(value, list):
             return [_CastInputs._cast(v, dtype) for v in value]
         return value
@@ -200,14 +204,29 @@ class _CastInputs:
             return {k: self._cast(v, self.dtype) for k, v in value.items()}
         return self._cast(value, self.dtype)
 
-    def __call__(self, module, args):
+    def __call__(self, module, args, kwargs):
+        """A ``with_kwargs`` pre-hook: keyword inputs too (an attention mask passed by keyword stayed bf16 and
+        met an fp32 query)."""
         dtype = self.dtype
         if dtype is None:
             weight = next(module.parameters(recurse=False), None)
             if weight is None or not weight.is_floating_point():
-                return args
+                return args, kwargs
             dtype = weight.dtype
-        return self._cast(args, dtype)
+        return self._cast(args, dtype), {k: self._cast(v, dtype) for k, v in kwargs.items()}
+
+
+def _needs_input_cast(module: nn.Module) -> bool:
+    """A leaf module of the model's own code (not torch.nn: HF's GPT-2 Conv1D, a custom projection) or a
+    PReLU, with floating-point weights that dtype= leaves as they are: under dtype=, the bf16 activations of
+    the cast layers before it met its fp32 weights in an addmm ("mat1 and mat2 must have the same dtype").
+    Norms (1-D weights) take mixed dtypes and are left alone (casting would cost them time), as are ipex's own
+    modules (they cast their inputs themselves, or are placeholders)."""
+    if isinstance(module, nn.PReLU):
+        return True
+    if next(module.children(), None) is not None or type(module).__module__.startswith(("torch.", "ipex_core.")):
+        return False
+    return any(p.is_floating_point() and p.dim() >= 2 for p in module.parameters(recurse=False))
 
 
 def _call_with(model: nn.Module, sample_input):
@@ -294,12 +313,20 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
+def _single_input_channel(module: nn.Module) -> bool:
+    """A convolution over one input channel, whose input is NCHW and channels-last at once: under
+    torch.compile inductor then lays out the prepacked kernel's (channels-last) output as contiguous, and
+    after an input shape change graph mode returned garbage (1.63 off) and plain torch.compile of the
+    optimized model failed a stride assert. Such layers (audio or grayscale front ends) run the stock kernel."""
+    return isinstance(module, nn.modules.conv._ConvNd) and module.in_channels == 1
+
+
 def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool) -> str:
     """The kernel without auto_kernel_selection: oneDNN on a prepacked weight, except an fp32 Linear under
     graph_mode on an Intel CPU, left dense so that inductor's freezing packs it for MKL's sgemm (faster than
     oneDNN's fp32 GEMM at BERT shapes on Intel Xeon, as plain torch.compile does). Elsewhere MKL runs a slow
     path: BERT-base fp32 graph mode on AMD EPYC (Zen 4) took 376 ms dense against 216 ms on oneDNN."""
-    if not prepack:
+    if not prepack or _single_input_channel(module):
         return "dense"
     if (graph_mode and type(module) is nn.Linear and (cast or module.weight.dtype) == torch.float32
             and _mkl_is_fast()):
@@ -357,7 +384,7 @@ def _binary_operand(candidate: nn.Module, example: torch.Tensor) -> torch.Tensor
 def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, shape) -> nn.Module:
     """auto_kernel_selection: build each candidate, time it on the recorded shape, keep the fastest."""
     target = dtype or module.weight.dtype
-    kernels = ["onednn", "dense"]
+    kernels = ["dense"] if _single_input_channel(module) else ["onednn", "dense"]
     if type(module) is nn.Linear and target == torch.float32:
         kernels.append("mkl")
     example = torch.randn(shape, dtype=target)
@@ -503,6 +530,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             continue
         replaced[id(module)] = module
         if name in read_directly:
+            if dtype is not None:  # left in its dtype: inputs cast to it, as for the other layers left as they are
+                module.register_forward_pre_hook(_CastInputs(None), with_kwargs=True)
             continue
         plan = plans.get(name)
         if plan is not None and plan.concat_group is not None:
@@ -536,9 +565,11 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             _set_submodule(model, name, new)
         elif dtype is not None and type(module) in _CAST_TYPES:
             module.to(dtype)
-            module.register_forward_pre_hook(_CastInputs(dtype))
-        elif dtype is not None and isinstance(module, _SAME_DTYPE_INPUT_TYPES):
-            module.register_forward_pre_hook(_CastInputs(None))
+            module.register_forward_pre_hook(_CastInputs(dtype), with_kwargs=True)
+        elif dtype is not None and type(module) in _PACKED_CAST_TYPES:
+            module.to(dtype)  # optimized before: re-packed in dtype (it casts its inputs itself)
+        elif dtype is not None and (isinstance(module, _SAME_DTYPE_INPUT_TYPES) or _needs_input_cast(module)):
+            module.register_forward_pre_hook(_CastInputs(None), with_kwargs=True)
 
     # nn.TransformerEncoderLayer's inference fast path hands linear1/linear2.weight to one fused aten op,
     # which cannot read a packed (oneDNN) weight. Where they were swapped, turn the fast path off: an
@@ -547,6 +578,13 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
     for m in model.modules():
         if isinstance(m, nn.TransformerEncoderLayer) and not (type(m.linear1) is type(m.linear2) is nn.Linear):
             m.activation_relu_or_gelu = 0
+        # The encoder turns a padded batch into a NestedTensor on its own (use_nested_tensor), which the packed
+        # layers cannot take ("Could not run 'ipex::onednn_linear' with ... NestedTensorCPU"). Without it the
+        # padded positions of the output hold computed values, where the stock fast path leaves zeros.
+        if isinstance(m, nn.TransformerEncoder) and any(
+                isinstance(layer, nn.TransformerEncoderLayer) and type(layer.linear1) is not nn.Linear
+                for layer in m.layers):
+            m.use_nested_tensor = False
 
     for region in regions:
         names = [_concat_group(model, region.module, members, dtype, prepack, shapes, knobs["graph_mode"])

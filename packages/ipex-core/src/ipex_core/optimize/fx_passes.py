@@ -12,6 +12,7 @@ the swapped submodules and that ``forward`` change.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
 from dataclasses import dataclass, field
@@ -62,12 +63,21 @@ def _qual(prefix: str, target: str) -> str:
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's default tracer with ipex's swapped modules also kept as leaves."""
+    """torch.fx's default tracer with ipex's swapped modules also kept as leaves, and (``hooked_leaves``)
+    any module with forward hooks: traced through, a container's hooks ran on FX proxies at optimize time
+    and never again (the rewritten forward calls only the leaves), so feature-extraction hooks on a block
+    silently stopped firing. As a leaf it is called as a module, hooks and all (and is its own region)."""
+
+    def __init__(self, hooked_leaves: bool = False):
+        super().__init__()
+        self.hooked_leaves = hooked_leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         from ipex_core.optimize import modules as ipex_modules
 
         if isinstance(m, (ipex_modules._PackedModule, ipex_modules.FoldedBatchNorm)):
+            return True
+        if self.hooked_leaves and _has_hooks(m):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -139,6 +149,16 @@ def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks)
 
 
+def _outermost_hooked(module: nn.Module):
+    """(name, submodule) of the descendants of ``module`` with forward hooks, not inside another one."""
+    for child_name, child in module.named_children():
+        if _has_hooks(child):
+            yield child_name, child
+        else:
+            for sub_name, sub in _outermost_hooked(child):
+                yield _qual(child_name, sub_name), sub
+
+
 def _frozen_names(model: nn.Module) -> set[str]:
     """Qualified names of the modules no pass may fold, fuse, merge or drop.
 
@@ -195,7 +215,7 @@ def trace_regions(model: nn.Module) -> tuple[list[Region], list[tuple[str, str]]
         if reason is None:
             snap = _state_snapshot(module)
             try:
-                graph = _Tracer().trace(module)
+                graph = _Tracer(hooked_leaves=True).trace(module)
             except Exception as exc:  # any failure means "not traceable": go one level down
                 text = str(exc).strip().splitlines()
                 reason = f"{type(exc).__name__}: {text[0][:100] if text else ''}"
@@ -205,8 +225,17 @@ def trace_regions(model: nn.Module) -> tuple[list[Region], list[tuple[str, str]]
             changed = _changed_state(snap)
             if reason is None and changed is not None:
                 reason = f"forward changes {changed}, which a rewritten forward would not"
+            if reason is None and any(n.op == "get_attr" and not n.users for n in graph.nodes):
+                # A parameter read and then only looked at in Python (T5's `isinstance(self.wo.weight,
+                # torch.Tensor)` is False for FX's proxy): the trace may have taken another branch than the
+                # real forward does (T5's cast to the projection's dtype was dropped).
+                reason = "forward inspects a parameter in Python; the trace may take another branch"
         if reason is None:
             regions.append(Region(name, module, graph, frozen=_local(frozen, name)))
+            # Modules with hooks were leaves of this trace (called as modules, hooks and all): their own
+            # insides are regions of their own.
+            for sub_name, sub in _outermost_hooked(module):
+                visit(_qual(name, sub_name), sub)
             return
         if any(isinstance(c, (*_FUSABLE, nn.modules.batchnorm._BatchNorm)) for c in module.children()):
             skipped.append((name or type(module).__name__, reason))
@@ -551,6 +580,19 @@ def bind_forward(region: Region) -> None:
     """
     region.graph.lint()
     gm = fx.GraphModule(region.module, region.graph)
-    fn = type(gm).forward
-    region.module.forward = fn.__get__(region.module, type(region.module))
+    generated = type(gm).forward
+    own = type(region.module).forward
+
+    # FX traced every argument as a tensor, so `if mask is not None:` took the "given" branch: an argument
+    # passed as None runs the module's own forward instead (a TypeError inside the generated code before).
+    # That forward is right on the swapped modules too: a folded BatchNorm is an identity placeholder, a
+    # layer called as a module computes the layer alone (its post-ops run only in the generated code), a
+    # concat member computes its slice.
+    @functools.wraps(own)
+    def forward(self, *args, **kwargs):
+        if any(a is None for a in args) or any(v is None for v in kwargs.values()):
+            return own(self, *args, **kwargs)
+        return generated(self, *args, **kwargs)
+
+    region.module.forward = forward.__get__(region.module, type(region.module))
     del gm

@@ -174,12 +174,16 @@ class _PackedModule(nn.Module):
         raise NotImplementedError
 
     def _weight_is_packed(self) -> bool:
-        return self.weight.is_mkldnn
+        # Kept as a flag, not read from the tensor: while torch.compile traces, the packed weight is a fake
+        # tensor whose is_mkldnn is False, and the packed [out, in, k] weight went into a dense
+        # conv_transpose (output_size=) or linear (Linear + BatchNorm1d on 3-D input) as if it were plain.
+        return self.__dict__.get("_packed", False)
 
     def _set_weight(self, dense: torch.Tensor) -> None:
         """Store ``dense`` (the effective, folded weight) in this module's kernel layout."""
         dense = dense.detach()
         stored = self._pack(dense) if self.kernel == "onednn" else dense.contiguous()
+        self.__dict__["_packed"] = self.kernel == "onednn"
         self._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
         if self.kernel == "mkl":
             self._mkl_weight = torch.ops.mkl._mkl_reorder_linear_weight(stored, self._mkl_batch)
@@ -303,6 +307,7 @@ class _PackedModule(nn.Module):
             # .double(), or .half() where oneDNN has no float16 kernels: packing raised. PyTorch's kernel on
             # the dense weight runs it (post-ops unfused), as it runs the module this one replaced.
             self.kernel = "dense"
+            self.__dict__["_packed"] = False
             self.__dict__.pop("_mkl_weight", None)
             return self
         if packed or self.kernel == "mkl":
@@ -387,21 +392,32 @@ class PackedLinear(_PackedModule):
             if (post.unary == "none" and other is not None and other.dtype == w.dtype
                     and other.shape[:-1] == input.shape[:-1] and other.shape[-1] == self.out_features):
                 return _ipex.onednn_linear_binary(input, other, w, b, post.binary)
-            y = _ipex.onednn_linear(input, w, b, "none", [], None)
-        elif self.kernel == "mkl":
+        return self._unfused(self._gemm(input), other, post)
+
+    def _gemm(self, input: torch.Tensor) -> torch.Tensor:
+        """input @ weight.T + bias on this module's kernel (the folded weight and bias where a BatchNorm was
+        folded), nothing after."""
+        w, b = self.weight, self._kernel_bias()
+        if self.kernel == "onednn":
+            return _ipex.onednn_linear(input, w, b, "none", [], None)
+        if self.kernel == "mkl":
             rows = input.numel() // max(self.in_features, 1)
-            y = torch.ops.mkl._mkl_linear(input.reshape(rows, self.in_features), self._mkl_weight, w, b,
-                                          self._mkl_batch).view(*input.shape[:-1], self.out_features)
-        else:
-            y = F.linear(input, w, b)
-        return self._unfused(y, other, post)
+            return torch.ops.mkl._mkl_linear(input.reshape(rows, self.in_features), self._mkl_weight, w, b,
+                                             self._mkl_batch).view(*input.shape[:-1], self.out_features)
+        return F.linear(input, w, b)
 
     def _forward_bn_unfolded(self, input: torch.Tensor, other, post: PostOp) -> torch.Tensor:
         """Linear then the folded BatchNorm1d as two steps: BatchNorm1d normalises dim 1, the Linear's
         features only for 2-D input. The fold is planned without knowing the input's rank unless
         sample_input shows it; a 3-D input (BatchNorm1d over [N, C, L]) takes this path instead."""
-        y = F.linear(input, self._raw_weight().to(self.dtype), self.bias)
-        scale, shift = self._folded_bn.scale_shift()
+        bn = self._folded_bn
+        scale, shift = bn.scale_shift()
+        if bn._raw_weight_copy is not None:  # a zero scale: the folded weight cannot be divided back
+            y = F.linear(input, bn._raw_weight_copy.to(self.dtype), self.bias)
+        else:
+            # The folded GEMM, un-folded along the features (fp32). Unpacking the weight instead failed under
+            # torch.compile: inductor cannot read an opaque oneDNN tensor.
+            y = ((self._gemm(input).float() - shift) / scale).to(self.dtype)
         if y.dim() != 3 or y.shape[1] != scale.numel():
             raise ValueError(f"BatchNorm1d({scale.numel()}) after this Linear expects a 2-D input or a 3-D "
                              f"[N, {scale.numel()}, L] output; got the output shape {tuple(y.shape)}")
@@ -633,12 +649,14 @@ class _PackedConvTransposeNd(_PackedModule):
             output_padding = nn.modules.conv._ConvTransposeNd._output_padding(
                 self, input, output_size, list(self.stride), self._padding, list(self.kernel_size), self._nd,
                 list(self.dilation))
-        if self.kernel == "dense" or list(output_padding) != self._output_padding:
+        if self.kernel == "dense":
             conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self._nd - 1]
-            y = conv(input, self.dense_weight(), b, self._stride, self._padding, list(output_padding), self.groups,
-                     self._dilation)
+            y = conv(input, w, b, self._stride, self._padding, list(output_padding), self.groups, self._dilation)
             return self._unfused(y, None, post)
-        y = _ipex.onednn_conv_transpose(input, w, b, self._padding, self._output_padding, self._stride,
+        # output_size= may ask for another output_padding than the one packed for: the packed weight serves it
+        # too (unpacking it to a dense kernel instead failed under torch.compile: inductor cannot read an
+        # opaque oneDNN tensor).
+        y = _ipex.onednn_conv_transpose(input, w, b, self._padding, [int(p) for p in output_padding], self._stride,
                                         self._dilation, self.groups, post.unary, post.scalars, post.algorithm)
         return y if _keeps_channels_last(input) else y.contiguous()
 
