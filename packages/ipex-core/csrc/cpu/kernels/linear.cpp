@@ -207,7 +207,8 @@ void small_m_blocks(const LinearArgs& a, int64_t begin, int64_t end) {
 // with no conversions -- four times fewer instructions per weight byte than
 // widening to fp32, so a core streams weights at memory speed. Only called
 // where the active ISA level has the instructions (the op decides, see
-// LinearArgs::x_bf16). More rows lose to AMX/brgemm (vdpbf16ps is the limit).
+// LinearArgs::x_bf16). Up to 8 rows, row-blocked (block_dot_bf16_rows); more lose to
+// AMX/brgemm (vdpbf16ps is the limit).
 #define IPEX_LINEAR_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 // out[0..kBlockN) = x . W_block over the whole K; two k groups per step into
@@ -394,11 +395,55 @@ IPEX_LINEAR_AMX_FN void large_m_tasks_amx(const LinearArgs& a, int64_t begin, in
   _tile_release();
 }
 
-void small_m_blocks_bf16_dot(const LinearArgs& a, int64_t begin, int64_t end) {
+// R rows (2..8) of x against one packed block: each k pair of the block's 32 columns (two 512-bit
+// loads) feeds 2R vdpbf16ps, one per row and half, into 2R accumulators (enough independent chains
+// to hide the latency); the rows' k pairs are broadcasts from memory, free on Zen 4.
+template <int R>
+IPEX_LINEAR_BF16_FN void block_dot_bf16_rows(const uint16_t* x, int64_t K_pad, const uint16_t* w, float* out) {
+  static_assert(kBlockN == 32, "one k group of a block is two 512-bit registers");
+  const int64_t groups = K_pad / 2;
+  __m512 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint16_t* wg = w + g * 2 * kBlockN;
+    if ((g & 1) == 0) prefetch_ahead(wg, 4 * kBlockN * 2);
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wg), w1 = (__m512bh)_mm512_loadu_si512(wg + 32);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh xr = (__m512bh)_mm512_set1_epi32(*reinterpret_cast<const int32_t*>(x + r * K_pad + 2 * g));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w0, xr);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, xr);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(out + r * kBlockN, acc[r][0]);
+    _mm512_storeu_ps(out + r * kBlockN + 16, acc[r][1]);
+  }
+}
+
+template <int R>
+IPEX_LINEAR_BF16_FN void small_m_blocks_bf16_rows(const LinearArgs& a, int64_t begin, int64_t end) {
   const auto* x = static_cast<const uint16_t*>(a.x_bf16);
   for_each_block<c10::BFloat16>(a, begin, end, [&](const c10::BFloat16* w, float* acc) {
-    block_dot_bf16(x, a.K_pad, reinterpret_cast<const uint16_t*>(w), acc);
+    block_dot_bf16_rows<R>(x, a.K_pad, reinterpret_cast<const uint16_t*>(w), acc);
   });
+}
+
+void small_m_blocks_bf16_dot(const LinearArgs& a, int64_t begin, int64_t end) {
+  const auto* x = static_cast<const uint16_t*>(a.x_bf16);
+  switch (a.M) {
+    case 1:
+      for_each_block<c10::BFloat16>(a, begin, end, [&](const c10::BFloat16* w, float* acc) {
+        block_dot_bf16(x, a.K_pad, reinterpret_cast<const uint16_t*>(w), acc);
+      });
+      return;
+    case 2: return small_m_blocks_bf16_rows<2>(a, begin, end);
+    case 3: return small_m_blocks_bf16_rows<3>(a, begin, end);
+    case 4: return small_m_blocks_bf16_rows<4>(a, begin, end);
+    case 5: return small_m_blocks_bf16_rows<5>(a, begin, end);
+    case 6: return small_m_blocks_bf16_rows<6>(a, begin, end);
+    case 7: return small_m_blocks_bf16_rows<7>(a, begin, end);
+    default: return small_m_blocks_bf16_rows<8>(a, begin, end);  // the op sends at most kDotMaxRows rows
+  }
 }
 #endif
 
