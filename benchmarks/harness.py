@@ -7,6 +7,7 @@ what we quote), takes medians, and writes JSON plus a markdown table.
 
 from __future__ import annotations
 
+import os
 import json
 import statistics
 import sys
@@ -158,4 +159,7 @@ def report(name: str, rows: Sequence[Row], meta: dict, columns: Sequence[str] = 
 def machine_meta() -> dict:
     import ipex_core
 
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "isa": ipex_core.active_isa()}
+    # What the figures depend on: the arguments, and the machine's load (another process on one of two
+    # vCPUs halves a 2-thread probe; compare runs at similar load only).
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "isa": ipex_core.active_isa(),
+            "argv": sys.argv[1:], "loadavg_1m": round(os.getloadavg()[0], 2)}
