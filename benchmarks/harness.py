@@ -7,8 +7,8 @@ what we quote), takes medians, and writes JSON plus a markdown table.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import statistics
 import sys
 import time
