@@ -131,3 +131,10 @@ def test_third_party_extension_is_aliased(fake_dist):
     assert ipex.contrib is mod
     sys.modules.pop("ipex.contrib", None)
     ipex.__dict__.pop("contrib", None)
+
+
+def test_boolean_variables_read_alike(monkeypatch):
+    """`IPEX_BACKEND_AUTOLOAD=` (set but empty) turned plugins off; only 0/false/no/off should."""
+    for value, expected in (("", True), ("1", True), ("yes", True), ("0", False), ("off", False), ("FALSE", False)):
+        monkeypatch.setenv("IPEX_BACKEND_AUTOLOAD", value)
+        assert ipex.env.get_bool("IPEX_BACKEND_AUTOLOAD") is expected, value

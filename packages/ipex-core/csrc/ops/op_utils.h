@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cctype>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -61,8 +62,12 @@ inline void advise_huge_pages(const at::Tensor& t) {
   constexpr size_t kMinBytes = size_t{32} << 20;
   const size_t n = t.nbytes();
   static const bool enabled = [] {
+    // Read as ipex_core.env.get_bool reads booleans: 0/false/no/off (any case) turn it off.
     const char* e = std::getenv("IPEX_HUGE_PAGE_OUTPUTS");
-    return e == nullptr || std::string(e) != "0";
+    if (e == nullptr) return true;
+    std::string v(e);
+    for (auto& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return !(v == "0" || v == "false" || v == "no" || v == "off");
   }();
   if (!enabled || n < kMinBytes || !t.is_cpu()) return;
   const auto p = reinterpret_cast<uintptr_t>(t.data_ptr());

@@ -45,7 +45,7 @@ VARIABLES: dict[str, EnvVar] = {
             "",
             "Rows (tokens) up to which ipex::linear uses its streaming decode kernel instead of "
             "the large-M one (bf16 AMX tiles, else brgemm). Empty: the measured default (bf16: 16 with "
-            "AMX, 1 with AVX512-BF16 only, else 0; 2 for fp16; 8 for fp32). A tuning knob.",
+            "AMX, 8 with AVX512-BF16 only, else 0; 2 for fp16; 8 for fp32). A tuning knob.",
         ),
         EnvVar(
             "IPEX_LINEAR_PREFETCH_BYTES",
@@ -56,7 +56,7 @@ VARIABLES: dict[str, EnvVar] = {
         EnvVar(
             "IPEX_HUGE_PAGE_OUTPUTS",
             "1",
-            "0 stops ipex ops from asking for transparent huge pages (madvise) on outputs of 32 MiB and "
+            "0 (or false/no/off) stops ipex ops from asking for transparent huge pages (madvise) on outputs of 32 MiB and "
             "more, which glibc maps afresh on every call; with it, their first writes fault 2 MiB at a time.",
         ),
         EnvVar(
@@ -83,8 +83,10 @@ def get(name: str) -> str:
 
 
 def get_bool(name: str) -> bool:
-    """``name`` read as a boolean: 0/false/no/off are False, anything else True."""
-    return get(name).lower() not in ("0", "false", "no", "off", "")
+    """``name`` read as a boolean: 0/false/no/off are False, anything else True; set but empty is its
+    documented default (``IPEX_BACKEND_AUTOLOAD=`` used to turn plugins off)."""
+    value = get(name) or _var(name).default.strip()
+    return value.lower() not in ("0", "false", "no", "off", "")
 
 
 def describe() -> list[dict[str, str]]:
