@@ -91,3 +91,13 @@ def test_decode_falls_back_to_eager_without_a_compiler():
         got = opt.generate(PROMPT, max_new_tokens=4, do_sample=False)
     assert any("cannot stay compiled" in str(w.message) for w in caught)
     assert torch.equal(got, reference.generate(PROMPT, max_new_tokens=4, do_sample=False))
+
+
+def test_num_parameters_counts_the_packed_weights():
+    """Packed weights are buffers: num_parameters() gave 16,704 of a 106,816-parameter model."""
+    model = build("llama")
+    want = (model.num_parameters(), model.num_parameters(exclude_embeddings=True))
+    opt = ipex.llm.optimize(model)
+    assert (opt.num_parameters(), opt.num_parameters(exclude_embeddings=True)) == want
+    assert ipex.llm.optimize(opt).num_parameters() == want[0]  # optimized again
+    assert copy.deepcopy(opt).num_parameters() == want[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import types
 import warnings
 
@@ -150,6 +151,7 @@ def optimize(
 
     if not inplace:
         model = copy.deepcopy(model)
+    counts = _parameter_counts(model)
     with torch.no_grad():
         if next(model.parameters()).dtype != dtype:
             model.to(dtype)
@@ -160,6 +162,8 @@ def optimize(
     # The ipex kernels have no backward: with parameters still requiring grad, model.train() and
     # loss.backward() ran and silently left every gradient None. Now backward says no graph exists.
     model.requires_grad_(False)
+    if counts is not None:
+        model.num_parameters = types.MethodType(functools.partial(_num_parameters, counts=counts), model)
     _disable_compiled_decode(model)  # a model optimized before: back to transformers' own generation settings
     compiled = deployment_mode and _enable_compiled_decode(model)
     iakv = iakv_cache.install(model, compiled_decode=compiled)
@@ -167,6 +171,21 @@ def optimize(
                              "deployment_mode": deployment_mode, "compiled_decode": compiled,
                              "iakv_beam_search": iakv}
     return model
+
+
+def _parameter_counts(model: nn.Module) -> dict[bool, int] | None:
+    """transformers' num_parameters() of the model before its weights are packed, with and without the
+    embeddings: packed weights are buffers, and the optimized model counted only what stayed a parameter
+    (16,704 of a 106,816-parameter Llama)."""
+    count = getattr(model, "num_parameters", None)
+    if count is None:
+        return None
+    return {False: count(exclude_embeddings=False), True: count(exclude_embeddings=True)}
+
+
+def _num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False, *, counts) -> int:
+    """num_parameters() of the model as it was before ipex.llm.optimize (nothing is trainable after it)."""
+    return 0 if only_trainable else counts[bool(exclude_embeddings)]
 
 
 def _enable_compiled_decode(model: nn.Module) -> bool:
