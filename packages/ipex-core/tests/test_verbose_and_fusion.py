@@ -145,3 +145,23 @@ work("AFTER")
 """)
     assert r.returncode == 0, r.stderr
     assert "onednn_verbose" not in _segments(r.stdout, ["AFTER"])["AFTER"]
+
+
+def test_verbose_on_creation_also_reports_primitive_creation():
+    """VERBOSE_ON_CREATION (2) prints oneDNN's primitive creation lines as well as executions; VERBOSE_ON (1)
+    prints executions only (a fresh shape each time, so a primitive is created inside each scope)."""
+    r = _run("""
+import torch, ipex_core
+def work(tag, n):
+    print(tag, flush=True)
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    (a @ a).sum()
+with ipex_core.verbose(ipex_core.verbose.VERBOSE_ON):
+    work("ON", 48)
+with ipex_core.verbose(ipex_core.verbose.VERBOSE_ON_CREATION):
+    work("CREATION", 40)
+""")
+    assert r.returncode == 0, r.stderr
+    seg = _segments(r.stdout, ["ON", "CREATION"])
+    assert "primitive,exec" in seg["ON"] and "primitive,create" not in seg["ON"]
+    assert "primitive,create" in seg["CREATION"] and "primitive,exec" in seg["CREATION"]

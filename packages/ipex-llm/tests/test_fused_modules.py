@@ -121,14 +121,15 @@ def hf_rotate_half(x):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_rotary_embedding_llama_matches_transformers_formula(dtype):
+@pytest.mark.parametrize("base", [10000, 500000])  # Llama 2 and Llama 3
+def test_rotary_embedding_llama_matches_transformers_formula(dtype, base):
     dim, heads = 64, 4
-    rope = M.RotaryEmbedding(128, dim, base=10000)
+    rope = M.RotaryEmbedding(128, dim, base=base)
     q = torch.randn(2, 7, heads, dim, dtype=dtype)
     pos = torch.arange(7).unsqueeze(0).expand(2, 7) + torch.tensor([[0], [5]])
     out = rope(q, pos, heads, dim, dim // 2, dim)
     assert out.dtype == dtype and out.shape == q.shape
-    inv = 1.0 / 10000 ** (torch.arange(0, dim, 2).float() / dim)
+    inv = 1.0 / base ** (torch.arange(0, dim, 2).float() / dim)
     emb = torch.cat([pos[..., None].float() * inv] * 2, -1)[:, :, None, :]
     qf = q.float()
     close(out, qf * emb.cos() + hf_rotate_half(qf) * emb.sin(), dtype)

@@ -535,3 +535,17 @@ def test_sample_inputs_warns_and_device_objects_accepted():
         ipex.llm.optimize(build("llama"), deployment_mode=False, sample_inputs=(_inputs("llama"),))
     for device in (torch.device("cpu"), "cpu:0"):
         ipex.llm.optimize(build("llama"), deployment_mode=False, device=device)
+
+
+def test_signature_matches_the_api():
+    """The contract's signature and defaults, pinned (as ipex.optimize's are)."""
+    import inspect
+
+    params = inspect.signature(ipex.llm.optimize).parameters
+    assert list(params)[0] == "model"
+    assert {k: p.default for k, p in list(params.items())[1:]} == {
+        "optimizer": None, "dtype": torch.float32, "inplace": False, "device": "cpu", "quantization_config": None,
+        "qconfig_summary_file": None, "low_precision_checkpoint": None, "sample_inputs": None,
+        "deployment_mode": True}
+    with pytest.raises(NotImplementedError, match="qconfig_summary_file"):
+        ipex.llm.optimize(build("llama"), qconfig_summary_file="summary.json")
