@@ -21,25 +21,14 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import BandwidthProbes, Row, machine_meta, progress, report, time_interleaved
+from harness import BandwidthProbes, Row, cycler, machine_meta, progress, report, rotating, time_interleaved
 from ipex_core.ops import attention_ops as A
 
 COLD_BYTES = 1.1 * (1 << 30)
 
 
 def _rotating(make, nbytes_each: int, cold: bool) -> list:
-    count = max(2, int(COLD_BYTES // nbytes_each) + 1) if cold else 1
-    return [make() for _ in range(count)]
-
-
-def _cycle(items):
-    state = {"i": 0}
-
-    def nxt():
-        state["i"] = (state["i"] + 1) % len(items)
-        return items[state["i"]]
-
-    return nxt
+    return rotating(make, nbytes_each, COLD_BYTES if cold else 0)
 
 
 def paged_case(dtype, batch, heads, kv_heads, head_dim, context, block, cold, rounds, probes):
@@ -61,7 +50,7 @@ def paged_case(dtype, batch, heads, kv_heads, head_dim, context, block, cold, ro
     out = torch.empty_like(q)
     head_mapping = torch.arange(heads, dtype=torch.int32) // (heads // kv_heads)
     lens = torch.full((batch,), context, dtype=torch.int32)
-    ours_layer, stock_layer = _cycle(layers), _cycle(layers)
+    ours_layer, stock_layer = cycler(layers), cycler(layers)
 
     def ours():
         kc, vc, tables, _, _ = ours_layer()
@@ -111,7 +100,7 @@ def iakv_case(dtype, beams, heads, kv_heads, head_dim, context, cold, rounds, pr
 
     layers = _rotating(layer, 2 * kv_bytes, cold)
     q = torch.randn(beams, 1, heads, head_dim, dtype=dtype)
-    ours_layer, stock_layer, reorder_layer = _cycle(layers), _cycle(layers), _cycle(layers)
+    ours_layer, stock_layer, reorder_layer = cycler(layers), cycler(layers), cycler(layers)
     beam_idx = torch.randint(0, beams, (beams,))
 
     def ours():

@@ -163,3 +163,21 @@ def machine_meta() -> dict:
     # vCPUs halves a 2-thread probe; compare runs at similar load only).
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "isa": ipex_core.active_isa(),
             "argv": sys.argv[1:], "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def rotating(make, nbytes_each: int, total_bytes: float) -> list:
+    """Enough copies made by ``make()`` to cover ``total_bytes`` (at least 2; 1 when total_bytes is 0): cycling
+    through them, a timed call finds its data in memory, not in the cache the previous call left it in."""
+    count = max(2, int(total_bytes // max(nbytes_each, 1)) + 1) if total_bytes else 1
+    return [make() for _ in range(count)]
+
+
+def cycler(items):
+    """A function returning the next item of ``items`` at each call (round robin)."""
+    state = {"i": 0}
+
+    def nxt():
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    return nxt
