@@ -12,7 +12,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import BandwidthProbes, Row, machine_meta, progress, report, time_interleaved
+from harness import BandwidthProbes, Row, cycler, machine_meta, progress, report, rotating, time_interleaved
 from ipex_core.ops import elementwise_ops as E
 
 
@@ -38,18 +38,30 @@ def main(argv=None) -> str:
     rows = []
     for i, t in enumerate(args.tokens):
         progress(i, len(args.tokens), f"tokens={t}")
-        q = torch.randn(1, t, h, d, dtype=dtype)
         pos = torch.arange(t).unsqueeze(0)
-        q_hf = q.transpose(1, 2)  # transformers' layout [b, heads, seq, dim]
         cos_hf, sin_hf = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
-        gate, up = torch.randn(t, 11008, dtype=dtype), torch.randn(t, 11008, dtype=dtype)
+        # Inputs rotate through 256 MiB of copies, so every size is read from memory (see bench_norm).
+        qs = rotating(lambda: torch.randn(1, t, h, d, dtype=dtype), 2 * t * h * d * 2, 256 << 20)
+        gus = rotating(lambda: (torch.randn(t, 11008, dtype=dtype), torch.randn(t, 11008, dtype=dtype)),
+                       3 * t * 11008 * 2, 256 << 20)
+        q_stock, q_ours, gu_stock, gu_ours = cycler(qs), cycler(qs), cycler(gus), cycler(gus)
+
+        def stock_rope():
+            q_hf = q_stock().transpose(1, 2)  # transformers' layout [b, heads, seq, dim]
+            return q_hf * cos_hf + rotate_half(q_hf) * sin_hf
+
+        def stock_silu():
+            gate, up = gu_stock()
+            return F.silu(gate) * up
+
         tm = time_interleaved({
-            "stock_rope": lambda: q_hf * cos_hf + rotate_half(q_hf) * sin_hf,
-            "ours_rope": lambda: E.rotary_embedding(q, sin_t, cos_t, d, True, pos),
-            "stock_silu": lambda: F.silu(gate) * up,
-            "ours_silu": lambda: E.silu_mul(gate, up),
+            "stock_rope": stock_rope,
+            "ours_rope": lambda: E.rotary_embedding(q_ours(), sin_t, cos_t, d, True, pos),
+            "stock_silu": stock_silu,
+            "ours_silu": lambda: E.silu_mul(*gu_ours()),
             **probes.fns,
         }, rounds=args.rounds)
+        q, (gate, _) = qs[0], gus[0]
         bw = probes.gbs(tm)
         rope_bytes = 2 * q.numel() * q.element_size()
         silu_bytes = 3 * gate.numel() * gate.element_size()
