@@ -120,3 +120,10 @@ def test_default_pool_leaves_hyper_thread_siblings_out(tmp_path, monkeypatch):
         pytest.skip("needs two CPUs available to the process")
     assert CPUPool().core_ids == [ALLOWED[0], *ALLOWED[2:]]
     assert topology.physical_cores(ALLOWED, root=root) == [ALLOWED[0], *ALLOWED[2:]]
+
+
+def test_physical_cores_keep_a_core_whose_first_thread_is_not_allowed(tmp_path):
+    """With only a core's second hardware thread allowed (a cpuset), the core was dropped."""
+    root = make_sysfs(tmp_path, {0: "0-3"}, "0-3", {0: "0,2", 2: "0,2", 1: "1,3", 3: "1,3"})
+    assert topology.physical_cores([0, 3], root=root) == [0, 3]
+    assert topology.physical_cores([0, 1, 2, 3], root=root) == [0, 1]

@@ -238,3 +238,13 @@ def test_output_without_a_concat_hint_is_an_error(two_cpus):
                              output_concat_hint=MultiStreamModuleHint(logits=0, hidden=0, scale=None))
     out = full(x)
     assert out["hidden"].shape == (4, 3) and torch.equal(out["scale"], torch.ones(3))
+
+
+def test_nested_output_without_a_concat_hint_is_an_error(two_cpus):
+    """A tuple of tensors the hint did not mention (hidden_states, past_key_values) still came back as stream 0's."""
+    def fn(x):
+        return {"logits": x * 2, "hidden": (x + 1, x + 2)}
+
+    msm = MultiStreamModule(fn, 2, CPUPool(list(two_cpus)), output_concat_hint=MultiStreamModuleHint(logits=0))
+    with pytest.raises(ValueError, match=r"\['hidden'\].*does not mention it"):
+        msm(torch.zeros(4, 3))

@@ -121,9 +121,20 @@ def _split(hint, value, start: int, length: int):
 _UNCOVERED = object()  # an output the concat hint does not mention (unlike an explicit None)
 
 
+def _holds_tensor(value) -> bool:
+    """Whether ``value`` is a tensor or a (nested) tuple / list / dict holding one."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_tensor(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    return False
+
+
 def _concat(hint, outputs: list, where: str):
     if hint is _UNCOVERED:
-        if len(outputs) > 1 and any(isinstance(o, torch.Tensor) for o in outputs):
+        if len(outputs) > 1 and any(_holds_tensor(o) for o in outputs):
             # Each stream's tensor is its slice of the batch: returning the first one (what this did) gave
             # stream 0's part only, silently.
             raise ValueError(

@@ -72,9 +72,20 @@ def _is_first_thread_of_core(cpu: int, root: Path) -> bool:
 
 
 def physical_cores(cpus: list[int], *, root: Path | None = None) -> list[int]:
-    """``cpus`` less the hyper-thread siblings other than the first of each physical core (in order)."""
+    """One CPU of ``cpus`` per physical core (the lowest of ``cpus`` among its siblings), in order. Where only
+    a core's second hardware thread is allowed (a cgroup / cpuset), that thread stands for the core."""
     root = _root(root)
-    return [c for c in cpus if _is_first_thread_of_core(c, root)]
+    allowed = set(cpus)
+    keep = []
+    for c in cpus:
+        siblings = None
+        for name in ("core_cpus_list", "thread_siblings_list"):
+            siblings = _read_cpu_list(Path(root) / "cpu" / f"cpu{c}" / "topology" / name)
+            if siblings:
+                break
+        if not siblings or c == min(s for s in siblings if s in allowed or s == c):
+            keep.append(c)
+    return keep
 
 
 def get_core_list_of_node_id(node_id: int, *, root: Path | None = None) -> list[int]:

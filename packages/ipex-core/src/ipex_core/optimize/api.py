@@ -474,6 +474,12 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
     fusion = prepack and is_onednn_fusion_enabled()
     plans: dict[str, fx_passes.Plan] = {}
     regions: list[fx_passes.Region] = []
+    if dtype is not None:
+        # Before tracing: FX inlines a module of the model's own code, so a hook added afterwards never ran
+        # inside a rewritten forward; with the hook, the tracer keeps it a leaf (called as a module).
+        for m in model.modules():
+            if _needs_input_cast(m):
+                m.register_forward_pre_hook(_CastInputs(None), with_kwargs=True)
     read_directly: set[str] = set()  # layers whose parameters the model's own code reads: left as they are
     need_graph = knobs["conv_bn_folding"] or knobs["linear_bn_folding"] or fusion or knobs["concat_linear"]
     if need_graph:
@@ -568,7 +574,7 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             module.register_forward_pre_hook(_CastInputs(dtype), with_kwargs=True)
         elif dtype is not None and type(module) in _PACKED_CAST_TYPES:
             module.to(dtype)  # optimized before: re-packed in dtype (it casts its inputs itself)
-        elif dtype is not None and (isinstance(module, _SAME_DTYPE_INPUT_TYPES) or _needs_input_cast(module)):
+        elif dtype is not None and isinstance(module, _SAME_DTYPE_INPUT_TYPES):
             module.register_forward_pre_hook(_CastInputs(None), with_kwargs=True)
 
     # nn.TransformerEncoderLayer's inference fast path hands linear1/linear2.weight to one fused aten op,

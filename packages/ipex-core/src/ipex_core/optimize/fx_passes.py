@@ -571,6 +571,20 @@ def rewrite_concat(region: Region, names: list[str]) -> None:
             graph.erase_node(n)
 
 
+def _check_own_forward_runs(module: nn.Module) -> None:
+    """The module's own forward computes the optimized model's result unless a BatchNorm was folded: then its
+    placeholder is an identity, and a branch that normalises something else than the folded layer's output
+    (reached only with the argument given as None) would skip the normalisation."""
+    from ipex_core.optimize.modules import FoldedBatchNorm
+
+    if any(isinstance(m, FoldedBatchNorm) for m in module.modules()):
+        raise ValueError(
+            f"{type(module).__name__}: ipex.optimize traced this forward with every argument given and folded a "
+            "BatchNorm into the layer before it; called with an argument set to None, it may take a branch the "
+            "trace did not see. Optimize with conv_bn_folding=False (and linear_bn_folding=False) to call it "
+            "this way.")
+
+
 def bind_forward(region: Region) -> None:
     """Give ``region.module`` the forward generated from its rewritten graph.
 
@@ -591,6 +605,7 @@ def bind_forward(region: Region) -> None:
     @functools.wraps(own)
     def forward(self, *args, **kwargs):
         if any(a is None for a in args) or any(v is None for v in kwargs.values()):
+            _check_own_forward_runs(self)
             return own(self, *args, **kwargs)
         return generated(self, *args, **kwargs)
 

@@ -120,9 +120,15 @@ def compile_model(model: nn.Module, concat_linear: bool = False) -> None:
 
 
 def _apply_then_compile(model: nn.Module, concat_linear: bool, fn, recurse: bool = True) -> nn.Module:
+    before = _tensor_kinds(model)
     type(model)._apply(model, fn, recurse)
-    _compile(model, concat_linear)
+    if _tensor_kinds(model) != before:  # a no-op .to("cpu") / .float() keeps the compiled graph (and its memory)
+        _compile(model, concat_linear)
     return model
+
+
+def _tensor_kinds(model: nn.Module) -> list:
+    return [(t.dtype, t.device) for t in (*model.parameters(), *model.buffers())]
 
 
 def _compile(model: nn.Module, concat_linear: bool) -> None:

@@ -122,7 +122,9 @@ class _NoBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, output, input, layer_name):
         ctx.layer_name = layer_name
-        return output.view_as(output)
+        # A copy, not a view: code that changes the output in place (`y += 1`) may not modify a view that a
+        # custom Function returned. Only the rare calls that take this path pay for it (see _inference_only).
+        return output.clone()
 
     @staticmethod
     def backward(ctx, grad):
@@ -134,7 +136,9 @@ class _NoBackward(torch.autograd.Function):
 def _inference_only(layer: nn.Module, input: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """``output``, made to refuse a backward when ``input`` asks for gradients: oneDNN's packed kernels have
     none, and the gradients used to come out silently missing (x.grad None, torch only warned)."""
-    if input.requires_grad and torch.is_grad_enabled():
+    # The ipex ops refuse a backward themselves (their Autograd kernel, csrc/ops/autograd.cpp, ends the graph
+    # in a NotImplemented node); mkldnn's convolutions only warn and give no gradient: they need it added here.
+    if input.requires_grad and torch.is_grad_enabled() and type(output.grad_fn).__name__ != "NotImplemented":
         return _NoBackward.apply(output, input, type(layer).__name__)
     return output
 
@@ -184,6 +188,7 @@ class _PackedModule(nn.Module):
         dense = dense.detach()
         stored = self._pack(dense) if self.kernel == "onednn" else dense.contiguous()
         self.__dict__["_packed"] = self.kernel == "onednn"
+        self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
         self._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
         if self.kernel == "mkl":
             self._mkl_weight = torch.ops.mkl._mkl_reorder_linear_weight(stored, self._mkl_batch)
@@ -406,23 +411,38 @@ class PackedLinear(_PackedModule):
                                              self._mkl_batch).view(*input.shape[:-1], self.out_features)
         return F.linear(input, w, b)
 
+    def _dense_raw_weight(self) -> torch.Tensor:
+        return _dense_raw_weight_eager()(self)
+
     def _forward_bn_unfolded(self, input: torch.Tensor, other, post: PostOp) -> torch.Tensor:
         """Linear then the folded BatchNorm1d as two steps: BatchNorm1d normalises dim 1, the Linear's
         features only for 2-D input. The fold is planned without knowing the input's rank unless
         sample_input shows it; a 3-D input (BatchNorm1d over [N, C, L]) takes this path instead."""
-        bn = self._folded_bn
-        scale, shift = bn.scale_shift()
-        if bn._raw_weight_copy is not None:  # a zero scale: the folded weight cannot be divided back
-            y = F.linear(input, bn._raw_weight_copy.to(self.dtype), self.bias)
-        else:
-            # The folded GEMM, un-folded along the features (fp32). Unpacking the weight instead failed under
-            # torch.compile: inductor cannot read an opaque oneDNN tensor.
-            y = ((self._gemm(input).float() - shift) / scale).to(self.dtype)
+        scale, shift = self._folded_bn.scale_shift()
+        y = F.linear(input, self._dense_raw_weight(), self.bias)
         if y.dim() != 3 or y.shape[1] != scale.numel():
             raise ValueError(f"BatchNorm1d({scale.numel()}) after this Linear expects a 2-D input or a 3-D "
                              f"[N, {scale.numel()}, L] output; got the output shape {tuple(y.shape)}")
         y = y * scale.to(y.dtype).view(1, -1, 1) + shift.to(y.dtype).view(1, -1, 1)
         return self._unfused(y, other, post)
+
+
+@functools.cache
+def _dense_raw_weight_eager():
+    # Wrapped on first use: torch.compiler.disable imports dynamo (tens of MB) at import time otherwise.
+    return torch.compiler.disable(_dense_raw_weight_of)
+
+
+def _dense_raw_weight_of(layer: PackedLinear) -> torch.Tensor:
+    """The raw (unfolded) weight in the layer's dtype, made once on first use and kept: dividing the folded
+    output back by the scale instead lost precision (0.96 off in bf16 with a scale of 1e-4), and unpacking
+    inside a compiled graph fails (inductor cannot read an opaque oneDNN tensor), so under torch.compile this
+    runs eagerly (a graph break on this rare path only: Linear + BatchNorm1d met a 3-D input)."""
+    cached = layer.__dict__.get("_raw_dense")
+    if cached is None or cached.dtype != layer.dtype:
+        cached = layer._raw_weight().to(layer.dtype)
+        layer.__dict__["_raw_dense"] = cached
+    return cached
 
 
 def _keeps_channels_last(input: torch.Tensor) -> bool:
