@@ -102,3 +102,20 @@ def test_num_parameters_counts_the_packed_weights():
     assert (opt.num_parameters(), opt.num_parameters(exclude_embeddings=True)) == want
     assert ipex.llm.optimize(opt).num_parameters() == want[0]  # optimized again
     assert copy.deepcopy(opt).num_parameters() == want[0]
+
+
+def test_optimized_model_is_freed_after_compiled_decode():
+    """The compiled calls were kept in a WeakKeyDictionary whose values referred to the model: no optimized
+    model that had generated was ever freed (a leak per model in a long-running process)."""
+    import gc
+    import weakref
+
+    opt = ipex.llm.optimize(build("llama"))
+    with torch.no_grad():
+        opt.generate(PROMPT, max_new_tokens=3, do_sample=False)
+        opt.generate(PROMPT, max_new_tokens=3, do_sample=False, num_beams=2)
+    assert copy.deepcopy(opt).__dict__["_ipex_compiled_calls"].calls == {}  # a copy compiles its own
+    ref = weakref.ref(opt)
+    del opt
+    gc.collect()
+    assert ref() is None

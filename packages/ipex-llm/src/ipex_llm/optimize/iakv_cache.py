@@ -32,7 +32,6 @@ import functools
 import sys
 import types
 import warnings
-import weakref
 
 import torch
 from torch import nn
@@ -447,8 +446,26 @@ def compile_for(model: nn.Module, fn, compile_config):
     return functools.partial(torch.compile(deployed_step(fn), **compile_kwargs(compile_config)), model)
 
 
-#: The compiled __call__ of each model (not an attribute of the model: a deepcopy would share it).
-_COMPILED_CALL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class _CompiledCalls:
+    """A model's compiled calls, held on the model itself, so that they go with it (held in a
+    WeakKeyDictionary, they kept their model alive: its values refer to it), and left behind by
+    copy.deepcopy and pickling (a copy compiles its own)."""
+
+    def __init__(self):
+        self.calls: dict[str, object] = {}
+
+    def __deepcopy__(self, memo):
+        return _CompiledCalls()
+
+    def __reduce__(self):
+        return (_CompiledCalls, ())
+
+
+def _compiled_calls(model: nn.Module) -> dict:
+    holder = model.__dict__.get("_ipex_compiled_calls")
+    if holder is None:
+        holder = model.__dict__["_ipex_compiled_calls"] = _CompiledCalls()
+    return holder.calls
 
 
 def get_compiled_call(self, compile_config):
@@ -457,10 +474,10 @@ def get_compiled_call(self, compile_config):
     mid-generation) runs eagerly, for that call only."""
     from transformers.cache_utils import StaticCache
 
-    compiled = _COMPILED_CALL.get(self)
+    compiled = _compiled_calls(self).get("call")
     if compiled is None:
         compiled = with_eager_fallback(self, compile_for(self, type(self).__call__, compile_config), self.__call__)
-        _COMPILED_CALL[self] = compiled
+        _compiled_calls(self)["call"] = compiled
 
     def call(*args, **kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -534,8 +551,6 @@ def install(model: nn.Module, compiled_decode: bool = False) -> bool:
 
 
 #: The compiled forward of each model whose beam decode is compiled (not an attribute of
-#: the model: a deepcopy would share it, bound to the original).
-_COMPILED_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _compile_beam_decode(model: nn.Module) -> None:
@@ -558,11 +573,11 @@ def _compile_beam_decode(model: nn.Module) -> None:
         if (isinstance(cache, IpexIAKVCache) and cache.max_cache_len is not None and cache.layers
                 and compile_config is not None and not torch.compiler.is_compiling()
                 and not is_in_torch_dispatch_mode(include_infra_modes=False) and cache.get_seq_length() > 0):
-            compiled = _COMPILED_FORWARD.get(self)
+            compiled = _compiled_calls(self).get("forward")
             if compiled is None:
                 compiled = with_eager_fallback(self, compile_for(self, class_forward, compile_config),
                                                types.MethodType(class_forward, self))
-                _COMPILED_FORWARD[self] = compiled
+                _compiled_calls(self)["forward"] = compiled
             return compiled(*args, **kwargs)
         return class_forward(self, *args, **kwargs)
 
