@@ -60,32 +60,24 @@ def node_ids(root: Path | None = None) -> list[int]:
     return sorted(_node_cpus(root))
 
 
-def _is_first_thread_of_core(cpu: int, root: Path) -> bool:
+def _is_first_thread_of_core(cpu: int, root: Path, among: set[int] | None = None) -> bool:
     # Intra-op work gains nothing from a core's second hardware thread, so a
     # node's "cores" are one logical CPU (the lowest-numbered) per physical core.
+    # `among`: only these CPUs count as siblings (a core whose first thread is not
+    # allowed is then stood for by its second).
     topo = Path(root) / "cpu" / f"cpu{cpu}" / "topology"
     for name in ("core_cpus_list", "thread_siblings_list"):
         siblings = _read_cpu_list(topo / name)
         if siblings:
-            return cpu == min(siblings)
+            return cpu == min(s for s in siblings if among is None or s in among or s == cpu)
     return True
 
 
 def physical_cores(cpus: list[int], *, root: Path | None = None) -> list[int]:
     """One CPU of ``cpus`` per physical core (the lowest of ``cpus`` among its siblings), in order. Where only
     a core's second hardware thread is allowed (a cgroup / cpuset), that thread stands for the core."""
-    root = _root(root)
-    allowed = set(cpus)
-    keep = []
-    for c in cpus:
-        siblings = None
-        for name in ("core_cpus_list", "thread_siblings_list"):
-            siblings = _read_cpu_list(Path(root) / "cpu" / f"cpu{c}" / "topology" / name)
-            if siblings:
-                break
-        if not siblings or c == min(s for s in siblings if s in allowed or s == c):
-            keep.append(c)
-    return keep
+    root, allowed = _root(root), set(cpus)
+    return [c for c in cpus if _is_first_thread_of_core(c, root, allowed)]
 
 
 def get_core_list_of_node_id(node_id: int, *, root: Path | None = None) -> list[int]:

@@ -411,15 +411,12 @@ class PackedLinear(_PackedModule):
                                              self._mkl_batch).view(*input.shape[:-1], self.out_features)
         return F.linear(input, w, b)
 
-    def _dense_raw_weight(self) -> torch.Tensor:
-        return _dense_raw_weight_eager()(self)
-
     def _forward_bn_unfolded(self, input: torch.Tensor, other, post: PostOp) -> torch.Tensor:
         """Linear then the folded BatchNorm1d as two steps: BatchNorm1d normalises dim 1, the Linear's
         features only for 2-D input. The fold is planned without knowing the input's rank unless
         sample_input shows it; a 3-D input (BatchNorm1d over [N, C, L]) takes this path instead."""
         scale, shift = self._folded_bn.scale_shift()
-        y = F.linear(input, self._dense_raw_weight(), self.bias)
+        y = F.linear(input, _dense_raw_weight_eager()(self), self.bias)
         if y.dim() != 3 or y.shape[1] != scale.numel():
             raise ValueError(f"BatchNorm1d({scale.numel()}) after this Linear expects a 2-D input or a 3-D "
                              f"[N, {scale.numel()}, L] output; got the output shape {tuple(y.shape)}")
