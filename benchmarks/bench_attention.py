@@ -124,6 +124,35 @@ def iakv_case(dtype, beams, heads, kv_heads, head_dim, context, cold, rounds, pr
     return t, kv_bytes
 
 
+def reshape_and_cache_case(dtype, tokens, kv_heads, head_dim, block, rounds, probes):
+    """PagedAttention.reshape_and_cache: new key/value rows scattered into the block cache at their slots.
+    Stock: index_copy_ of the same rows into the cache viewed as [slots, kv_heads, head_dim]. Bytes: the
+    rows read and written, keys and values."""
+    num_slots = max(4096, 4 * tokens)
+    num_slots += -num_slots % block
+    caches = {side: [torch.zeros(num_slots // block, block, kv_heads, head_dim, dtype=dtype) for _ in range(2)]
+              for side in ("stock", "ours")}
+    key, value = (torch.randn(tokens, kv_heads, head_dim, dtype=dtype) for _ in range(2))
+    slots = torch.randperm(num_slots)[:tokens]  # the slots of sequences spread over the cache
+
+    def ours():
+        kc, vc = caches["ours"]
+        A.reshape_and_cache(key, value, kc, vc, slots)
+
+    def stock():
+        kc, vc = caches["stock"]
+        kc.view(-1, kv_heads, head_dim).index_copy_(0, slots, key)
+        vc.view(-1, kv_heads, head_dim).index_copy_(0, slots, value)
+
+    ours()
+    stock()
+    for a, b in zip(caches["ours"], caches["stock"]):
+        if not torch.equal(a, b):
+            raise AssertionError("reshape_and_cache: ipex's cache differs from stock index_copy_")
+    t = time_interleaved({"stock": stock, "ours": ours, **probes.fns}, rounds=rounds)
+    return t, 2 * 2 * key.numel() * key.element_size()
+
+
 def varlen_case(dtype, lens, heads, head_dim, rounds):
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
     total = int(cu[-1])
@@ -156,7 +185,7 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    parser.add_argument("--cases", nargs="+", default=["paged", "iakv", "varlen"], choices=["paged", "iakv", "varlen"])
+    parser.add_argument("--cases", nargs="+", default=["paged", "iakv", "varlen", "cache"], choices=["paged", "iakv", "varlen", "cache"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -164,7 +193,8 @@ def main(argv=None) -> str:
     dtype = getattr(torch, args.dtype)
     probes = BandwidthProbes()
     rows = []
-    steps = [s for s in ("paged cold", "paged hot", "iakv cold", "iakv hot", "varlen") if s.split()[0] in args.cases]
+    steps = [s for s in ("paged cold", "paged hot", "iakv cold", "iakv hot", "varlen", "cache 8", "cache 2048")
+             if s.split()[0] in args.cases]
     for i, step in enumerate(steps):
         progress(i, len(steps), step)
         if step.startswith("paged"):
@@ -186,6 +216,13 @@ def main(argv=None) -> str:
             label = f"IAKV decode 4 beams h32/8 d128 ctx1024 ({'cold' if cold else 'hot L3'})"
             rows.append(Row(label, t["stock"] * 1e3, t["ours"] * 1e3, extra))
             rows.append(Row(label + " vs stock reorder+SDPA", t["stock_reorder"] * 1e3, t["ours"] * 1e3, {}))
+        elif step.startswith("cache"):
+            tokens = int(step.split()[1])
+            t, nbytes = reshape_and_cache_case(dtype, tokens, 8, 128, 16, args.rounds, probes)
+            bw = probes.gbs(t)
+            gbs = nbytes / t["ours"] / 1e9
+            rows.append(Row(f"reshape_and_cache {tokens} tokens h8 d128 blk16", t["stock"] * 1e3, t["ours"] * 1e3,
+                            {"ipex KV GB/s": gbs, "% of copy BW": 100 * gbs / bw["copy_gbs"]}))
         else:
             lens = [512, 1024, 2048]
             t, flops = varlen_case(dtype, lens, 32, 128, max(3, args.rounds // 3))
@@ -197,7 +234,7 @@ def main(argv=None) -> str:
     meta = machine_meta() | probes.summary() | {"dtype": args.dtype}
     name = f"attention_{args.dtype}" + (f"_{args.threads}t" if args.threads else "")
     table = report(name, rows, meta,
-                   columns=["ipex KV GB/s", "% of read BW", "stock % read BW", "ipex TFLOP/s"])
+                   columns=["ipex KV GB/s", "% of read BW", "stock % read BW", "% of copy BW", "ipex TFLOP/s"])
     print(f"bandwidth probes (interleaved, median over cases): {probes.summary()}")
     print(table)
     return table

@@ -2,8 +2,9 @@
 
 Decode (small M) is memory bound: the figure of merit is the weight bytes read
 per second as a fraction of the read bandwidth measured in the same rounds (interleaved probes).
-Cases: plain linear, LinearSiluMul-style (silu(xW^T) * other) and
-Linear2SiluMul (silu(x Wg^T) * x Wu^T, both weights read in one pass).
+Cases: every epilogue of ``torch.ops.ipex.linear`` (the kernels behind LinearRelu, LinearSilu,
+LinearGelu, LinearNewGelu, LinearMul, LinearAdd, LinearAddAdd, LinearSiluMul), each against the
+unfused stock expression, and Linear2SiluMul (silu(x Wg^T) * x Wu^T, both weights read in one pass).
 """
 
 from __future__ import annotations
@@ -16,11 +17,28 @@ import torch.nn.functional as F
 from harness import BandwidthProbes, Row, machine_meta, progress, report, time_interleaved
 from ipex_core.ops import linear_ops as L
 
+# The stock expression each epilogue fuses (y = F.linear(x, w); o1, o2 the extra operands), and the
+# module of ipex.llm.modules that runs it.
+STOCK_EPILOGUES = {
+    "none": ("linear", lambda y, o1, o2: y),
+    "relu": ("LinearRelu", lambda y, o1, o2: F.relu(y)),
+    "silu": ("LinearSilu", lambda y, o1, o2: F.silu(y)),
+    "gelu": ("LinearGelu", lambda y, o1, o2: F.gelu(y)),
+    "gelu_tanh": ("LinearNewGelu", lambda y, o1, o2: F.gelu(y, approximate="tanh")),
+    "mul": ("LinearMul", lambda y, o1, o2: y * o1),
+    "add": ("LinearAdd", lambda y, o1, o2: y + o1),
+    "add_add": ("LinearAddAdd", lambda y, o1, o2: y + o1 + o2),
+    "silu_mul": ("LinearSiluMul", lambda y, o1, o2: F.silu(y) * o1),
+}
+assert set(STOCK_EPILOGUES) == set(L.EPILOGUES), "a new epilogue needs its stock expression here"
+
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--m", type=int, nargs="+", default=[1, 4, 8, 128])
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    parser.add_argument("--epilogues", nargs="+", default=list(STOCK_EPILOGUES), choices=list(STOCK_EPILOGUES),
+                        help="epilogues to time (default: all)")
     parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -33,34 +51,31 @@ def main(argv=None) -> str:
         w = torch.randn(n, k, dtype=dtype) / k**0.5
         wu = torch.randn(n, k, dtype=dtype) / k**0.5
         x = torch.randn(m, k, dtype=dtype)
-        other = torch.randn(m, n, dtype=dtype)
+        o1, o2 = torch.randn(m, n, dtype=dtype), torch.randn(m, n, dtype=dtype)
         p = L.pack_linear_weight(w)
         pp = L.pack_linear_weight_pair(w, wu)
+        fns = {}
+        checks = [("Linear2SiluMul", lambda: L.linear_pair_silu_mul(x, pp, None, n),
+                   lambda: F.silu(F.linear(x, w)) * F.linear(x, wu))]
+        for ep in args.epilogues:
+            expr = STOCK_EPILOGUES[ep][1]
+            fns[f"stock_{ep}"] = lambda expr=expr: expr(F.linear(x, w), o1, o2)
+            fns[f"ours_{ep}"] = lambda ep=ep: L.linear(x, p, None, n, ep, o1, o2)
+            checks.append((ep, fns[f"ours_{ep}"], fns[f"stock_{ep}"]))
+        fns["stock_2sm"] = checks[0][2]
+        fns["ours_2sm"] = checks[0][1]
         # A fast wrong kernel must not pass for a speedup: each of ours against stock first (bf16 sums).
-        for ours, stock in ((L.linear(x, p, None, n), F.linear(x, w)),
-                            (L.linear_pair_silu_mul(x, pp, None, n), F.silu(F.linear(x, w)) * F.linear(x, wu))):
-            err = ((ours.float() - stock.float()).abs().max() / stock.float().abs().max()).item()
+        for label, ours, stock in checks:
+            a, b = ours().float(), stock().float()
+            err = ((a - b).abs().max() / b.abs().max()).item()
             if not err < 3e-2:
-                raise AssertionError(f"linear M={m} {k}->{n}: ipex differs from stock by {err:.3g} (relative)")
-        t = time_interleaved(
-            {
-                "stock": lambda: F.linear(x, w),
-                "ours": lambda: L.linear(x, p, None, n),
-                "stock_sm": lambda: F.silu(F.linear(x, w)) * other,
-                "ours_sm": lambda: L.linear(x, p, None, n, "silu_mul", other),
-                "stock_2sm": lambda: F.silu(F.linear(x, w)) * F.linear(x, wu),
-                "ours_2sm": lambda: L.linear_pair_silu_mul(x, pp, None, n),
-                **probes.fns,
-            },
-            rounds=args.rounds,
-        )
+                raise AssertionError(f"{label} M={m} {k}->{n}: ipex differs from stock by {err:.3g} (relative)")
+        t = time_interleaved(fns | probes.fns, rounds=args.rounds)
         bw = probes.gbs(t)
         wbytes = w.numel() * w.element_size()
-        for label, s, o, nbytes in (
-            ("linear", t["stock"], t["ours"], wbytes),
-            ("LinearSiluMul", t["stock_sm"], t["ours_sm"], wbytes),
-            ("Linear2SiluMul", t["stock_2sm"], t["ours_2sm"], 2 * wbytes),
-        ):
+        timed = [(STOCK_EPILOGUES[ep][0], t[f"stock_{ep}"], t[f"ours_{ep}"], wbytes) for ep in args.epilogues]
+        timed.append(("Linear2SiluMul", t["stock_2sm"], t["ours_2sm"], 2 * wbytes))
+        for label, s, o, nbytes in timed:
             # The weights are read, nothing of their size is written: the ceiling is the read bandwidth
             # (against the copy probe, which is lower, M=1 showed 108-113%).
             rows.append(Row(f"{label} M={m} {k}->{n}", s * 1e3, o * 1e3, {

@@ -1,7 +1,7 @@
-"""RMSNorm and fused add+RMSNorm: ipex kernels vs stock PyTorch, interleaved.
+"""RMSNorm, LayerNorm and their fused add+norm forms: ipex kernels vs stock PyTorch, interleaved.
 
-Stock baselines: torch.nn.functional.rms_norm, and `x + residual` followed by
-F.rms_norm (unfused). Bytes moved: rms_norm reads x and writes y; add_rms_norm
+Stock baselines: torch.nn.functional.rms_norm / layer_norm, and `x + residual` followed by
+the norm (unfused). Bytes moved: a norm reads x and writes y; add+norm
 reads x and residual and writes y and the new residual. The fraction of
 bandwidth uses the copy bandwidth measured in the same rounds (interleaved probes);
 the inputs rotate through 256 MiB of copies, so every size is read from memory.
@@ -36,6 +36,7 @@ def main(argv=None) -> str:
         progress(i, len(cases), f"{dtype} tokens={tokens}")
         h = args.hidden
         w = torch.randn(h, dtype=dtype)
+        b = torch.randn(h, dtype=dtype)
         esz = w.element_size()
         # Inputs rotated through 256 MiB of copies: each call reads from memory, as a decoder layer's norm
         # does, not from the cache the previous call left its few KiB in (up to 235% "of copy bandwidth").
@@ -71,8 +72,46 @@ def main(argv=None) -> str:
             _, _, xi, ri = ours_sets()
             torch.ops.ipex.add_rms_norm_(xi, ri, w, 1e-6)
 
+        def stock_layer_norm():
+            return F.layer_norm(stock_sets()[0], (h,), w, b, 1e-5)
+
+        def ours_layer_norm():
+            return torch.ops.ipex.layer_norm(ours_sets()[0], (h,), w, b, 1e-5)
+
+        def stock_add_layer_norm():
+            x, r, _, _ = stock_sets()
+            s = x + r
+            return F.layer_norm(s, (h,), w, b, 1e-5), s
+
+        def ours_add_layer_norm():
+            x, r, _, _ = ours_sets()
+            return torch.ops.ipex.add_layer_norm(x, r, (h,), w, b, 1e-5)
+
+        # A fast wrong kernel must not pass for a speedup: each of ours against stock on the same inputs
+        # first (the cyclers advance in step). The in-place pair is checked on copies.
+        def inplace_pair():
+            _, _, xi, ri = stock_sets()
+            ours_sets()
+            xo, ro = xi.clone(), ri.clone()
+            torch.ops.ipex.add_rms_norm_(xo, ro, w, 1e-6)
+            ref_r = ri + xi
+            return (xo, ro), (F.rms_norm(ref_r, (h,), w, 1e-6), ref_r)
+
+        checks = [(label, ours(), stock()) for label, ours, stock in (
+            ("rms_norm", ours_norm, stock_norm), ("add_rms_norm", ours_add_norm, stock_add_norm),
+            ("layer_norm", ours_layer_norm, stock_layer_norm),
+            ("add_layer_norm", ours_add_layer_norm, stock_add_layer_norm))]
+        checks.append(("add_rms_norm_", *inplace_pair()))
+        for label, ours, stock in checks:
+            for a, ref in zip(*(v if isinstance(v, tuple) else (v,) for v in (ours, stock)), strict=True):
+                err = ((a.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+                if not err < 2e-2:
+                    raise AssertionError(f"{label} {dtype} tokens={tokens}: ipex differs from stock by {err:.3g}")
+
         t = time_interleaved({"sn": stock_norm, "on": ours_norm, "sa": stock_add_norm, "oa": ours_add_norm,
-                              "si": stock_add_norm_inplace, "oi": ours_add_norm_inplace, **probes.fns},
+                              "si": stock_add_norm_inplace, "oi": ours_add_norm_inplace,
+                              "sl": stock_layer_norm, "ol": ours_layer_norm,
+                              "sal": stock_add_layer_norm, "oal": ours_add_layer_norm, **probes.fns},
                              rounds=args.rounds)
         bw = probes.gbs(t)
         name = str(dtype).replace("torch.", "")
@@ -80,6 +119,8 @@ def main(argv=None) -> str:
             ("rms_norm", t["sn"], t["on"], 2 * tokens * h * esz),
             ("add_rms_norm", t["sa"], t["oa"], 4 * tokens * h * esz),
             ("add_rms_norm_ (in place)", t["si"], t["oi"], 4 * tokens * h * esz),
+            ("layer_norm", t["sl"], t["ol"], 2 * tokens * h * esz),
+            ("add_layer_norm", t["sal"], t["oal"], 4 * tokens * h * esz),
         ):
             gbs = nbytes / ours / 1e9
             rows.append(Row(f"{label} {name} tokens={tokens}", base * 1e3, ours * 1e3,

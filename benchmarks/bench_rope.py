@@ -1,8 +1,10 @@
-"""Rotary embedding and SiLU-multiply: ipex kernels vs the stock PyTorch formulas, interleaved.
+"""Rotary embedding, SiLU-multiply and GELU-multiply: ipex kernels vs the stock PyTorch formulas, interleaved.
 
 Stock RoPE is transformers' `q * cos + rotate_half(q) * sin` on [batch, heads, seq, dim]
 (cos/sin gathered per token); ours is ipex::rotary_embedding on [tokens, heads, dim]
 with a position-indexed sin/cos table. Bytes: read q, write q (the table is cached).
+silu_mul / gelu_mul (the MLP activations of Llama-style and Gemma-style GeGLU models) read
+gate and up and write the product: F.silu(gate) * up and F.gelu(gate, approximate="tanh") * up.
 """
 
 from __future__ import annotations
@@ -54,11 +56,29 @@ def main(argv=None) -> str:
             gate, up = gu_stock()
             return F.silu(gate) * up
 
+        def stock_gelu():
+            gate, up = gu_stock()
+            return F.gelu(gate, approximate="tanh") * up
+
+        def ours_rope():
+            return E.rotary_embedding(q_ours(), sin_t, cos_t, d, True, pos)
+
+        # A fast wrong kernel must not pass for a speedup: ours against stock on the same inputs first.
+        for label, ours, stock in (("rotary_embedding", ours_rope, lambda: stock_rope().transpose(1, 2)),
+                                   ("silu_mul", lambda: E.silu_mul(*gu_ours()), stock_silu),
+                                   ("gelu_mul", lambda: E.gelu_mul(*gu_ours(), "tanh"), stock_gelu)):
+            a, b = ours().float(), stock().float()  # the two cyclers are in step: the same inputs
+            err = ((a - b).abs().max() / b.abs().max()).item()
+            if not err < 2e-2:
+                raise AssertionError(f"{label} tokens={t}: ipex differs from stock by {err:.3g} (relative)")
+
         tm = time_interleaved({
             "stock_rope": stock_rope,
-            "ours_rope": lambda: E.rotary_embedding(q_ours(), sin_t, cos_t, d, True, pos),
+            "ours_rope": ours_rope,
             "stock_silu": stock_silu,
             "ours_silu": lambda: E.silu_mul(*gu_ours()),
+            "stock_gelu": stock_gelu,
+            "ours_gelu": lambda: E.gelu_mul(*gu_ours(), "tanh"),
             **probes.fns,
         }, rounds=args.rounds)
         q, (gate, _) = qs[0], gus[0]
@@ -66,7 +86,8 @@ def main(argv=None) -> str:
         rope_bytes = 2 * q.numel() * q.element_size()
         silu_bytes = 3 * gate.numel() * gate.element_size()
         for label, s, o, nbytes in (("rotary_embedding", tm["stock_rope"], tm["ours_rope"], rope_bytes),
-                                    ("silu_mul 11008", tm["stock_silu"], tm["ours_silu"], silu_bytes)):
+                                    ("silu_mul 11008", tm["stock_silu"], tm["ours_silu"], silu_bytes),
+                                    ("gelu_mul tanh 11008", tm["stock_gelu"], tm["ours_gelu"], silu_bytes)):
             gbs = nbytes / o / 1e9
             rows.append(Row(f"{label} bf16 tokens={t}", s * 1e3, o * 1e3,
                             {"ipex GB/s": gbs, "% of copy BW": 100 * gbs / bw["copy_gbs"]}))

@@ -14,10 +14,9 @@ inline fVec activate(fVec v) {
   if constexpr (kAct == GatedAct::kSilu) {
     return silu(v);
   } else if constexpr (kAct == GatedAct::kGelu) {
-    return v * fVec(0.5f) * (fVec(1.f) + (v * fVec(M_SQRT1_2)).erf());
+    return gelu_erf(v);
   } else {
-    const fVec k0(0.7978845608028654f), k1(0.044715f);
-    return fVec(0.5f) * v * (fVec(1.f) + (k0 * (v + k1 * v * v * v)).tanh());
+    return gelu_tanh(v);
   }
 }
 

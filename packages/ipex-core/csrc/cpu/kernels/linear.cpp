@@ -39,11 +39,8 @@ inline fVec apply_activation(Epilogue e, fVec v) {
     case Epilogue::kRelu: return at::vec::maximum(v, fVec(0.f));
     case Epilogue::kSilu:
     case Epilogue::kSiluMul: return silu(v);
-    case Epilogue::kGelu: return v * fVec(0.5f) * (fVec(1.f) + (v * fVec(M_SQRT1_2)).erf());
-    case Epilogue::kGeluTanh: {
-      const fVec k0(0.7978845608028654f), k1(0.044715f);
-      return fVec(0.5f) * v * (fVec(1.f) + (k0 * (v + k1 * v * v * v)).tanh());
-    }
+    case Epilogue::kGelu: return gelu_erf(v);
+    case Epilogue::kGeluTanh: return gelu_tanh(v);
     default: return v;
   }
 }
