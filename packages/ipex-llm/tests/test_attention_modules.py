@@ -280,11 +280,14 @@ def test_varlen_dropout_and_return_softmax():
     torch.manual_seed(8)
     q, k, v, cq, ck = _packed([4, 6], [4, 6], 2, 2, 32)
     outs = []
-    for _ in range(2):
+    for global_seed in range(2):
+        torch.manual_seed(global_seed)  # the global RNG differs between the two calls: only gen_ may decide
         out = torch.empty_like(q)
         varlen_attention(q, k, v, out, cq, ck, 6, 6, 0.5, 0.2, gen_=torch.Generator().manual_seed(3))
         outs.append(out)
-    torch.testing.assert_close(outs[0], outs[1])  # the generator decides the mask
+    assert torch.equal(outs[0], outs[1])  # the generator decides the mask
+    other = varlen_attention(q, k, v, torch.empty_like(q), cq, ck, 6, 6, 0.5, 0.2, gen_=torch.Generator().manual_seed(4))
+    assert not torch.equal(other, outs[0])  # another seed, another mask
     plain = varlen_attention(q, k, v, torch.empty_like(q), cq, ck, 6, 6, 0.0, 0.2)
     assert not torch.allclose(outs[0], plain)
     out, probs = varlen_attention(q, k, v, torch.empty_like(q), cq, ck, 6, 6, 0.0, 0.2, return_softmax=True)
@@ -292,6 +295,49 @@ def test_varlen_dropout_and_return_softmax():
     assert probs.shape == (2, 2, 6, 6)
     torch.testing.assert_close(probs[0, :, :4, :4].sum(-1), torch.ones(2, 4))
     assert torch.equal(probs[0, :, 0, 1:], torch.zeros(2, 5))  # causal
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_dropout_drops_probabilities_at_the_rate_and_rescales(causal):
+    """With one-hot values (row j of V is e_j) the output is the dropped probability matrix itself, so the
+    dropout is checked entry by entry: every probability is either zeroed or scaled by 1/(1 - pdropout),
+    at the rate pdropout, independently per head, from probabilities equal to softmax(scale * q k^T)."""
+    pd, scale, H, Hkv, D = 0.3, 0.2, 2, 1, 64
+    lens = [40, 56]
+    torch.manual_seed(9)
+    q, k, _, cq, ck = _packed(lens, lens, H, Hkv, D)
+    v = torch.zeros_like(k)
+    for i, n in enumerate(lens):
+        v[ck[i] : ck[i + 1], :, :n] = torch.eye(n)[:, None, :]
+    out, probs = varlen_attention(q, k, v, torch.empty_like(q), cq, ck, 56, 56, pd, scale, is_causal=causal,
+                                  return_softmax=True, gen_=torch.Generator().manual_seed(5))
+    again = varlen_attention(q, k, v, torch.empty_like(q), cq, ck, 56, 56, pd, scale, is_causal=causal,
+                             gen_=torch.Generator().manual_seed(5))
+    assert torch.equal(again, out)  # return_softmax does not change the mask
+    dropped = allowed = both = pairs = 0
+    for i, n in enumerate(lens):
+        rows = out[cq[i] : cq[i + 1]].transpose(0, 1)  # [H, n, D]: row r of head h is p_h[r] after dropout
+        assert torch.equal(rows[..., n:], torch.zeros(H, n, D - n))
+        p, got = probs[i, :, :n, :n], rows[..., :n]
+        # probabilities before dropout (returned): the fp32 reference softmax, causal-masked
+        want = sdpa(q[cq[i] : cq[i + 1]][None], k[ck[i] : ck[i + 1]][None], torch.eye(n)[None, :, None, :].expand(
+            1, n, Hkv, n), scale, causal=causal)[0].transpose(0, 1)
+        torch.testing.assert_close(p, want, **TOL[torch.float32])
+        mask = p > 0  # where attention is allowed (all of it without the causal mask)
+        assert torch.equal(mask, torch.ones(n, n, dtype=torch.bool).tril().expand(H, n, n) if causal
+                           else torch.ones(H, n, n, dtype=torch.bool))
+        kept = got != 0
+        assert not (kept & ~mask).any()  # nothing appears where the softmax was 0
+        # inverted dropout: a kept probability is scaled by 1 / (1 - pdropout), unbiased in expectation
+        torch.testing.assert_close(got[kept], p[kept] / (1 - pd), rtol=1e-6, atol=0)
+        drop = mask & ~kept
+        dropped, allowed = dropped + int(drop.sum()), allowed + int(mask.sum())
+        assert not torch.equal(drop[0], drop[1])  # a mask of its own per head, not one broadcast over heads
+        both, pairs = both + int((drop[0] & drop[1]).sum()), pairs + int(mask[0].sum())
+    # The dropped fraction is pdropout and the two heads' masks are independent (P(both) = pdropout^2),
+    # each within 5 standard deviations of its binomial count.
+    assert abs(dropped / allowed - pd) <= 5 * math.sqrt(pd * (1 - pd) / allowed), dropped / allowed
+    assert abs(both / pairs - pd**2) <= 5 * math.sqrt(pd**2 * (1 - pd**2) / pairs), both / pairs
 
 
 def test_varlen_bad_input():

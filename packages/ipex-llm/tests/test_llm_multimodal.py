@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from test_llm_optimize import IpexOpCounter
+from test_llm_optimize import BF16_LOGITS_TOL, IpexOpCounter, assert_logits_close
 from torch import nn
 
 import ipex
@@ -48,6 +48,8 @@ def test_image_to_text_bf16_logits_close_to_stock_bf16(model_type):
         a = ref(input_ids, pixel_values=pixel_values.bfloat16()).logits.float().flatten()
         b = opt(input_ids, pixel_values=pixel_values.bfloat16()).logits.float().flatten()
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+    # Measured 0 (bitwise equal to stock bf16) for Git and Llava; the tolerance is explained in test_llm_optimize.
+    assert_logits_close(b, a, BF16_LOGITS_TOL)
 
 
 @pytest.mark.parametrize("model_type", sorted(MULTIMODAL))

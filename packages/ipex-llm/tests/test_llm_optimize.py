@@ -25,6 +25,26 @@ class IpexOpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# ipex.llm.optimize(dtype=bf16) against the stock model cast to bf16: max |logit error| relative to the
+# largest stock logit (cosine similarity alone is blind to a uniform scaling and allows ~14% rms error).
+# Measured on AVX512-BF16 without AMX (Zen 4): 0 for every family here (bitwise equal). Two correct bf16
+# backends need not agree bitwise (another CPU, another accumulation order): stock bf16 with oneDNN on vs
+# off differs by up to 1.0e-2 (Llava; <= 4e-3 for the text families), about 1.5 bf16 ulps (8-bit mantissa:
+# 2^-7 relative spacing) of the largest logit. The tolerance is 3x that. An RMSNorm 2% off (errors 4e-2 to
+# 6e-2) or a LayerNorm with eps 1e-2 (0.13 to 0.18) fails it; both passed the cosine check.
+BF16_LOGITS_TOL = 3e-2
+# fp16 (the ipex kernels compute it through fp32 on a CPU without AVX512-FP16, stock rounds every op to
+# fp16): measured 2.2e-4 (Llama) and 4.3e-4 (GPT-J), ~half an fp16 ulp (2^-10 relative) of the largest logit.
+FP16_LOGITS_TOL = 1.5e-3
+
+
+def assert_logits_close(out, ref, tol):
+    """max |out - ref| <= tol * max |ref|, elementwise over the logits (and the same shape)."""
+    assert out.shape == ref.shape
+    err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+    assert err <= tol, f"max logit error {err:.3g} of the largest logit > {tol}"
+
+
 def _inputs(model_type):
     torch.manual_seed(1)
     return torch.randint(3, 300, (2, 6))
@@ -62,13 +82,14 @@ def test_family_bf16_logits_close_to_stock_bf16(model_type):
         a = ref(ids, **kw).logits.float().flatten()
         b = opt(ids, **kw).logits.float().flatten()
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+    assert_logits_close(b, a, BF16_LOGITS_TOL)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gptj"])
 @pytest.mark.parametrize("deployment_mode", [False, True])
 def test_family_fp16_close_to_stock_fp16(model_type, deployment_mode):
     """dtype=torch.float16 (ipex kernels compute fp16 through fp32, see ipex-core): logits close to
-    stock fp16, ipex kernels running, greedy tokens equal to stock fp16's, beam search works."""
+    stock fp16, ipex kernels running, greedy and beam-search tokens equal to stock fp16's."""
     model = build(model_type)
     ref = copy.deepcopy(model).to(torch.float16)
     opt = ipex.llm.optimize(model, dtype=torch.float16, deployment_mode=deployment_mode)
@@ -79,9 +100,13 @@ def test_family_fp16_close_to_stock_fp16(model_type, deployment_mode):
     with torch.no_grad():
         a = ref(ids).logits.float().flatten()
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+    assert_logits_close(b, a, FP16_LOGITS_TOL)
     assert torch.equal(_generate(opt, ids), _generate(ref, ids))
-    beams = _generate(opt, ids, num_beams=3)
-    assert beams.shape[-1] > ids.shape[-1]
+    with IpexOpCounter() as counter:
+        beams = _generate(opt, ids, num_beams=3)
+    assert beams.shape == (2, ids.shape[1] + 8) and torch.equal(beams[:, :ids.shape[1]], ids)
+    assert torch.equal(beams, _generate(ref, ids, num_beams=3))  # the stock fp16 model's beams, token for token
+    assert counter.counts["iakv_attention"] > 0, counter.counts  # and the decode steps ran ipex's kernel
 
 
 def test_llama_swaps_and_kernels():
@@ -531,10 +556,26 @@ def test_training_after_optimize_is_refused_not_silent():
 
 
 def test_sample_inputs_warns_and_device_objects_accepted():
+    model, ids = build("llama"), _inputs("llama")
+    plain = ipex.llm.optimize(model, deployment_mode=False)  # device="cpu"
+    with torch.no_grad():
+        want = plain(ids).logits
     with pytest.warns(UserWarning, match="sample_inputs is not used"):
-        ipex.llm.optimize(build("llama"), deployment_mode=False, sample_inputs=(_inputs("llama"),))
-    for device in (torch.device("cpu"), "cpu:0"):
-        ipex.llm.optimize(build("llama"), deployment_mode=False, device=device)
+        opt = ipex.llm.optimize(model, deployment_mode=False, sample_inputs=(ids,))
+    assert opt._ipex_optimized == plain._ipex_optimized  # ignored, not a reason to skip optimizing
+    for device in (torch.device("cpu"), torch.device("cpu", 0), "cpu:0"):
+        opt = ipex.llm.optimize(model, deployment_mode=False, device=device)
+        # Optimized exactly as with device="cpu": same swaps, ipex kernels running, the same logits.
+        assert opt is not model and opt._ipex_optimized == plain._ipex_optimized
+        with IpexOpCounter() as counter, torch.no_grad():
+            assert torch.equal(opt(ids).logits, want)
+        assert counter.counts["linear"] > 0, counter.counts
+    # A device object is read by its type, so other types are refused as their strings are (not taken for CPU).
+    for device in (torch.device("cuda"), torch.device("cuda", 0), "cuda:0", torch.device("meta")):
+        with pytest.raises(ValueError, match=r"device must be 'cpu' or 'xpu'; got '(cuda|meta)'"):
+            ipex.llm.optimize(model, device=device)
+    with pytest.raises((RuntimeError, NotImplementedError), match=r"device='xpu'"):  # as device="xpu" (see above)
+        ipex.llm.optimize(model, device=torch.device("xpu", 0))
 
 
 def test_signature_matches_the_api():

@@ -151,15 +151,15 @@ class LSTMNet(nn.Module):
 class MLPBN(nn.Module):
     """Linear + BatchNorm1d + ReLU blocks, a Linear without bias, dropout, a Linear + add residual."""
 
-    def __init__(self, d: int = 32):
+    def __init__(self, d: int = 32, width: int = 64):
         super().__init__()
-        self.fc1 = nn.Linear(d, 64)
-        self.bn1 = nn.BatchNorm1d(64)
-        self.fc2 = nn.Linear(64, 64, bias=False)
-        self.bn2 = nn.BatchNorm1d(64)
+        self.fc1 = nn.Linear(d, width)
+        self.bn1 = nn.BatchNorm1d(width)
+        self.fc2 = nn.Linear(width, width, bias=False)
+        self.bn2 = nn.BatchNorm1d(width)
         self.drop = nn.Dropout(0.5)
-        self.fc3 = nn.Linear(64, 64)
-        self.fc4 = nn.Linear(64, 10)
+        self.fc3 = nn.Linear(width, width)
+        self.fc4 = nn.Linear(width, 10)
 
     def forward(self, x):
         h = self.drop(torch.relu(self.bn1(self.fc1(x))))

@@ -59,6 +59,13 @@ def run(model, inputs=INPUTS):
         return model(*inputs)
 
 
+# The Zoo (conv + BN, Linear + BN, embedding, LSTM) in bf16 against fp32, max error relative to the output's
+# scale. INPUTS are drawn unseeded at import, so measured over 1500 draws on AVX512-BF16 without AMX (Zen 4):
+# median 4.4e-3, p99 1.0e-2, max 1.7e-2 (the cast-stock and re-packed-fp32 variants alike or lower).
+# 3e-2 is 3x the p99 (it was 6e-2).
+BF16_TOL = 3e-2
+
+
 def close(a, b, tol=1e-4):
     scale = b.float().abs().max().clamp_min(1e-6)
     assert ((a.float() - b.float()).abs().max() / scale).item() <= tol
@@ -213,13 +220,13 @@ def test_dtype_rules_and_inputs(zoo):
     ref = run(zoo)
     out = run(opt)  # fp32 input
     assert out.dtype == torch.bfloat16
-    close(out, ref, 6e-2)
-    close(run(opt, (INPUTS[0].bfloat16(), INPUTS[1])), ref, 6e-2)
+    close(out, ref, BF16_TOL)
+    close(run(opt, (INPUTS[0].bfloat16(), INPUTS[1])), ref, BF16_TOL)
     # Without prepacking the cast stock modules cast their inputs (a forward pre-hook).
     stock = ipex.optimize(zoo, dtype=torch.bfloat16, weights_prepack=False, conv_bn_folding=False,
                           linear_bn_folding=False, optimize_lstm=False)
     assert type(stock.conv) is nn.Conv2d and stock.conv.weight.dtype == torch.bfloat16
-    close(run(stock), ref, 6e-2)
+    close(run(stock), ref, BF16_TOL)
 
 
 class _CastThenFloat32(nn.Module):
@@ -245,7 +252,7 @@ def test_bf16_activation_into_float32_layers(prepack):
     assert opt.conv.weight.dtype == torch.float32 and opt.gru.weight_ih_l0.dtype == torch.float32
     out = run(opt, (x,))
     assert out.dtype == torch.float32
-    close(out, run(model, (x,)), 6e-2)
+    close(out, run(model, (x,)), 1e-2)  # seeded: measured 2.5e-3 (either prepack), ~4x
 
 
 def test_inplace_semantics(zoo):
@@ -330,7 +337,7 @@ def test_bf16_state_dict_dtypes(zoo):
     assert sd["conv.weight"].dtype == torch.bfloat16 and sd["bn.weight"].dtype == torch.float32
     assert list(sd) == list(zoo.state_dict())
     opt.load_state_dict(zoo.state_dict())  # fp32 checkpoint into the bf16 model: cast and re-packed
-    close(run(opt), run(zoo), 6e-2)
+    close(run(opt), run(zoo), BF16_TOL)
 
 
 def test_module_protocols(zoo):
@@ -344,7 +351,7 @@ def test_module_protocols(zoo):
     assert dup.bn._owner is dup.conv and dup.conv._folded_bn is dup.bn  # references follow the copy
     back = copy.deepcopy(opt).to(torch.float32)  # .to() re-packs every swapped module
     assert back.conv.weight.dtype == torch.float32 and back.conv.weight.is_mkldnn
-    close(run(back), run(zoo), 6e-2)
+    close(run(back), run(zoo), BF16_TOL)
     assert sum(p.numel() for p in opt.parameters()) == sum(p.numel() for p in zoo.parameters())
 
 

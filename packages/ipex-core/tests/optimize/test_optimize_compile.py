@@ -8,6 +8,11 @@ from torch import nn
 
 import ipex
 
+# bf16 against the fp32 model, max error relative to the output's scale (every layer rounds its output to
+# bf16's 8-bit mantissa). Measured on AVX512-BF16 without AMX (Zen 4), each test seeded: Mixed 4.1e-3,
+# LSTMNet 4.6e-3, 2-layer BERT 8.7e-3; these tolerances are ~3x each (they were 6e-2).
+BF16_TOL, BF16_BERT_TOL = 1.5e-2, 2.5e-2
+
 
 def close(out, ref, tol):
     scale = ref.float().abs().max().clamp_min(1e-6)
@@ -50,7 +55,7 @@ def test_torch_compile_fullgraph_over_optimized_model():
         torch._dynamo.reset()
         compiled = torch.compile(opt, fullgraph=True)  # stock inductor, no freezing: a graph break would raise
         out = compiled(x)
-    close(eager, ref, 6e-2)
+    close(eager, ref, BF16_TOL)
     close(out, eager, 2e-2)
 
 
@@ -86,7 +91,7 @@ def test_graph_mode_bert_encoder(dtype):
     assert any(hasattr(m, "ipex_concat_linear_0") for m in opt.modules())
     with torch.no_grad():
         assert torch._dynamo.explain(opt.forward)(ids).graph_break_count == 0  # ipex modules included
-    close(opt(ids).last_hidden_state, ref, 1e-4 if dtype == torch.float32 else 6e-2)
+    close(opt(ids).last_hidden_state, ref, 1e-4 if dtype == torch.float32 else BF16_BERT_TOL)
     for kwargs in (dict(concat_linear=False), dict(level="O0")):
         plain = ipex.optimize(model, dtype=opt_dtype, graph_mode=True, sample_input=ids, **kwargs)  # compiles lazily: no cost
         assert not any(hasattr(m, "ipex_concat_linear_0") for m in plain.modules())
@@ -131,4 +136,4 @@ def test_graph_mode_with_lstm(dtype):
     torch._dynamo.reset()
     opt = ipex.optimize(model, dtype=dtype, graph_mode=True)
     with torch.no_grad():
-        close(opt(ids), ref, 1e-4 if dtype is None else 6e-2)
+        close(opt(ids), ref, 1e-4 if dtype is None else BF16_TOL)

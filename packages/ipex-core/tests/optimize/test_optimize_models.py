@@ -24,18 +24,26 @@ from ipex_core.optimize import (
 
 # Relative to the output's scale. fp32: oneDNN sums in another order and the folded weights are rounded
 # once more. bf16/fp16: every layer rounds its output (8 / 11 mantissa bits), errors grow with depth.
-TOL = {torch.float32: 1e-4, torch.bfloat16: 6e-2, torch.float16: 1e-2}
+# bf16, measured against the fp32 model on AVX512-BF16 without AMX (Zen 4), the worst case over repeated
+# draws where a test's inputs are unseeded: convs / ResNet-50 / LSTMs / Linear stacks / nn.TransformerEncoder
+# <= 5.9e-3, a 2-layer BERT 1.08e-2, a bf16 model with BatchNorm folded in bf16 (against the stock bf16
+# model) 7.5e-3, and test_optimize_model_code's unseeded Conv2d + Linear (a small output, so a heavy
+# tail): p99.9 1.05e-2, max 1.56e-2 over 3000 draws. 3e-2 is ~3x those (it was 6e-2). fp16: left as it
+# was, not measurable here (oneDNN has no float16 kernels without AVX512-FP16 / AMX-FP16; those tests skip).
+TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+# BERT-base (12 layers of LayerNorm, softmax and GELU in bf16): measured 1.58e-2; ~3x.
+BERT_BASE_TOL = {**TOL, torch.bfloat16: 5e-2}
 
 
-def assert_close(out, ref, dtype=torch.float32):
+def assert_close(out, ref, dtype=torch.float32, tol=TOL):
     if isinstance(ref, (tuple, list)):
         for o, r in zip(out, ref):
-            assert_close(o, r, dtype)
+            assert_close(o, r, dtype, tol)
         return
     assert out.shape == ref.shape
     scale = ref.float().abs().max().clamp_min(1e-6)
     err = ((out.float() - ref.float()).abs().max() / scale).item()
-    assert err <= TOL[dtype], f"relative error {err:.3g} > {TOL[dtype]} ({dtype})"
+    assert err <= tol[dtype], f"relative error {err:.3g} > {tol[dtype]} ({dtype})"
 
 
 def run(model, *inputs):
@@ -264,7 +272,7 @@ def test_bert_base_config():
     assert_close(run(opt, ids).last_hidden_state, ref)
     opt16 = ipex.optimize(model, dtype=torch.bfloat16, inplace=True)
     assert opt16 is model
-    assert_close(run(opt16, ids).last_hidden_state, ref, torch.bfloat16)
+    assert_close(run(opt16, ids).last_hidden_state, ref, torch.bfloat16, BERT_BASE_TOL)
 
 
 def test_linear_batchnorm1d_and_dropout():
