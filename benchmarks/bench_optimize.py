@@ -7,7 +7,11 @@ a ConvTranspose2d/3d decoder (folded BatchNorm, grouped transpose), a Conv1d/Con
 net (BatchNorm folding, hardswish/GELU), a 2-layer bidirectional LSTM (optimize_lstm),
 and a Linear + BatchNorm1d MLP (linear_bn_folding, dropout removal);
 fp32 and bf16. bf16 baselines are the stock model cast with ``.to(bfloat16)``
-(what "stock bf16 eager" means here); ipex uses ``ipex.optimize(m, dtype=...,
+(what "stock bf16 eager" means here). The API's dtype rules cast only Conv2d,
+ConvTranspose2d, Linear, Embedding and LSTM: ipex's bf16 decoder and Conv1d/Conv3d
+net keep their Conv1d/Conv3d/ConvTranspose3d layers in fp32, where the stock
+baseline runs them in bf16 (those rows compare different precisions; their fp32
+rows compare like with like); ipex uses ``ipex.optimize(m, dtype=...,
 sample_input=x)`` (level O1: concat_linear is off in eager, where merging
 BERT's Q/K/V was neutral at batch 1 and slower at batch 8 here, and on under
 graph_mode). ``torch.compile`` runs inductor with freezing (set through

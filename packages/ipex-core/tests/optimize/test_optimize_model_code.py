@@ -239,6 +239,7 @@ def test_single_input_channel_convolution_under_compile():
     torch.compile of the optimized model failed a stride assert: such convolutions run the stock kernel."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    model = model.to(memory_format=torch.channels_last)  # the second conv then runs oneDNN's prepacked kernel
     graph = ipex.optimize(model, graph_mode=True)
     compiled = torch.compile(ipex.optimize(model))
     assert graph[0].kernel == "dense" and isinstance(graph[2], PackedConv2d) and graph[2].kernel == "onednn"

@@ -351,8 +351,8 @@ class _OpLog(TorchDispatchMode):
 @pytest.mark.parametrize("act,name", ACTIVATIONS, ids=[f"{n}-{i}" for i, (_, n) in enumerate(ACTIVATIONS)])
 def test_post_op_fusion(act, name):
     torch.manual_seed(0)
-    model = _Act(act).eval()
-    x = torch.randn(2, 4, 6, 6)
+    model = _Act(act).eval().to(memory_format=torch.channels_last)  # channels-last: oneDNN's conv (see api.py)
+    x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)
     ref = run(model, x)
     opt = ipex.optimize(model)
     assert repr(opt.conv.post_op) == name and repr(opt.fc.post_op) == name

@@ -38,9 +38,16 @@ that keep float32 weights and need an input of their weights' dtype (Conv1d/3d
 left unpacked, ConvTranspose1d/3d, GRU, RNN, Bilinear) cast their floating-point
 inputs to it, so a bf16 activation from a cast layer before them works.
 
-``auto_kernel_selection``: ``False`` (the default) runs every Linear and
-convolution on oneDNN with a prepacked weight, except, under ``graph_mode`` on
-Intel CPUs, fp32 Linears: they stay dense so that inductor packs them for MKL's sgemm, as
+``auto_kernel_selection``: ``False`` (the default) runs every Linear,
+transposed convolution and channels-last convolution on oneDNN with a
+prepacked weight. Convolutions whose input is channels-first (NCHW/NCDHW, as
+``sample_input`` shows, or without one, in a model not converted with
+``model.to(memory_format=torch.channels_last)``) and every Conv1d keep the stock
+kernel on their (BatchNorm-folded, cast) dense weight: oneDNN's prepacked
+kernels reorder such inputs and outputs to and from channels-last at each call,
+1.1-3x slower than stock. For the fastest convolutions convert the model and
+its inputs to channels-last. Under ``graph_mode`` on Intel CPUs, fp32 Linears
+stay dense so that inductor packs them for MKL's sgemm, as
 plain ``torch.compile`` does (faster than oneDNN's fp32 GEMM at BERT shapes
 here, at the cost of the dense copy inductor keeps). ``True`` times, per layer, on
 the layer's input shape recorded from ``sample_input``, the oneDNN prepacked
@@ -112,6 +119,7 @@ from ipex_core.optimize.modules import (
     PackedConvTranspose3d,
     PackedLinear,
     _explicit_padding,
+    _keeps_channels_last,
     _PackedConvTransposeNd,
     link_folded,
     onednn_runs,
@@ -238,11 +246,13 @@ def _call_with(model: nn.Module, sample_input):
 
 
 class _SampleRun:
-    """What one run of ``sample_input`` showed: each layer's input shape (first call), how often each layer
-    ran, and which Linears read the very same input tensor (concat_linear candidates)."""
+    """What one run of ``sample_input`` showed: each layer's input shape and whether that input was
+    channels-last (first call), how often each layer ran, and which Linears read the very same input tensor
+    (concat_linear candidates)."""
 
     def __init__(self, model: nn.Module | None = None, sample_input=None):
         self.shapes: dict[str, list[int]] = {}
+        self.channels_last: dict[str, bool] = {}
         self.calls: dict[str, int] = {}
         self.shared_inputs: list[list[str]] = []
         if model is not None:
@@ -258,6 +268,7 @@ class _SampleRun:
                     self.calls[name] = self.calls.get(name, 0) + 1
                     if args and isinstance(args[0], torch.Tensor) and name not in self.shapes:
                         self.shapes[name] = list(args[0].shape)
+                        self.channels_last[name] = _keeps_channels_last(args[0])
                         if type(mod) is nn.Linear:
                             inputs[name] = args[0]
                 handles.append(module.register_forward_pre_hook(hook))
@@ -321,17 +332,42 @@ def _single_input_channel(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.in_channels == 1
 
 
-def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool) -> str:
-    """The kernel without auto_kernel_selection: oneDNN on a prepacked weight, except an fp32 Linear under
-    graph_mode on an Intel CPU, left dense so that inductor's freezing packs it for MKL's sgemm (faster than
-    oneDNN's fp32 GEMM at BERT shapes on Intel Xeon, as plain torch.compile does). Elsewhere MKL runs a slow
-    path: BERT-base fp32 graph mode on AMD EPYC (Zen 4) took 376 ms dense against 216 ms on oneDNN."""
+def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, channels_last: bool = True) -> str:
+    """The kernel without auto_kernel_selection: oneDNN on a prepacked weight, except
+
+    * a convolution (not transposed) whose input is not channels-last (``channels_last`` False: so recorded
+      from sample_input, or, without one, a model whose convolution weights are not channels-last), and
+      every Conv1d: the prepacked kernels work in channels-last and reorder a channels-first input and
+      output on every call, 1.1-3x slower than stock's own kernel here (AMD EPYC Zen 4, single layers:
+      Conv3d 64->64 on 16x48x48 bf16 5.8 ms against 3.3; Conv1d 64->64 grouped 1.3 ms against 0.44). They
+      keep the stock kernel on the dense weight (BatchNorm folded, dtype cast): never slower than stock.
+      Transposed convolutions stay prepacked: there oneDNN's kernel was as fast or faster in both layouts
+      (ConvTranspose3d fp32 4.5x).
+    * an fp32 Linear under graph_mode on an Intel CPU, left dense so that inductor's freezing packs it for
+      MKL's sgemm (faster than oneDNN's fp32 GEMM at BERT shapes on Intel Xeon, as plain torch.compile does).
+      Elsewhere MKL runs a slow path: BERT-base fp32 graph mode on AMD EPYC (Zen 4) took 376 ms dense against
+      216 ms on oneDNN."""
     if not prepack or _single_input_channel(module):
+        return "dense"
+    if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd) \
+            and (type(module) is nn.Conv1d or not channels_last):
         return "dense"
     if (graph_mode and type(module) is nn.Linear and (cast or module.weight.dtype) == torch.float32
             and _mkl_is_fast()):
         return "dense"
     return "onednn"
+
+
+def _model_channels_last(model: nn.Module) -> bool:
+    """Whether the model was converted with ``model.to(memory_format=torch.channels_last)``: one of its 2-D/3-D
+    convolution weights is channels-last and not contiguous (1x1 kernels are both, and tell nothing)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)) and isinstance(m.weight, torch.Tensor) and not m.weight.is_mkldnn:
+            w = m.weight
+            fmt = torch.channels_last if w.dim() == 4 else torch.channels_last_3d
+            if not w.is_contiguous() and w.is_contiguous(memory_format=fmt):
+                return True
+    return False
 
 
 @functools.cache
@@ -381,15 +417,16 @@ def _binary_operand(candidate: nn.Module, example: torch.Tensor) -> torch.Tensor
     return other
 
 
-def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, shape) -> nn.Module:
-    """auto_kernel_selection: build each candidate, time it on the recorded shape, keep the fastest."""
+def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, shape,
+                   channels_last: bool) -> nn.Module:
+    """auto_kernel_selection: build each candidate, time it on the recorded shape and layout, keep the fastest."""
     target = dtype or module.weight.dtype
     kernels = ["dense"] if _single_input_channel(module) else ["onednn", "dense"]
     if type(module) is nn.Linear and target == torch.float32:
         kernels.append("mkl")
     example = torch.randn(shape, dtype=target)
-    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-        example = example.to(memory_format=torch.channels_last if example.dim() == 4 else torch.channels_last_3d)
+    if channels_last and example.dim() in _CHANNELS_LAST:
+        example = example.to(memory_format=_CHANNELS_LAST[example.dim()])
     best, best_t = None, float("inf")
     for kernel in kernels:
         bn = FoldedBatchNorm(bn_source) if bn_source is not None else None
@@ -457,6 +494,7 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
         # The model is itself one swappable layer: swap it inside a holder, return the new layer.
         holder = nn.Sequential(model)
         sample.shapes = {f"0.{k}" if k else "0": v for k, v in sample.shapes.items()}
+        sample.channels_last = {f"0.{k}" if k else "0": v for k, v in sample.channels_last.items()}
         _transform(holder, dtype, knobs, sample)
         model = holder[0]
     else:
@@ -471,6 +509,7 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
 def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleRun) -> None:
     shapes = sample.shapes
     prepack = knobs["weights_prepack"]
+    model_channels_last = _model_channels_last(model)  # for layers sample_input did not show (or no sample)
     fusion = prepack and is_onednn_fusion_enabled()
     plans: dict[str, fx_passes.Plan] = {}
     regions: list[fx_passes.Region] = []
@@ -558,11 +597,12 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             _set_submodule(model, name, replaced[id(module)])
         elif _swappable(module) and (prepack or name in folded):
             cast = dtype if type(module) in _CAST_TYPES else None
-            kernel = _default_kernel(module, cast, prepack, knobs["graph_mode"])
+            channels_last = sample.channels_last.get(name, model_channels_last)
+            kernel = _default_kernel(module, cast, prepack, knobs["graph_mode"], channels_last)
             bn = folded.get(name)
             if knobs["auto_kernel_selection"] and prepack and name in shapes:
                 bn_source = model.get_submodule(plans[name].bn) if bn is not None else None
-                new = _select_kernel(module, plan, bn_source, cast, shapes[name])
+                new = _select_kernel(module, plan, bn_source, cast, shapes[name], channels_last)
                 if bn is not None:  # the winner folded its own copy: point the placeholder at it
                     link_folded(new, bn)
             else:

@@ -186,7 +186,7 @@ class _PackedModule(nn.Module):
     def _set_weight(self, dense: torch.Tensor) -> None:
         """Store ``dense`` (the effective, folded weight) in this module's kernel layout."""
         dense = dense.detach()
-        stored = self._pack(dense) if self.kernel == "onednn" else dense.contiguous()
+        stored = self._pack(dense) if self.kernel == "onednn" else _standard_strides(dense)
         self.__dict__["_packed"] = self.kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
         self._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
@@ -440,6 +440,19 @@ def _dense_raw_weight_of(layer: PackedLinear) -> torch.Tensor:
         cached = layer._raw_weight().to(layer.dtype)
         layer.__dict__["_raw_dense"] = cached
     return cached
+
+
+def _standard_strides(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with row-major strides. ``contiguous()`` keeps the strides of a tensor that is contiguous in two
+    layouts at once (a [8, 1, 3, 3] conv weight of a channels-last model): the stock convolution then took the
+    weight for channels-last and wrote a channels-last output, which inductor's conv + ReLU fusion lays out as
+    contiguous after a dynamic-shape recompile (graph mode 1.46 off on a channels-last model with a 1-channel
+    input; plain torch.compile with freezing fails a stride assert there)."""
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return t if tuple(reversed(strides)) == t.stride() else t.clone(memory_format=torch.contiguous_format)
 
 
 def _keeps_channels_last(input: torch.Tensor) -> bool:
