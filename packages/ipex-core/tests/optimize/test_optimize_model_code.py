@@ -492,3 +492,27 @@ def test_custom_projection_inside_a_traced_region_in_bf16():
     opt = ipex.optimize(model, dtype=torch.bfloat16)
     assert repr(opt.fc.post_op) == "relu"  # the region was still traced and fused
     assert_close(run(opt, x).float(), run(model, x), torch.bfloat16)
+
+
+def test_graph_mode_checks_output_strides(monkeypatch):
+    """Graph mode keeps inductor's size/stride checks of extern kernel outputs: a layout inductor gets wrong
+    is an error, not a silently wrong answer. Reproduced with the 1-channel weight stored with channels-last
+    strides (as before _standard_strides): inductor's conv + ReLU fusion then laid the output out as
+    contiguous after a dynamic-shape recompile, and graph mode returned it 1.46 off."""
+    from ipex_core.optimize import modules
+
+    monkeypatch.setattr(modules, "_standard_strides", lambda t: t.contiguous())
+    torch.manual_seed(1)  # not test_single_input_channel_convolution_under_compile's graph (inductor's cache)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1)).eval()
+    graph = ipex.optimize(model.to(memory_format=torch.channels_last), graph_mode=True)
+    raised = 0
+    for shape in ((2, 1, 28, 28), (3, 1, 28, 28), (2, 1, 20, 24)):
+        x = torch.randn(shape)
+        try:
+            out = graph(x)
+        except AssertionError as exc:  # inductor's check (at the first call when dynamo compiles dynamic at once)
+            assert "expected size 6==6, stride 1==" in str(exc), exc
+            raised += 1
+            continue
+        assert_close(out, run(model, x))  # every answer given is right
+    assert raised
