@@ -119,3 +119,24 @@ def test_optimized_model_is_freed_after_compiled_decode():
     del opt
     gc.collect()
     assert ref() is None
+
+
+def test_generate_without_cache_gives_no_deployment_warnings(capfd):
+    """deployment_mode's static cache and compile config mean nothing to a generate() without a cache: transformers
+    logged "generation flags are not valid ... ['cache_implementation']" and "unable to meet the criteria for
+    compilation" at every use_cache=False call. The call uses transformers' own settings; tokens equal stock's;
+    the deployment settings stay for the next call."""
+    import logging
+
+    model = build("llama")
+    reference = copy.deepcopy(model)
+    opt = ipex.llm.optimize(model)
+    logging.Logger.warning_once.cache_clear()  # transformers' once-only warnings must be able to show here
+    capfd.readouterr()
+    with torch.no_grad():
+        got = opt.generate(PROMPT, max_new_tokens=4, use_cache=False, do_sample=False)
+        want = reference.generate(PROMPT, max_new_tokens=4, use_cache=False, do_sample=False)
+    logged = capfd.readouterr().err
+    assert "cache_implementation" not in logged and "criteria for compilation" not in logged, logged
+    assert torch.equal(got, want)
+    assert opt.generation_config.cache_implementation == "static" and opt.generation_config.compile_config is not None

@@ -223,6 +223,7 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
     generation_config.cache_implementation = "static"
     generation_config.compile_config = compile_config
     model.save_pretrained = types.MethodType(_save_pretrained_stock_generation, model)
+    model._prepare_generation_config = types.MethodType(_prepare_generation_config_without_cache, model)
     # Bound to this model object only (a deepcopy rebinds them to the copy): cache sizes in
     # powers of two, a cache passed by the caller accepted, eager decode past the recompile limit.
     model._ipex_static_cache = True
@@ -233,7 +234,8 @@ def _enable_compiled_decode(model: nn.Module) -> bool:
 
 
 _COMPILED_DECODE_ATTRS = ("_ipex_static_cache", "_prepare_cache_for_generation", "_prepare_static_cache",
-                          "get_compiled_call", "save_pretrained", "_ipex_stock_generation")
+                          "get_compiled_call", "save_pretrained", "_prepare_generation_config",
+                          "_ipex_stock_generation")
 
 
 def _disable_compiled_decode(model: nn.Module) -> None:
@@ -256,6 +258,25 @@ def _save_pretrained_stock_generation(self, *args, **kwargs):
     config.cache_implementation, config.compile_config = self._ipex_stock_generation
     try:
         return type(self).save_pretrained(self, *args, **kwargs)
+    finally:
+        config.cache_implementation, config.compile_config = deployed
+
+
+def _prepare_generation_config_without_cache(self, generation_config=None, **kwargs):
+    """transformers' generation config for this call; a call without a cache (``use_cache=False``) gets
+    transformers' own cache and compile settings: deployment_mode's static cache and compile config mean
+    nothing there, and transformers logged two warnings about them at every such call ("generation flags
+    are not valid ... ['cache_implementation']", "unable to meet the criteria for compilation")."""
+    use_cache = kwargs.get("use_cache", getattr(generation_config, "use_cache", None))
+    if use_cache is None:
+        use_cache = self.generation_config.use_cache
+    if use_cache is not False:
+        return type(self)._prepare_generation_config(self, generation_config, **kwargs)
+    config = self.generation_config
+    deployed = config.cache_implementation, config.compile_config
+    config.cache_implementation, config.compile_config = self._ipex_stock_generation
+    try:
+        return type(self)._prepare_generation_config(self, generation_config, **kwargs)
     finally:
         config.cache_implementation, config.compile_config = deployed
 
