@@ -56,3 +56,19 @@ def test_version_and_bad_generate_arguments(capsys):
             cli.main(["generate", "--max-new-tokens", bad, "hi"])
         assert exit_info.value.code == 2
         assert "--max-new-tokens" in capsys.readouterr().err
+
+
+def test_help_does_not_import_the_plugins():
+    """'ipex --help' lists a sibling's subcommand from its entry point without importing it (ipex-llm's import
+    of torch and transformers made it take 2.2 s); the subcommand's own --help still shows its arguments."""
+    code = ("import sys\nfrom ipex import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', 'ipex_llm' in sys.modules, 'transformers' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "LOADED False False" in r.stdout and "doctor" in r.stdout
+    if importlib.util.find_spec("ipex_llm") is None:
+        return
+    assert "generate" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "ipex", "generate", "--help"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "--max-new-tokens" in r.stdout, r.stderr

@@ -94,7 +94,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(load_plugin: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. Sibling packages' subcommands (``ipex.cli`` entry points, e.g. ipex-llm's
+    ``generate``) are listed by name; only ``load_plugin``'s is imported and gets its real arguments: loading
+    ipex-llm's imports torch and transformers, which made ``ipex --help`` take 2.2 s."""
     parser = argparse.ArgumentParser(
         prog="ipex", description="ipex: fast PyTorch on Intel CPUs. Run 'ipex COMMAND --help' for details."
     )
@@ -109,28 +112,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=_cmd_doctor)
-    for hook in _subcommand_hooks():
-        hook(sub)
+    for ep in _plugin_entry_points():
+        if ep.name == load_plugin:
+            try:
+                ep.load()(sub)
+                continue
+            except Exception as exc:  # a broken sibling must not take the whole CLI down
+                print(f"WARNING: the ipex.cli plugin {ep.name!r} failed to load: {exc}", file=sys.stderr)
+        sub.add_parser(ep.name, help=f"(from {_dist_name(ep)}; 'ipex {ep.name} --help' for its arguments)",
+                       add_help=False)
     return parser
 
 
-def _subcommand_hooks():
-    """Sibling packages add subcommands (e.g. ipex-llm's 'generate') through this list."""
-    hooks = []
+def _plugin_entry_points() -> list:
+    """The ``ipex.cli`` entry points of the installed sibling packages (read from metadata, not imported)."""
     try:
         from importlib.metadata import entry_points
 
-        for ep in entry_points(group="ipex.cli"):
-            hooks.append(ep.load())
-    except Exception as exc:  # a broken sibling must not take the whole CLI down
-        print(f"WARNING: an ipex.cli plugin failed to load: {exc}", file=sys.stderr)
-    return hooks
+        return sorted(entry_points(group="ipex.cli"), key=lambda ep: ep.name)
+    except Exception as exc:
+        print(f"WARNING: the ipex.cli plugins could not be listed: {exc}", file=sys.stderr)
+        return []
+
+
+def _dist_name(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return getattr(dist, "name", None) or ep.value.split(":")[0].split(".")[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first argument that is not an option; only a plugin's own command imports it.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    plugins = {ep.name for ep in _plugin_entry_points()}
+    parser = build_parser(load_plugin=command if command in plugins else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
+        if command in plugins:  # its plugin failed to load (warned above)
+            return 1
         parser.print_help()
         return 0
     return args.func(args)
