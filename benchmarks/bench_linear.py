@@ -14,7 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import BandwidthProbes, Row, machine_meta, progress, report, time_interleaved
+from harness import BandwidthProbes, Row, check_ours, machine_meta, progress, report, time_interleaved
 from ipex_core.ops import linear_ops as L
 
 # The stock expression each epilogue fuses (y = F.linear(x, w); o1, o2 the extra operands), and the
@@ -66,10 +66,7 @@ def main(argv=None) -> str:
         fns["ours_2sm"] = checks[0][1]
         # A fast wrong kernel must not pass for a speedup: each of ours against stock first (bf16 sums).
         for label, ours, stock in checks:
-            a, b = ours().float(), stock().float()
-            err = ((a - b).abs().max() / b.abs().max()).item()
-            if not err < 3e-2:
-                raise AssertionError(f"{label} M={m} {k}->{n}: ipex differs from stock by {err:.3g} (relative)")
+            check_ours(f"{label} M={m} {k}->{n}", ours(), stock())
         t = time_interleaved(fns | probes.fns, rounds=args.rounds)
         bw = probes.gbs(t)
         wbytes = w.numel() * w.element_size()

@@ -165,6 +165,27 @@ def machine_meta() -> dict:
             "argv": sys.argv[1:], "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
+# Largest error relative to the largest stock magnitude that ours may show before timing, per dtype. fp32 sees
+# a wrong formula (tanh- for erf-GELU: 1.1e-4; fp32 results differ by accumulation order only, ~1e-6). bf16 and
+# fp16 round each output to 8 / 11 bits: their check catches gross errors (a wrong epilogue op, a missing add,
+# scrambled layouts), not approximation variants, which the unit tests check in fp32.
+CHECK_TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+def check_ours(label: str, ours, stock) -> float:
+    """A fast wrong kernel must not pass for a speedup: ``ours`` against ``stock`` (tensors, or tuples of them)
+    before timing, at CHECK_TOLERANCE of the stock dtype; returns the largest relative error."""
+    pairs = zip(ours, stock, strict=True) if isinstance(stock, (tuple, list)) else [(ours, stock)]
+    worst = 0.0
+    for a, b in pairs:
+        err = ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+        worst = max(worst, err)
+        if not err <= CHECK_TOLERANCE[b.dtype]:
+            raise AssertionError(f"{label}: ipex differs from stock by {err:.3g} of the largest value "
+                                 f"(tolerance {CHECK_TOLERANCE[b.dtype]} for {b.dtype})")
+    return worst
+
+
 def rotating(make, nbytes_each: int, total_bytes: float) -> list:
     """Enough copies made by ``make()`` to cover ``total_bytes`` (at least 2; 1 when total_bytes is 0): cycling
     through them, a timed call finds its data in memory, not in the cache the previous call left it in."""

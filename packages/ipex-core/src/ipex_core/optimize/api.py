@@ -8,8 +8,9 @@ extension's TorchScript graphs: BERT-base bf16 batch 1 measured 1.03-1.05x
 with it, batch 8 unchanged, while in eager mode it was neutral or slower):
 
 1. ``inplace=False`` deep-copies the model; the caller's model is untouched.
-2. ``sample_input`` is run once to record each layer's input shape (block
-   formats, kernel measurements, Linear+BatchNorm1d checks).
+2. ``sample_input`` is run once to record each layer's input shape and layout
+   (block formats, the default convolution kernel, kernel measurements,
+   Linear+BatchNorm1d checks).
 3. ``torch.fx`` traces the model region by region (fx_passes.py) to find
    BatchNorms to fold, activations / residual adds to fuse and Linears sharing
    an input; a region FX cannot trace is optimized module by module and named
@@ -45,8 +46,13 @@ prepacked weight. Convolutions whose input is channels-first (NCHW/NCDHW, as
 ``model.to(memory_format=torch.channels_last)``) and every Conv1d keep the stock
 kernel on their (BatchNorm-folded, cast) dense weight: oneDNN's prepacked
 kernels reorder such inputs and outputs to and from channels-last at each call,
-1.1-3x slower than stock. For the fastest convolutions convert the model and
-its inputs to channels-last. Under ``graph_mode`` on Intel CPUs, fp32 Linears
+1.1-3x slower than stock's own oneDNN call. Except where ATen would not call
+oneDNN: small fp32 batch-1 inputs (N*C*H*W <= 20480, kernels up to 3x3, as
+``sample_input`` shows) run on ATen's slower kernel, and such layers stay
+prepacked. "Converted" is read per rank from the exact weight strides (Conv2d
+and Conv3d apart: ``.to(memory_format=torch.channels_last)`` converts rank-4
+weights only). For the fastest convolutions convert the model and its inputs
+to channels-last. Under ``graph_mode`` on Intel CPUs, fp32 Linears
 stay dense so that inductor packs them for MKL's sgemm, as
 plain ``torch.compile`` does (faster than oneDNN's fp32 GEMM at BERT shapes
 here, at the cost of the dense copy inductor keeps). ``True`` times, per layer, on
@@ -96,6 +102,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import statistics
 import time
@@ -121,6 +128,7 @@ from ipex_core.optimize.modules import (
     _explicit_padding,
     _keeps_channels_last,
     _PackedConvTransposeNd,
+    _row_major_strides,
     link_folded,
     onednn_runs,
     run_fused,
@@ -332,15 +340,19 @@ def _single_input_channel(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.in_channels == 1
 
 
-def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, channels_last: bool = True) -> str:
+def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, channels_last: bool = True,
+                    shape: list[int] | None = None) -> str:
     """The kernel without auto_kernel_selection: oneDNN on a prepacked weight, except
 
     * a convolution (not transposed) whose input is not channels-last (``channels_last`` False: so recorded
-      from sample_input, or, without one, a model whose convolution weights are not channels-last), and
-      every Conv1d: the prepacked kernels work in channels-last and reorder a channels-first input and
-      output on every call, 1.1-3x slower than stock's own kernel here (AMD EPYC Zen 4, single layers:
-      Conv3d 64->64 on 16x48x48 bf16 5.8 ms against 3.3; Conv1d 64->64 grouped 1.3 ms against 0.44). They
-      keep the stock kernel on the dense weight (BatchNorm folded, dtype cast): never slower than stock.
+      from sample_input or, without one, in a model whose convolution weights of that rank are not
+      channels-last), and every Conv1d: the prepacked kernels work in channels-last and reorder a
+      channels-first input and output on every call, 1.1-3x slower than stock's own oneDNN call here (AMD
+      EPYC Zen 4, single layers: Conv3d 64->64 on 16x48x48 bf16 5.8 ms against 3.3; Conv1d 64->64 grouped
+      1.3 ms against 0.44). They keep the stock kernel on the dense weight (BatchNorm folded, dtype cast):
+      as fast as stock. Not where stock itself would not call oneDNN: ATen runs small fp32 convolutions
+      (batch 1, N*C*H*W <= 20480, kernels up to 3x3) on its own slower kernel, and there the prepacked one
+      was 1.5-2.8x faster; without a recorded shape that case cannot be told and the layer keeps stock's kernel.
       Transposed convolutions stay prepacked: there oneDNN's kernel was as fast or faster in both layouts
       (ConvTranspose3d fp32 4.5x).
     * an fp32 Linear under graph_mode on an Intel CPU, left dense so that inductor's freezing packs it for
@@ -350,7 +362,8 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
     if not prepack or _single_input_channel(module):
         return "dense"
     if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd) \
-            and (type(module) is nn.Conv1d or not channels_last):
+            and (type(module) is nn.Conv1d or not channels_last) \
+            and not _aten_skips_onednn(module, cast or module.weight.dtype, shape):
         return "dense"
     if (graph_mode and type(module) is nn.Linear and (cast or module.weight.dtype) == torch.float32
             and _mkl_is_fast()):
@@ -358,16 +371,43 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
     return "onednn"
 
 
-def _model_channels_last(model: nn.Module) -> bool:
-    """Whether the model was converted with ``model.to(memory_format=torch.channels_last)``: one of its 2-D/3-D
-    convolution weights is channels-last and not contiguous (1x1 kernels are both, and tell nothing)."""
+def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None) -> bool:
+    """Whether ATen runs this fp32 convolution on its own (slow) kernel instead of oneDNN for an input of
+    ``shape``: the size clause of its use_mkldnn condition (ATen's ConvUtils.h)."""
+    if dtype != torch.float32 or shape is None:
+        return False
+    if conv.groups > 1:
+        return False
+    k = list(conv.kernel_size)
+    if len(k) >= 2 and k[-1] > 3 and k[-2] > 3:
+        return False
+    n = shape[0] if len(shape) == conv.weight.dim() else 1  # unbatched input: a batch of one
+    dims = ([n] + list(shape[-(conv.weight.dim() - 1):]) + [1])[:4]  # N, C, and the first spatial sizes
+    return n == 1 and math.prod(dims) <= 20480
+
+
+def _channels_last_strides(shape) -> tuple[int, ...]:
+    """The strides of a channels-last tensor of ``shape`` (rank 4 or 5)."""
+    n, c, *spatial = shape
+    strides, step = {}, c
+    for i in range(len(spatial) - 1, -1, -1):
+        strides[i] = step
+        step *= spatial[i]
+    return (step, 1, *(strides[i] for i in range(len(spatial))))
+
+
+def _model_channels_last(model: nn.Module) -> dict[int, bool]:
+    """Per convolution rank (4: Conv2d, 5: Conv3d), whether the model's weights of that rank were converted to
+    channels-last (``model.to(memory_format=torch.channels_last)``, which converts rank-4 tensors only). Told by
+    the exact strides, which differ from row-major ones even for 1x1 and depthwise kernels (for which
+    ``is_contiguous`` holds in both layouts)."""
+    found: dict[int, bool] = {}
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Conv3d)) and isinstance(m.weight, torch.Tensor) and not m.weight.is_mkldnn:
             w = m.weight
-            fmt = torch.channels_last if w.dim() == 4 else torch.channels_last_3d
-            if not w.is_contiguous() and w.is_contiguous(memory_format=fmt):
-                return True
-    return False
+            cl = w.stride() == _channels_last_strides(w.shape) and w.stride() != _row_major_strides(w.shape)
+            found[w.dim()] = found.get(w.dim(), False) or cl
+    return found
 
 
 @functools.cache
@@ -597,8 +637,10 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             _set_submodule(model, name, replaced[id(module)])
         elif _swappable(module) and (prepack or name in folded):
             cast = dtype if type(module) in _CAST_TYPES else None
-            channels_last = sample.channels_last.get(name, model_channels_last)
-            kernel = _default_kernel(module, cast, prepack, knobs["graph_mode"], channels_last)
+            channels_last = sample.channels_last.get(name)
+            if channels_last is None:
+                channels_last = model_channels_last.get(module.weight.dim(), False)
+            kernel = _default_kernel(module, cast, prepack, knobs["graph_mode"], channels_last, shapes.get(name))
             bn = folded.get(name)
             if knobs["auto_kernel_selection"] and prepack and name in shapes:
                 bn_source = model.get_submodule(plans[name].bn) if bn is not None else None

@@ -139,9 +139,18 @@ def _tensor_kinds(model: nn.Module) -> list:
     return [(t.dtype, t.device) for t in (*model.parameters(), *model.buffers())]
 
 
+def _has_single_channel_conv(model: nn.Module) -> bool:
+    return any(getattr(m, "in_channels", None) == 1 and hasattr(m, "kernel_size") for m in model.modules())
+
+
 def _compile(model: nn.Module, concat_linear: bool) -> None:
+    # A convolution over 1 channel (a grayscale/audio front end, or a 1-channel bottleneck inside) meets an
+    # inductor bug under freezing: after a shape change, the dynamic-shape recompile lays the convolution's
+    # output out with the wrong strides (an error with the output checks, 1.35 off without). Such models
+    # recompile per input shape with static shapes instead (stock torch.compile with freezing fails the same way).
+    dynamic = False if _has_single_channel_conv(model) else None
     compiled = torch.compile(deployed_step(type(model)._call_impl),
                              backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
-                             options={"guard_filter_fn": deployment_guard_filter})
+                             dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter})
     # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
     model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model))

@@ -186,7 +186,7 @@ class _PackedModule(nn.Module):
     def _set_weight(self, dense: torch.Tensor) -> None:
         """Store ``dense`` (the effective, folded weight) in this module's kernel layout."""
         dense = dense.detach()
-        stored = self._pack(dense) if self.kernel == "onednn" else _standard_strides(dense)
+        stored = self._pack(dense) if self.kernel == "onednn" else _dense_layout(dense)
         self.__dict__["_packed"] = self.kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
         self._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
@@ -442,17 +442,25 @@ def _dense_raw_weight_of(layer: PackedLinear) -> torch.Tensor:
     return cached
 
 
-def _standard_strides(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with row-major strides. ``contiguous()`` keeps the strides of a tensor that is contiguous in two
-    layouts at once (a [8, 1, 3, 3] conv weight of a channels-last model): the stock convolution then took the
-    weight for channels-last and wrote a channels-last output, which inductor's conv + ReLU fusion lays out as
-    contiguous after a dynamic-shape recompile (graph mode 1.46 off on a channels-last model with a 1-channel
-    input; plain torch.compile with freezing fails a stride assert there)."""
+def _row_major_strides(shape) -> tuple[int, ...]:
     strides, step = [], 1
-    for size in reversed(t.shape):
+    for size in reversed(shape):
         strides.append(step)
         step *= max(size, 1)
-    return t if tuple(reversed(strides)) == t.stride() else t.clone(memory_format=torch.contiguous_format)
+    return tuple(reversed(strides))
+
+
+def _dense_layout(t: torch.Tensor) -> torch.Tensor:
+    """The dense weight as the stock layer would hold it: channels-last when it is so without doubt (a
+    converted model's conv weight: its output stays channels-last, as stock's), else with row-major strides.
+    ``contiguous()`` kept the strides of a weight contiguous in both layouts (a [8, 1, 3, 3] weight of a
+    channels-last model): the stock convolution took it for channels-last, and inductor's conv + ReLU fusion
+    laid that output out as contiguous after a dynamic-shape recompile (graph mode 1.46 off)."""
+    if t.dim() in (4, 5) and t.shape[1] > 1:
+        fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+        if not t.is_contiguous() and t.is_contiguous(memory_format=fmt):
+            return t
+    return t if t.stride() == _row_major_strides(t.shape) else t.clone(memory_format=torch.contiguous_format)
 
 
 def _keeps_channels_last(input: torch.Tensor) -> bool:
