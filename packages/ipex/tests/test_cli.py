@@ -72,3 +72,30 @@ def test_help_does_not_import_the_plugins():
     r = subprocess.run([sys.executable, "-m", "ipex", "generate", "--help"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "--max-new-tokens" in r.stdout, r.stderr
+
+
+def test_broken_plugin_fails_its_own_command_only(monkeypatch, capsys):
+    """A sibling whose register() fails (here after adding its parser) must not take the CLI down: its command
+    returns 1 with the reason (it crashed with "conflicting subparser", or gave a usage error for --help), and
+    the rest of the CLI works. A second entry point of a taken name is ignored with a warning."""
+
+    class FakeEntryPoint:
+        def __init__(self, name, value="broken_pkg.cli:register"):
+            self.name, self.value, self.dist = name, value, None
+
+        def load(self):
+            def register(sub):
+                sub.add_parser(self.name)
+                raise RuntimeError("half-registered")
+            return register
+
+    monkeypatch.setattr(cli, "_plugin_entry_points", lambda: [FakeEntryPoint("doctor"), FakeEntryPoint("widget")])
+    for argv in (["widget"], ["widget", "--help"], ["widget", "some text"]):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "'ipex widget' comes from broken_pkg, which failed to load (RuntimeError: half-registered)" in err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0 and "widget" in captured.out and "doctor" in captured.out
+    assert "'doctor' of broken_pkg is ignored: the name is taken" in captured.err

@@ -467,6 +467,14 @@ def test_kernel_rule_reads_layouts_exactly_and_stock_slow_paths():
         want, got = cl(x), opt(x)
     assert want.is_contiguous(memory_format=torch.channels_last) and got.is_contiguous(memory_format=torch.channels_last)
     close(got, want)
+    pw = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    pw = pw.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 10, 10)
+    opt = ipex.optimize(pw, sample_input=x)  # the 1x1 one keeps its channels-last weight (read from strides)
+    assert kernels(opt) == ["dense", None, "onednn"]
+    with torch.no_grad():
+        assert opt[0](x).is_contiguous(memory_format=torch.channels_last)
+        close(opt(x), pw(x))
 
     small = nn.Sequential(nn.Conv3d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv3d(32, 16, 3, padding=1)).eval()
     x = torch.randn(1, 16, 8, 16, 16)  # N*C*D*H = 2048 <= 20480: ATen's slow kernel

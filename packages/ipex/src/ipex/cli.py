@@ -113,12 +113,13 @@ def build_parser(load_plugin: str | None = None) -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=_cmd_doctor)
     for ep in _plugin_entry_points():
+        if ep.name in sub.choices:  # a second entry point of one name (a stale dist-info), or one named doctor
+            print(f"WARNING: the ipex.cli plugin {ep.name!r} of {_dist_name(ep)} is ignored: the name is taken",
+                  file=sys.stderr)
+            continue
         if ep.name == load_plugin:
-            try:
-                ep.load()(sub)
-                continue
-            except Exception as exc:  # a broken sibling must not take the whole CLI down
-                print(f"WARNING: the ipex.cli plugin {ep.name!r} failed to load: {exc}", file=sys.stderr)
+            ep.load()(sub)  # a failure ends in main() with the reason
+            continue
         sub.add_parser(ep.name, help=f"(from {_dist_name(ep)}; 'ipex {ep.name} --help' for its arguments)",
                        add_help=False)
     return parser
@@ -144,12 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The command is the first argument that is not an option; only a plugin's own command imports it.
     command = next((a for a in argv if not a.startswith("-")), None)
-    plugins = {ep.name for ep in _plugin_entry_points()}
-    parser = build_parser(load_plugin=command if command in plugins else None)
+    plugins = {ep.name: ep for ep in _plugin_entry_points()}
+    load = command if command in plugins and command != "doctor" else None
+    try:
+        parser = build_parser(load_plugin=load)
+    except Exception as exc:
+        if load is None:
+            raise
+        # A broken sibling must not take the whole CLI down: its own command fails, with the reason.
+        dist = _dist_name(plugins[load])
+        print(f"ERROR: 'ipex {load}' comes from {dist}, which failed to load ({type(exc).__name__}: {exc}). "
+              f"Reinstall it: pip install --force-reinstall {dist}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        if command in plugins:  # its plugin failed to load (warned above)
-            return 1
         parser.print_help()
         return 0
     return args.func(args)

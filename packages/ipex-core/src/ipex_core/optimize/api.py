@@ -76,6 +76,10 @@ without fused post-ops; inductor's own oneDNN pattern fusions, which plain
 inductor, freezing on, and runs the compiled call under ``torch.no_grad()``;
 the model keeps its class and ``state_dict()``. ``copy.deepcopy`` or
 unpickling gives back the eager model (PyTorch drops compiled state there).
+A model with a convolution over one input channel is compiled per input shape
+(static shapes, with a warning): under freezing, inductor's dynamic-shape
+recompile laid such a convolution's output out wrongly. Past dynamo's
+recompile limit (8 shapes) further shapes run eagerly.
 
 New weights: ``load_state_dict`` re-packs and re-folds them (and, under
 ``graph_mode``, compiles anew, as ``.to()`` does). Writing into parameters in
@@ -129,6 +133,7 @@ from ipex_core.optimize.modules import (
     _keeps_channels_last,
     _PackedConvTransposeNd,
     _row_major_strides,
+    channels_last_strides,
     link_folded,
     onednn_runs,
     run_fused,
@@ -382,18 +387,11 @@ def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | N
     if len(k) >= 2 and k[-1] > 3 and k[-2] > 3:
         return False
     n = shape[0] if len(shape) == conv.weight.dim() else 1  # unbatched input: a batch of one
-    dims = ([n] + list(shape[-(conv.weight.dim() - 1):]) + [1])[:4]  # N, C, and the first spatial sizes
+    channels, *spatial = shape[-(conv.weight.dim() - 1):]
+    if conv.padding_mode != "zeros" and isinstance(conv.padding, tuple):  # ATen sees the pre-padded input
+        spatial = [s + 2 * p for s, p in zip(spatial, conv.padding)]
+    dims = ([n, channels, *spatial] + [1])[:4]  # N, C, and the first spatial sizes
     return n == 1 and math.prod(dims) <= 20480
-
-
-def _channels_last_strides(shape) -> tuple[int, ...]:
-    """The strides of a channels-last tensor of ``shape`` (rank 4 or 5)."""
-    n, c, *spatial = shape
-    strides, step = {}, c
-    for i in range(len(spatial) - 1, -1, -1):
-        strides[i] = step
-        step *= spatial[i]
-    return (step, 1, *(strides[i] for i in range(len(spatial))))
 
 
 def _model_channels_last(model: nn.Module) -> dict[int, bool]:
@@ -405,7 +403,7 @@ def _model_channels_last(model: nn.Module) -> dict[int, bool]:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Conv3d)) and isinstance(m.weight, torch.Tensor) and not m.weight.is_mkldnn:
             w = m.weight
-            cl = w.stride() == _channels_last_strides(w.shape) and w.stride() != _row_major_strides(w.shape)
+            cl = w.stride() == channels_last_strides(w.shape) != _row_major_strides(w.shape)
             found[w.dim()] = found.get(w.dim(), False) or cl
     return found
 

@@ -10,6 +10,7 @@ weights and applies its own oneDNN pattern fusions on top of ipex's.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import nn
@@ -148,7 +149,14 @@ def _compile(model: nn.Module, concat_linear: bool) -> None:
     # inductor bug under freezing: after a shape change, the dynamic-shape recompile lays the convolution's
     # output out with the wrong strides (an error with the output checks, 1.35 off without). Such models
     # recompile per input shape with static shapes instead (stock torch.compile with freezing fails the same way).
-    dynamic = False if _has_single_channel_conv(model) else None
+    dynamic = None
+    if _has_single_channel_conv(model):
+        dynamic = False
+        warnings.warn("ipex.optimize(graph_mode=True): the model has a convolution over 1 input channel, so it is "
+                      "compiled for each input shape (static shapes; with dynamic ones inductor lays such a "
+                      "convolution's output out wrongly). Past torch._dynamo.config.recompile_limit distinct "
+                      "shapes (8 by default) further shapes run eagerly: raise the limit, or pad inputs to a few "
+                      "sizes.", UserWarning, stacklevel=3)
     compiled = torch.compile(deployed_step(type(model)._call_impl),
                              backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
                              dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter})

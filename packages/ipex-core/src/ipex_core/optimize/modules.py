@@ -450,17 +450,26 @@ def _row_major_strides(shape) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def channels_last_strides(shape) -> tuple[int, ...]:
+    """The strides of a channels-last tensor of ``shape`` (rank 4 or 5)."""
+    _, c, *spatial = shape
+    strides, step = [0] * len(spatial), c
+    for i in range(len(spatial) - 1, -1, -1):
+        strides[i] = step
+        step *= spatial[i]
+    return (step, 1, *strides)
+
+
 def _dense_layout(t: torch.Tensor) -> torch.Tensor:
     """The dense weight as the stock layer would hold it: channels-last when it is so without doubt (a
     converted model's conv weight: its output stays channels-last, as stock's), else with row-major strides.
     ``contiguous()`` kept the strides of a weight contiguous in both layouts (a [8, 1, 3, 3] weight of a
     channels-last model): the stock convolution took it for channels-last, and inductor's conv + ReLU fusion
     laid that output out as contiguous after a dynamic-shape recompile (graph mode 1.46 off)."""
-    if t.dim() in (4, 5) and t.shape[1] > 1:
-        fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
-        if not t.is_contiguous() and t.is_contiguous(memory_format=fmt):
-            return t
-    return t if t.stride() == _row_major_strides(t.shape) else t.clone(memory_format=torch.contiguous_format)
+    row_major = _row_major_strides(t.shape)
+    if t.dim() in (4, 5) and t.shape[1] > 1 and t.stride() == channels_last_strides(t.shape) != row_major:
+        return t  # exact strides: a 1x1 kernel is contiguous in both layouts, its strides tell them apart
+    return t if t.stride() == row_major else t.clone(memory_format=torch.contiguous_format)
 
 
 def _keeps_channels_last(input: torch.Tensor) -> bool:

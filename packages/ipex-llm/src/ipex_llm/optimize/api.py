@@ -266,19 +266,13 @@ def _prepare_generation_config_without_cache(self, generation_config=None, **kwa
     """transformers' generation config for this call; a call without a cache (``use_cache=False``) gets
     transformers' own cache and compile settings: deployment_mode's static cache and compile config mean
     nothing there, and transformers logged two warnings about them at every such call ("generation flags
-    are not valid ... ['cache_implementation']", "unable to meet the criteria for compilation")."""
-    use_cache = kwargs.get("use_cache", getattr(generation_config, "use_cache", None))
-    if use_cache is None:
-        use_cache = self.generation_config.use_cache
-    if use_cache is not False:
-        return type(self)._prepare_generation_config(self, generation_config, **kwargs)
-    config = self.generation_config
-    deployed = config.cache_implementation, config.compile_config
-    config.cache_implementation, config.compile_config = self._ipex_stock_generation
-    try:
-        return type(self)._prepare_generation_config(self, generation_config, **kwargs)
-    finally:
-        config.cache_implementation, config.compile_config = deployed
+    are not valid ... ['cache_implementation']", "unable to meet the criteria for compilation"). Only the
+    call's own copy is changed (transformers validates it later): the model's config is shared by threads."""
+    config, model_kwargs = type(self)._prepare_generation_config(self, generation_config, **kwargs)
+    if config.use_cache is False and config.cache_implementation == "static" \
+            and config.compile_config is not None:
+        config.cache_implementation, config.compile_config = self._ipex_stock_generation
+    return config, model_kwargs
 
 
 def _has_windowed_layers(model: nn.Module) -> bool:
