@@ -137,6 +137,7 @@ from ipex_core.optimize.modules import (
     link_folded,
     onednn_runs,
     run_fused,
+    single_input_channel,
 )
 from ipex_core.plugins import load_backend_plugins
 
@@ -342,7 +343,7 @@ def _single_input_channel(module: nn.Module) -> bool:
     torch.compile inductor then lays out the prepacked kernel's (channels-last) output as contiguous, and
     after an input shape change graph mode returned garbage (1.63 off) and plain torch.compile of the
     optimized model failed a stride assert. Such layers (audio or grayscale front ends) run the stock kernel."""
-    return isinstance(module, nn.modules.conv._ConvNd) and module.in_channels == 1
+    return isinstance(module, nn.modules.conv._ConvNd) and single_input_channel(module)
 
 
 def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, channels_last: bool = True,

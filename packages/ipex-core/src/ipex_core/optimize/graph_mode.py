@@ -15,8 +15,10 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["GRAPH_MODE_OUTPUT_ASSERTS", "NO_OUTPUT_ASSERTS", "ROOT_ARG", "compile_model", "deployed_step", "deployment_guard_filter",
-           "inductor_freezing_backend"]
+from ipex_core.optimize.modules import single_input_channel
+
+__all__ = ["GRAPH_MODE_OUTPUT_ASSERTS", "NO_OUTPUT_ASSERTS", "ROOT_ARG", "compile_model", "deployed_step",
+           "deployment_guard_filter", "inductor_freezing_backend"]
 
 
 # Inductor's wrapper checks the size, strides and alignment of every extern kernel's
@@ -141,7 +143,7 @@ def _tensor_kinds(model: nn.Module) -> list:
 
 
 def _has_single_channel_conv(model: nn.Module) -> bool:
-    return any(getattr(m, "in_channels", None) == 1 and hasattr(m, "kernel_size") for m in model.modules())
+    return any(single_input_channel(m) for m in model.modules())
 
 
 def _compile(model: nn.Module, concat_linear: bool) -> None:

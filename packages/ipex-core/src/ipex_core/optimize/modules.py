@@ -442,6 +442,13 @@ def _dense_raw_weight_of(layer: PackedLinear) -> torch.Tensor:
     return cached
 
 
+def single_input_channel(module: nn.Module) -> bool:
+    """A convolution (stock or swapped) over one input channel, whose input is NCHW and channels-last at once:
+    inductor lays such convolutions' outputs out wrongly (see ipex.optimize's _default_kernel and graph mode's
+    static shapes for them)."""
+    return getattr(module, "in_channels", None) == 1 and hasattr(module, "kernel_size")
+
+
 def _row_major_strides(shape) -> tuple[int, ...]:
     strides, step = [], 1
     for size in reversed(shape):
