@@ -102,16 +102,26 @@ class _InferenceCall:
     Freezing must be on while dynamo traces (at a call, lazily), not only while inductor compiles: dynamo
     then keeps parameters as graph constants, which freezing folds and inductor prepacks. Patching it in the
     backend alone leaves the weights as graph inputs (and ``torch.compile(options={"freezing": True})`` does
-    not freeze in torch 2.13 for the same reason). The patch is scoped to the call.
+    not freeze in torch 2.13 for the same reason). The patches are scoped to the call.
+
+    ``trace_lstm``: dynamo traces ``nn.LSTM`` (``allow_rnn``) instead of breaking the graph at it. By
+    default it runs every ``nn.RNNBase`` eagerly between two compiled graphs, and the stock LSTM kernel
+    reorders its weights for oneDNN at each call; traced, the LSTM decomposes into one
+    ``mkldnn_rnn_layer`` per layer and direction, whose weights freezing packs once, inside the one
+    graph of the model (a 2-layer biLSTM net, batch 8: 18.4 -> 15.1 ms, faster than eager ipex's
+    PackedLSTM). Only for models whose RNNs are all ``nn.LSTM``: GRU and RNN decompose into one set of
+    ops per time step.
     """
 
-    def __init__(self, compiled):
+    def __init__(self, compiled, trace_lstm: bool = False):
         self.compiled = compiled
+        self.trace_lstm = trace_lstm
 
     def __call__(self, *args, **kwargs):
+        from torch._dynamo import config as dynamo_config
         from torch._inductor import config
 
-        with torch.no_grad(), config.patch(freezing=True):
+        with torch.no_grad(), config.patch(freezing=True), dynamo_config.patch(allow_rnn=self.trace_lstm):
             return self.compiled(*args, **kwargs)
 
 
@@ -162,5 +172,7 @@ def _compile(model: nn.Module, concat_linear: bool) -> None:
     compiled = torch.compile(deployed_step(type(model)._call_impl),
                              backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
                              dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter})
+    rnns = [type(m) for m in model.modules() if isinstance(m, nn.RNNBase)]
+    trace_lstm = bool(rnns) and all(t is nn.LSTM for t in rnns)
     # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
-    model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model))
+    model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model), trace_lstm)
