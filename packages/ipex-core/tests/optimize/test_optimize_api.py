@@ -326,6 +326,12 @@ def test_state_dict_round_trips(zoo):
     other = M.randomize_bn(Zoo()).eval()
     opt.load_state_dict(other.state_dict())
     close(run(opt), run(other))
+    assert list(opt.state_dict()) == list(ref_sd)  # loading kept the order (weight before bias)
+    torch.manual_seed(2)
+    third = M.randomize_bn(Zoo()).eval()
+    opt.load_state_dict(third.state_dict(), assign=True)  # the checkpoint's tensors become the parameters
+    close(run(opt), run(third))
+    assert list(opt.state_dict()) == list(ref_sd)
     with pytest.raises(RuntimeError, match="size mismatch for conv.weight"):
         bad = dict(other.state_dict(), **{"conv.weight": torch.randn(8, 3, 5, 5)})
         opt.load_state_dict(bad)

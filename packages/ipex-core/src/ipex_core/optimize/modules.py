@@ -275,12 +275,17 @@ class _PackedModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         key = prefix + "weight"
-        weight = self._parameters.pop("weight")
+        # The stock loader sees every parameter but the (packed) weight, which is loaded below. The weight is
+        # hidden in a copy of the dict, not popped and put back: that moved it after the bias, and state_dict()
+        # then listed bias before weight, unlike the original model's.
+        params = self._parameters
+        self.__dict__["_parameters"] = {name: p for name, p in params.items() if name != "weight"}
         try:
             super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                           error_msgs)
         finally:
-            self._parameters["weight"] = weight
+            params.update(self._parameters)  # what the loader assigned (assign=True), in the original order
+            self.__dict__["_parameters"] = params
         if key in unexpected_keys:
             unexpected_keys.remove(key)
         if key not in state_dict:
