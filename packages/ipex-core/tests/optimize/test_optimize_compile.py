@@ -165,11 +165,15 @@ def test_graph_mode_traces_lstm_into_the_graph():
 
 
 class PackedGRUAndLSTM(nn.Module):
-    """A padded-batch LSTM (PackedSequence) and a GRU: graph mode keeps breaking the graph at these."""
+    """A padded-batch LSTM (PackedSequence), a GRU, a projected LSTM: graph mode breaks the graph at the last
+    two (traced, they unroll over time steps)."""
 
-    def __init__(self, gru: bool):
+    def __init__(self, rnn: str):
         super().__init__()
-        self.rnn = (nn.GRU if gru else nn.LSTM)(6, 8, batch_first=True)
+        if rnn == "proj":
+            self.rnn = nn.LSTM(6, 10, batch_first=True, proj_size=8)
+        else:
+            self.rnn = (nn.GRU if rnn == "gru" else nn.LSTM)(6, 8, batch_first=True)
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x, lengths):
@@ -180,10 +184,10 @@ class PackedGRUAndLSTM(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore:ipex.optimize. torch.fx cannot trace")
-@pytest.mark.parametrize("gru", [False, True])
-def test_graph_mode_with_packed_sequence_and_gru(gru):
+@pytest.mark.parametrize("rnn", ["lstm", "gru", "proj"])
+def test_graph_mode_with_packed_sequence_gru_and_projection(rnn):
     torch.manual_seed(0)
-    model = PackedGRUAndLSTM(gru).eval()
+    model = PackedGRUAndLSTM(rnn).eval()
     x, lengths = torch.randn(3, 5, 6), torch.tensor([5, 2, 4])
     torch._dynamo.reset()
     opt = ipex.optimize(model, graph_mode=True)

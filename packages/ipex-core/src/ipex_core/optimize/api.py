@@ -24,7 +24,9 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
    become the prepacked modules of modules.py, LSTM the oneDNN one of lstm.py,
    with weights cast per the API's dtype rules.
 5. ``graph_mode=True`` compiles the result with ``torch.compile`` (inductor,
-   freezing on) and ipex's graph passes (graph_mode.py).
+   freezing on) and ipex's graph passes (graph_mode.py). There ``nn.LSTM``
+   stays and is traced into the graph (plain ``torch.compile`` breaks the
+   graph at it), where freezing packs its weights for oneDNN.
 
 ``level='O0'`` applies no optimization; ``dtype=`` still casts, as in the
 retired extension, where the dtype conversion did not depend on the level.
@@ -625,8 +627,9 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             _set_submodule(model, name, replaced[id(module)])
         elif (type(module) is nn.LSTM and knobs["optimize_lstm"] and not knobs["graph_mode"]
               and PackedLSTM.supports(module) and not (module.training and module.dropout > 0)):
-            # (Under graph_mode the stock LSTM stays: inductor's freezing packs it for oneDNN itself, and
-            # its pass would try to re-pack PackedLSTM's already packed weights.)
+            # (Under graph_mode the stock LSTM stays: graph mode has dynamo trace it into the model's graph
+            # (graph_mode._InferenceCall) and inductor's freezing packs it for oneDNN itself; its pass would try
+            # to re-pack PackedLSTM's already packed weights.)
             if dtype is not None:
                 module.to(dtype)
             size = shapes.get(name)

@@ -109,8 +109,9 @@ class _InferenceCall:
     reorders its weights for oneDNN at each call; traced, the LSTM decomposes into one
     ``mkldnn_rnn_layer`` per layer and direction, whose weights freezing packs once, inside the one
     graph of the model (a 2-layer biLSTM net, batch 8: 18.4 -> 15.1 ms, faster than eager ipex's
-    PackedLSTM). Only for models whose RNNs are all ``nn.LSTM``: GRU and RNN decompose into one set of
-    ops per time step.
+    PackedLSTM). Only for models whose RNNs are all ``nn.LSTM`` without ``proj_size``: GRU, RNN and a
+    projected LSTM decompose into one set of ops per time step (a graph as long as the sequence,
+    recompiled for each length).
     """
 
     def __init__(self, compiled, trace_lstm: bool = False):
@@ -172,7 +173,7 @@ def _compile(model: nn.Module, concat_linear: bool) -> None:
     compiled = torch.compile(deployed_step(type(model)._call_impl),
                              backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
                              dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter})
-    rnns = [type(m) for m in model.modules() if isinstance(m, nn.RNNBase)]
-    trace_lstm = bool(rnns) and all(t is nn.LSTM for t in rnns)
+    rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    trace_lstm = bool(rnns) and all(type(m) is nn.LSTM and m.proj_size == 0 for m in rnns)
     # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
     model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model), trace_lstm)
