@@ -172,17 +172,19 @@ def machine_meta() -> dict:
 CHECK_TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
-def check_ours(label: str, ours, stock) -> float:
+def check_ours(label: str, ours, stock, tolerance: float | None = None) -> float:
     """A fast wrong kernel must not pass for a speedup: ``ours`` against ``stock`` (tensors, or tuples of them)
-    before timing, at CHECK_TOLERANCE of the stock dtype; returns the largest relative error."""
+    before timing, at CHECK_TOLERANCE of the stock dtype (or ``tolerance``, for a kernel whose algorithm is
+    documented as less exact); returns the largest relative error."""
     pairs = zip(ours, stock, strict=True) if isinstance(stock, (tuple, list)) else [(ours, stock)]
     worst = 0.0
     for a, b in pairs:
         err = ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
         worst = max(worst, err)
-        if not err <= CHECK_TOLERANCE[b.dtype]:
+        limit = CHECK_TOLERANCE[b.dtype] if tolerance is None else tolerance
+        if not err <= limit:
             raise AssertionError(f"{label}: ipex differs from stock by {err:.3g} of the largest value "
-                                 f"(tolerance {CHECK_TOLERANCE[b.dtype]} for {b.dtype})")
+                                 f"(tolerance {limit} for {b.dtype})")
     return worst
 
 

@@ -138,10 +138,11 @@ def test_sample_input_shapes_are_hints_not_limits(zoo):
         close(run(opt, inputs), run(zoo, inputs))
 
 
-@pytest.mark.parametrize("winner", ["dense", "mkl", "onednn"])
+@pytest.mark.parametrize("winner", ["dense", "mkl", "onednn", "winograd"])
 def test_auto_kernel_selection(zoo, monkeypatch, winner):
     """Each layer keeps the candidate its timing found fastest (the timer is rigged so that ``winner``
-    is; MKL is a candidate for fp32 Linears only), and the result matches the model."""
+    is; MKL is a candidate for fp32 Linears only, Winograd for fp32 3x3 stride-1 Conv2d only), and the result
+    matches the model."""
     from ipex_core.optimize import api
 
     timed = []
@@ -153,10 +154,12 @@ def test_auto_kernel_selection(zoo, monkeypatch, winner):
     monkeypatch.setattr(api, "_time_module", rigged)
     opt = ipex.optimize(zoo, auto_kernel_selection=True, sample_input=INPUTS)
     assert ("PackedLinear", "mkl") in timed and ("PackedConv2d", "mkl") not in timed
-    assert {k for _, k in timed} == {"onednn", "dense", "mkl"}
+    assert ("PackedConv2d", "winograd") in timed and ("PackedLinear", "winograd") not in timed
+    assert {k for _, k in timed} == {"onednn", "dense", "mkl", "winograd"}
+    only = {"mkl": PackedLinear, "winograd": PackedConv2d}
     for m in opt.modules():
         if isinstance(m, (PackedLinear, PackedConv2d)):
-            assert m.kernel == (winner if winner != "mkl" or isinstance(m, PackedLinear) else "onednn"), m
+            assert m.kernel == (winner if isinstance(m, only.get(winner, nn.Module)) else "onednn"), m
     close(run(opt), run(zoo))
     # The documented rule without selection: oneDNN on a prepacked weight.
     assert {m.kernel for m in ipex.optimize(zoo).modules() if isinstance(m, (PackedLinear, PackedConv2d))} == {
@@ -468,7 +471,7 @@ def test_kernel_rule_reads_layouts_exactly_and_stock_slow_paths():
     cl = cl.to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 20, 20)
     opt = ipex.optimize(cl, sample_input=x)
-    assert kernels(opt) == ["dense", None, "onednn"]
+    assert kernels(opt) == ["dense", None, "winograd"]  # channels-last fp32 3x3, 50 output tiles
     with torch.no_grad():
         want, got = cl(x), opt(x)
     assert want.is_contiguous(memory_format=torch.channels_last) and got.is_contiguous(memory_format=torch.channels_last)
@@ -477,7 +480,7 @@ def test_kernel_rule_reads_layouts_exactly_and_stock_slow_paths():
     pw = pw.to(memory_format=torch.channels_last)
     x = torch.randn(2, 8, 10, 10)
     opt = ipex.optimize(pw, sample_input=x)  # the 1x1 one keeps its channels-last weight (read from strides)
-    assert kernels(opt) == ["dense", None, "onednn"]
+    assert kernels(opt) == ["dense", None, "winograd"]
     with torch.no_grad():
         assert opt[0](x).is_contiguous(memory_format=torch.channels_last)
         close(opt(x), pw(x))
@@ -492,3 +495,94 @@ def test_kernel_rule_reads_layouts_exactly_and_stock_slow_paths():
     image = torch.randn(1, 16, 16, 16)
     assert kernels(ipex.optimize(flat, sample_input=image)) == ["onednn"]
     assert kernels(ipex.optimize(flat, dtype=torch.bfloat16, sample_input=image)) == ["dense"]  # ATen: oneDNN
+
+
+class ThreeByThree(nn.Module):
+    """A ResNet-style 3x3 stage: conv + BatchNorm + ReLU twice, then a residual add."""
+
+    def __init__(self, c=32, **conv2):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, **({"padding": 1} | conv2))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.conv2(y)) + x.mean()
+
+
+def test_winograd_kernel_rule():
+    """fp32 3x3 stride-1 convolutions on channels-last input with at least 16 channels and 16 output tiles
+    (of 4x4) in the sample_input run ipex's Winograd kernel; everything else keeps the rule above. Winograd
+    F(4x4, 3x3) is accurate to about 1e-5 of the output's scale in fp32."""
+    torch.manual_seed(0)
+    model = M.randomize_bn(ThreeByThree()).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 16, 16).to(memory_format=torch.channels_last)  # 2 x 4 x 4 = 32 tiles
+
+    def kernels(m):
+        return m.conv1.kernel, m.conv2.kernel
+
+    opt = ipex.optimize(model, sample_input=x)
+    assert kernels(opt) == ("winograd", "winograd") and repr(opt.conv1.post_op) == "relu"
+    close(run(opt, (x,)), run(model, (x,)), 2e-5)
+    close(run(opt, (x.contiguous(),)), run(model, (x.contiguous(),)), 2e-5)  # fed NCHW after all: still right
+    assert run(opt, (x.contiguous(),)).is_contiguous()
+    assert kernels(ipex.optimize(model)) == ("onednn", "onednn")  # no sample: the tile count is unknown
+    assert kernels(ipex.optimize(model, sample_input=x[:1, :, :7, :7])) == ("onednn", "onednn")  # 4 tiles
+    # Fed channels-first: the first layer keeps the stock kernel, whose output is channels-last (the weight's
+    # layout, as in stock), so the second one still runs Winograd.
+    assert kernels(ipex.optimize(model, sample_input=x.contiguous())) == ("dense", "winograd")
+    assert kernels(ipex.optimize(model, dtype=torch.bfloat16, sample_input=x)) == ("onednn", "onednn")
+    strided = M.randomize_bn(ThreeByThree(stride=2)).eval().to(memory_format=torch.channels_last)
+    assert kernels(ipex.optimize(strided, sample_input=x)) == ("winograd", "onednn")
+    narrow = M.randomize_bn(ThreeByThree(c=8)).eval().to(memory_format=torch.channels_last)
+    assert kernels(ipex.optimize(narrow, sample_input=x[:, :8].contiguous(memory_format=torch.channels_last))) == (
+        "onednn", "onednn")
+
+    class GeluAfter(nn.Module):  # a post-op the Winograd kernel does not fuse: oneDNN fuses it
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(32, 32, 3, padding=1)
+
+        def forward(self, x):
+            return torch.nn.functional.gelu(self.conv(x))
+
+    assert ipex.optimize(GeluAfter().eval(), sample_input=x).conv.kernel == "onednn"
+    # graph mode runs the same kernel as an extern call of the compiled graph
+    torch._dynamo.reset()
+    graph = ipex.optimize(model, sample_input=x, graph_mode=True)
+    assert kernels(graph) == ("winograd", "winograd")
+    close(run(graph, (x,)), run(model, (x,)), 2e-5)
+
+
+def test_winograd_layer_protocols():
+    """PackedConv2d(kernel='winograd'): state_dict both ways, BatchNorm folded, .to(float64) falls back to the
+    stock kernel, deepcopy, a post-op it cannot fuse runs after it, and unsupported layers are refused."""
+    from ipex_core.optimize.modules import PostOp
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, padding=2, padding_mode="reflect")
+    x = torch.randn(2, 16, 9, 11).to(memory_format=torch.channels_last)
+    layer = PackedConv2d(conv, kernel="winograd")
+    close(run(layer, (x,)), run(conv, (x,)), 2e-5)
+    assert list(layer.state_dict()) == ["weight", "bias"]
+    close(layer.state_dict()["weight"], conv.weight, 0)
+    other = nn.Conv2d(16, 24, 3, padding=2, padding_mode="reflect")
+    layer.load_state_dict(other.state_dict())
+    close(run(layer, (x,)), run(other, (x,)), 2e-5)
+    twin = copy.deepcopy(layer)
+    assert twin._winograd_weight.data_ptr() != layer._winograd_weight.data_ptr()
+    close(run(twin, (x,)), run(other, (x,)), 2e-5)
+    wide = layer.double()
+    assert wide.kernel == "dense" and "_winograd_weight" not in wide.__dict__
+    close(run(wide, (x.double(),)), run(other.double(), (x.double(),)), 1e-12)
+    gelu = PackedConv2d(conv, kernel="winograd", post_op=PostOp("gelu"))
+    with torch.no_grad():
+        close(api.run_fused(gelu, x, None), torch.nn.functional.gelu(conv(x)), 2e-5)
+    bn = M.randomize_bn(nn.BatchNorm2d(24)).eval()
+    folded = PackedConv2d(conv, kernel="winograd", bn=FoldedBatchNorm(bn)).eval()
+    close(run(folded, (x,)), run(nn.Sequential(conv, bn).eval(), (x,)), 2e-5)
+    for bad in (nn.Conv2d(16, 8, 3, stride=2), nn.Conv2d(16, 8, 5), nn.Conv2d(16, 16, 3, groups=2)):
+        with pytest.raises(ValueError, match="winograd kernel runs float32 3x3 Conv2d"):
+            PackedConv2d(bad, kernel="winograd")
+    with pytest.raises(ValueError, match="winograd kernel runs float32"):
+        PackedConv2d(conv, kernel="winograd", dtype=torch.bfloat16)

@@ -131,6 +131,7 @@ from ipex_core.optimize.modules import (
     PackedConvTranspose2d,
     PackedConvTranspose3d,
     PackedLinear,
+    PostOp,
     _explicit_padding,
     _keeps_channels_last,
     _PackedConvTransposeNd,
@@ -140,6 +141,7 @@ from ipex_core.optimize.modules import (
     onednn_runs,
     run_fused,
     single_input_channel,
+    winograd_supported,
 )
 from ipex_core.plugins import load_backend_plugins
 
@@ -349,7 +351,7 @@ def _single_input_channel(module: nn.Module) -> bool:
 
 
 def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, channels_last: bool = True,
-                    shape: list[int] | None = None) -> str:
+                    shape: list[int] | None = None, post_op: PostOp | None = None) -> str:
     """The kernel without auto_kernel_selection: oneDNN on a prepacked weight, except
 
     * a convolution (not transposed) whose input is not channels-last (``channels_last`` False: so recorded
@@ -369,6 +371,8 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
       216 ms on oneDNN."""
     if not prepack or _single_input_channel(module):
         return "dense"
+    if _winograd_pays(module, cast or module.weight.dtype, channels_last, shape, post_op):
+        return "winograd"
     if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd) \
             and (type(module) is nn.Conv1d or not channels_last) \
             and not _aten_skips_onednn(module, cast or module.weight.dtype, shape):
@@ -377,6 +381,31 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
             and _mkl_is_fast()):
         return "dense"
     return "onednn"
+
+
+# Winograd's 36 GEMMs are [tiles, C] x [C, K]: with fewer than this many 4x4 output tiles per call they
+# read the 4x larger transformed weight for little work (ResNet-50's 7x7x512 layer, 4 tiles: 0.41x the
+# oneDNN kernel; 14x14x256, 16 tiles: 1.6x; 28x28x128: 2.5x; 56x56x64: 2.2x; one thread, AMD EPYC Zen 4).
+_WINOGRAD_MIN_TILES = 16
+_WINOGRAD_MIN_CHANNELS = 16  # below this the GEMMs are too thin to run at speed
+
+
+def _winograd_pays(conv: nn.Module, dtype: torch.dtype, channels_last: bool, shape: list[int] | None,
+                   post_op: PostOp | None) -> bool:
+    """The Winograd F(4x4, 3x3) kernel (``ipex::conv3x3_winograd``) instead of oneDNN's direct convolution,
+    which runs at this CPU's FMA peak: 4x fewer multiplications, at 1e-5 of the output's scale instead of
+    1e-6 in fp32. For a float32 3x3 stride-1 ungrouped Conv2d on channels-last input whose shape sample_input
+    showed (at least 16 channels in and out and 16 output tiles), with no post-op or ReLU (the ones the
+    kernel fuses). ResNet-50 has 13 such layers."""
+    if shape is None or len(shape) != 4 or not channels_last or not winograd_supported(conv, dtype):
+        return False
+    if post_op is not None and (post_op.binary is not None or post_op.unary not in ("none", "relu")):
+        return False
+    if min(conv.in_channels, conv.out_channels) < _WINOGRAD_MIN_CHANNELS:
+        return False
+    pads = _explicit_padding(conv)
+    out_h, out_w = shape[2] + 2 * pads[0] - 2, shape[3] + 2 * pads[1] - 2
+    return shape[0] * -(-out_h // 4) * -(-out_w // 4) >= _WINOGRAD_MIN_TILES
 
 
 def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None) -> bool:
@@ -465,6 +494,8 @@ def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, 
     kernels = ["dense"] if _single_input_channel(module) else ["onednn", "dense"]
     if type(module) is nn.Linear and target == torch.float32:
         kernels.append("mkl")
+    if winograd_supported(module, target) and len(shape) == 4:
+        kernels.append("winograd")
     example = torch.randn(shape, dtype=target)
     if channels_last and example.dim() in _CHANNELS_LAST:
         example = example.to(memory_format=_CHANNELS_LAST[example.dim()])
@@ -642,7 +673,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             channels_last = sample.channels_last.get(name)
             if channels_last is None:
                 channels_last = model_channels_last.get(module.weight.dim(), False)
-            kernel = _default_kernel(module, cast, prepack, knobs["graph_mode"], channels_last, shapes.get(name))
+            kernel = _default_kernel(module, cast, prepack, knobs["graph_mode"], channels_last, shapes.get(name),
+                                     plan.post_op if plan is not None else None)
             bn = folded.get(name)
             if knobs["auto_kernel_selection"] and prepack and name in shapes:
                 bn_source = model.get_submodule(plans[name].bn) if bn is not None else None

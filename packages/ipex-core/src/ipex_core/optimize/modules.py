@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipex_core.ops import onednn as _onednn
+from ipex_core.ops.conv import winograd_weight
 
 __all__ = [
     "FoldedBatchNorm",
@@ -44,8 +45,10 @@ _ipex = torch.ops.ipex
 # Kernels a swapped module can run (ipex.optimize's auto_kernel_selection picks
 # among them): "onednn" = blocked weight + fused oneDNN kernel; "mkl" = MKL
 # packed sgemm (fp32 Linear only; keeps the dense weight too); "dense" = stock
-# PyTorch kernel on the dense weight, post-ops unfused.
-KERNELS = ("onednn", "mkl", "dense")
+# PyTorch kernel on the dense weight, post-ops unfused; "winograd" = ipex's
+# Winograd F(4x4, 3x3) kernel (fp32 3x3 stride-1 Conv2d only, see
+# winograd_supported; keeps the dense weight and the transformed one, ReLU fused).
+KERNELS = ("onednn", "mkl", "dense", "winograd")
 
 
 class PostOp:
@@ -192,6 +195,8 @@ class _PackedModule(nn.Module):
         self._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
         if self.kernel == "mkl":
             self._mkl_weight = torch.ops.mkl._mkl_reorder_linear_weight(stored, self._mkl_batch)
+        if self.kernel == "winograd":
+            self._winograd_weight = winograd_weight(stored)
 
     def dense_weight(self) -> torch.Tensor:
         """The effective (folded) weight in the plain layout, as a new dense tensor when packed."""
@@ -313,14 +318,15 @@ class _PackedModule(nn.Module):
             self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
         super()._apply(fn, recurse)
         dtype = self.weight.dtype
-        if not onednn_runs(dtype) or (self.kernel == "mkl" and dtype != torch.float32):
+        if not onednn_runs(dtype) or (self.kernel in ("mkl", "winograd") and dtype != torch.float32):
             # .double(), or .half() where oneDNN has no float16 kernels: packing raised. PyTorch's kernel on
             # the dense weight runs it (post-ops unfused), as it runs the module this one replaced.
             self.kernel = "dense"
             self.__dict__["_packed"] = False
             self.__dict__.pop("_mkl_weight", None)
+            self.__dict__.pop("_winograd_weight", None)
             return self
-        if packed or self.kernel == "mkl":
+        if packed or self.kernel in ("mkl", "winograd"):
             self._set_weight(self.weight.detach())
         return self
 
@@ -336,7 +342,7 @@ class _PackedModule(nn.Module):
                     else:
                         params[name] = copy.deepcopy(p, memo)
                 new.__dict__[key] = params
-            elif key == "_mkl_weight":
+            elif key in ("_mkl_weight", "_winograd_weight"):
                 new.__dict__[key] = value.clone()
             else:
                 new.__dict__[key] = copy.deepcopy(value, memo)
@@ -447,6 +453,14 @@ def _dense_raw_weight_of(layer: PackedLinear) -> torch.Tensor:
     return cached
 
 
+def winograd_supported(conv: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether ipex's Winograd kernel (``ipex::conv3x3_winograd``) computes ``conv`` in ``dtype``: a float32
+    ungrouped 3x3 Conv2d with stride 1 and dilation 1 and explicit symmetric padding (any padding_mode)."""
+    return (dtype == torch.float32 and isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (3, 3)
+            and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and _explicit_padding(conv) is not None)
+
+
 def single_input_channel(module: nn.Module) -> bool:
     """A convolution (stock or swapped) over one input channel, whose input is NCHW and channels-last at once:
     inductor lays such convolutions' outputs out wrongly (see ipex.optimize's _default_kernel and graph mode's
@@ -544,6 +558,9 @@ class _PackedConvNd(_PackedModule):
             if input_size is not None:
                 input_size = [input_size[0], input_size[1], 1, input_size[2]]
         self._input_size = input_size
+        if kernel == "winograd" and not winograd_supported(conv, dtype or conv.weight.dtype):
+            raise ValueError("the winograd kernel runs float32 3x3 Conv2d layers with stride 1, dilation 1 and "
+                             f"groups 1 only; got {conv}")
         self._init_common(kernel, post_op)
         self._init_weight(conv.weight, conv.bias, dtype, bn)
 
@@ -593,6 +610,12 @@ class _PackedConvNd(_PackedModule):
         b = self._kernel_bias()
         if self.kernel == "dense":
             return self._unfused(self._dense_forward(input, w, b), other, post)
+        if self.kernel == "winograd":
+            fused = post.binary is None and post.unary in ("none", "relu")
+            y = _ipex.conv3x3_winograd(input, self._winograd_weight, b, self._padding, post.unary if fused else "none")
+            if not keep_cl:
+                y = y.contiguous()
+            return y if fused else self._unfused(y, other, post)
         if self._nd == 1:
             input = input.unsqueeze(2)
         if fuse_binary and post.inplace and post.binary == "add" and self._nd != 1 and _keeps_channels_last(other) \

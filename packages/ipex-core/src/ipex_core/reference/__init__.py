@@ -5,6 +5,7 @@ the semantic definition of an op. One module per op family.
 """
 
 from ipex_core.reference import attention as attention
+from ipex_core.reference import conv as conv
 from ipex_core.reference import onednn as onednn
 from ipex_core.reference.linear import gelu_mul, linear, linear_pair_silu_mul, silu_mul
 from ipex_core.reference.norm import add_rms_norm, rms_norm
@@ -14,6 +15,7 @@ __all__ = [
     "attention",
     "add_layer_norm",
     "add_rms_norm",
+    "conv",
     "gelu_mul",
     "layer_norm",
     "linear",

@@ -1,0 +1,82 @@
+"""3x3 convolutions in fp32: ipex's Winograd F(4x4, 3x3) kernel vs stock PyTorch, interleaved.
+
+The shapes are ResNet-50's stride-1 3x3 layers (channels-last, ReLU after), at batch 1 and 32.
+Stock: ``F.relu(F.conv2d(x, w, b, padding=1))`` on a channels-last model (oneDNN's direct
+convolution inside ATen). Also timed: the oneDNN prepacked kernel with the ReLU fused
+(``mkldnn::_convolution_pointwise``, what ``ipex.optimize`` ran before, and still runs where the
+Winograd rule does not apply). Compute-bound work: the figures are GFLOP/s of the direct
+convolution's arithmetic (2*N*H*W*C*K*9), against a torch.mm probe of the same rounds (the
+CPU's attainable fp32 FMA rate); Winograd does 4x fewer multiplications, so its effective rate
+may exceed the probe.
+
+    python benchmarks/bench_conv.py
+    python benchmarks/bench_conv.py --batches 1 --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from harness import Row, check_ours, machine_meta, progress, report, time_interleaved
+from ipex_core.ops.conv import conv3x3_winograd, winograd_weight
+
+# (height = width, channels): ResNet-50's stride-1 3x3 layers (layer1..layer4).
+# Winograd F(4x4, 3x3) in fp32 is off by up to about 3e-5 of the output's scale at 512 input channels
+# (the direct convolution: about 1e-6), the documented accuracy of ipex::conv3x3_winograd.
+WINOGRAD_TOLERANCE = 5e-5
+SHAPES = [(56, 64), (28, 128), (14, 256), (7, 512)]
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    cases = [(n, hw, c) for n in args.batches for hw, c in SHAPES]
+    rows = []
+    with torch.no_grad():
+        for i, (n, hw, c) in enumerate(cases):
+            progress(i, len(cases), f"batch {n} {hw}x{hw}x{c}")
+            x = torch.randn(n, c, hw, hw).to(memory_format=torch.channels_last)
+            conv = torch.nn.Conv2d(c, c, 3, padding=1).eval().to(memory_format=torch.channels_last)
+            w, bias = conv.weight.detach(), conv.bias.detach()
+            packed = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), [1, 1], [1, 1], [1, 1], 1,
+                                                                  list(x.shape))
+            u = winograd_weight(w)
+
+            def stock():
+                return F.relu(F.conv2d(x, w, bias, padding=1))
+
+            def ours():
+                return conv3x3_winograd(x, u, bias, (1, 1), "relu")
+
+            def prepacked():
+                return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [1, 1], [1, 1], [1, 1], 1, "relu",
+                                                               [], "")
+
+            err = check_ours(f"conv3x3_winograd batch {n} {hw}x{hw}x{c}", ours(), stock(), WINOGRAD_TOLERANCE)
+            heavy = n * hw * hw * c * c >= 32 * 56 * 56 * 64 * 64 // 2
+            t = time_interleaved({"stock": stock, "ours": ours, "prepacked": prepacked, "mm": lambda: a @ b},
+                                 rounds=max(3, args.rounds // 3) if heavy else args.rounds)
+            flops = 2 * n * hw * hw * c * c * 9
+            rows.append(Row(f"3x3 conv batch {n} {hw}x{hw} {c}->{c} fp32", t["stock"] * 1e3, t["ours"] * 1e3, {
+                "prepacked ms": t["prepacked"] * 1e3,
+                "vs prepacked": t["prepacked"] / t["ours"],
+                "ipex GFLOP/s": flops / t["ours"] / 1e9,
+                "stock GFLOP/s": flops / t["stock"] / 1e9,
+                "mm GFLOP/s": 2 * 1024 ** 3 / t["mm"] / 1e9,
+                "rel err": f"{err:.1e}",
+            }))
+    table = report("conv", rows, machine_meta(), columns=["prepacked ms", "vs prepacked", "ipex GFLOP/s",
+                                                          "stock GFLOP/s", "mm GFLOP/s", "rel err"])
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

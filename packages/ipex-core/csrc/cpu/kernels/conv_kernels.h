@@ -1,0 +1,36 @@
+// Winograd F(4x4, 3x3) transforms of ipex::conv3x3_winograd (defined in
+// conv_winograd.cpp, once per ISA level). The GEMMs between them are BLAS sgemm.
+#pragma once
+
+#include "cpu/kernels/kernel_table.h"
+
+namespace ipex::core::kernels {
+
+// One chunk of output tiles of a 3x3, stride-1 convolution over channels-last fp32.
+// Tile g (global index tile_base + t) is image g / (tiles_h * tiles_w), tile row
+// (g / tiles_w) % tiles_h, tile column g % tiles_w; it covers output rows
+// 4*row .. 4*row+3 and reads input rows 4*row - pad_h .. +5 (zero outside).
+struct WinogradArgs {
+  const float* x;              // input [n, h, w, c] with channel stride 1
+  int64_t h, w, c;
+  int64_t x_sn, x_sh, x_sw;    // input strides (elements) of n, h, w
+  int64_t pad_h, pad_w;
+  int64_t tiles_h, tiles_w;
+  int64_t tile_base;           // first tile of this chunk
+  int64_t chunk;               // tiles in this chunk: the rows of v and m
+  float* v;                    // [36, chunk, c]: the transformed input tiles
+  const float* m;              // [36, chunk, k]: v @ the transformed weight
+  int64_t k;                   // output channels
+  const float* bias;           // [k] or nullptr
+  bool relu;
+  float* y;                    // output [n, out_h, out_w, k] with channel stride 1
+  int64_t out_h, out_w;
+  int64_t y_sn, y_sh, y_sw;
+};
+
+}  // namespace ipex::core::kernels
+
+// Tiles [begin, end) of the chunk: v = B^T d B per tile and channel.
+IPEX_DECLARE_ISA_KERNEL(void, winograd_f43_input_tiles, const WinogradArgs&, int64_t, int64_t)
+// Tiles [begin, end) of the chunk: y = relu?(A^T m A + bias), the tile's part inside the output.
+IPEX_DECLARE_ISA_KERNEL(void, winograd_f43_output_tiles, const WinogradArgs&, int64_t, int64_t)

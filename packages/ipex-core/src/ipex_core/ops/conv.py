@@ -1,0 +1,51 @@
+"""``ipex::conv3x3_winograd``: a 3x3 stride-1 fp32 convolution by Winograd F(4x4, 3x3).
+
+Schema and kernel: csrc/ops/conv_ops.cpp. The op takes the weight already
+transformed (:func:`winograd_weight`, done once when ``ipex.optimize`` packs a
+layer). The transform matrices are Lavin & Gray's (2015); with them a 6x6 input
+tile ``d`` and a 3x3 kernel ``g`` give the 4x4 output tile
+``A^T [(G g G^T) * (B^T d B)] A`` (``*`` elementwise, summed over input channels).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["WINOGRAD_F43_AT", "WINOGRAD_F43_BT", "WINOGRAD_F43_G", "conv3x3_winograd", "winograd_weight"]
+
+WINOGRAD_F43_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+                   (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+WINOGRAD_F43_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+                  (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+WINOGRAD_F43_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+
+
+def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution weight ``[out, in, 3, 3]`` as the op's ``[36, in, out]`` float32 weight:
+    ``U = G g G^T`` per (out, in) pair, computed in float64 and rounded once."""
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"winograd_weight: expects a 3x3 convolution weight [out, in, 3, 3]; got {tuple(weight.shape)}")
+    g = torch.tensor(WINOGRAD_F43_G, dtype=torch.float64)
+    u = torch.einsum("ij,ocjl,kl->ikco", g, weight.detach().double(), g)  # [6, 6, in, out]
+    return u.reshape(36, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
+
+
+def conv3x3_winograd(input, weight, bias=None, padding=(1, 1), attr: str = "none"):
+    """``attr(conv2d(input, g, bias, padding=padding))`` for the 3x3 kernel ``g`` whose
+    :func:`winograd_weight` is ``weight``; float32, output channels-last."""
+    return torch.ops.ipex.conv3x3_winograd(input, weight, bias, list(padding), attr)
+
+
+@torch.library.register_fake("ipex::conv3x3_winograd")
+def _conv3x3_winograd_fake(input, weight, bias, padding, attr):
+    op = "ipex::conv3x3_winograd"
+    torch._check(input.dim() == 4, lambda: f"{op}: input must be 4-D [N, C, H, W]; got {tuple(input.shape)}")
+    torch._check(input.dtype == torch.float32 and weight.dtype == torch.float32,
+                 lambda: f"{op}: runs float32 only; got input {input.dtype} and weight {weight.dtype}")
+    torch._check(weight.dim() == 3 and weight.shape[0] == 36 and weight.shape[1] == input.shape[1],
+                 lambda: f"{op}: weight must be [36, in_channels={input.shape[1]}, out_channels]; "
+                         f"got {tuple(weight.shape)}")
+    torch._check(attr in ("none", "relu"), lambda: f"{op}: attr must be 'none' or 'relu'; got {attr!r}")
+    n, _, h, w = input.shape
+    out = input.new_empty((n, weight.shape[2], h + 2 * padding[0] - 2, w + 2 * padding[1] - 2))
+    return out.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,103 @@
+"""ipex::conv3x3_winograd (Winograd F(4x4, 3x3)) against float64 conv2d and against the reference
+implementation (ipex_core.reference.conv), on every kernel variant this CPU runs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ipex_core import reference
+from ipex_core.ops.conv import conv3x3_winograd, winograd_weight
+
+# Largest error relative to the output's largest magnitude. F(4x4, 3x3) in fp32 measured up to 6e-6 at 64
+# input channels and 2.3e-5 at 512 (the direct fp32 convolution: 6e-7 and 2e-6); it grows with the channels
+# summed. A wrong transform coefficient or a misplaced tile is off by O(1).
+WINOGRAD_TOL = 5e-5
+
+
+def _case(n, c, k, h, w, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(n, c, h, w).to(memory_format=torch.channels_last)
+    g = torch.randn(k, c, 3, 3) * (2 / (9 * c)) ** 0.5
+    return x, g, torch.randn(k)
+
+
+def _rel(got, want):
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 64, 64, 56, 56),   # ResNet-50 layer1, whole 4x4 tiles
+    (2, 3, 5, 9, 7),       # channels below one vector, partial tiles in both directions
+    (1, 17, 33, 13, 10),   # channel tails on both sides of the GEMMs
+    (3, 32, 48, 14, 14),   # batch: tiles numbered across images
+    (2, 512, 32, 7, 7),    # the widest sums (ResNet-50 layer4's input channels)
+])
+@pytest.mark.parametrize("padding", [(1, 1), (0, 0), (2, 1)])
+@pytest.mark.parametrize("attr", ["none", "relu"])
+def test_matches_conv2d(isa, shape, padding, attr):
+    n, c, k, h, w = shape
+    x, g, b = _case(n, c, k, h, w)
+    want = F.conv2d(x.double(), g.double(), b.double(), padding=padding)
+    if attr == "relu":
+        want = want.relu()
+    got = conv3x3_winograd(x, winograd_weight(g), b, padding, attr)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(got, want) < WINOGRAD_TOL
+    ref = reference.conv.conv3x3_winograd(x, winograd_weight(g), b, padding, attr)
+    assert _rel(ref, want) < 1e-6  # the reference is the same algorithm in float64
+
+
+def test_channels_first_and_strided_input_no_bias():
+    x, g, _ = _case(2, 16, 8, 11, 12)
+    want = F.conv2d(x.double(), g.double(), padding=1)
+    u = winograd_weight(g)
+    assert _rel(conv3x3_winograd(x.contiguous(), u, None, (1, 1)), want) < WINOGRAD_TOL
+    wide = torch.randn(2, 32, 11, 12).to(memory_format=torch.channels_last)
+    wide[:, :16] = x
+    assert _rel(conv3x3_winograd(wide[:, :16], u, None, (1, 1)), want) < WINOGRAD_TOL  # channel stride 1, gaps
+
+
+def test_many_chunks():
+    # 8 MiB of transformed tiles per chunk: 64 + 64 channels make chunks of 455 tiles, this input has 1,792.
+    x, g, b = _case(2, 64, 64, 112, 112)
+    want = F.conv2d(x.double(), g.double(), b.double(), padding=1)
+    assert _rel(conv3x3_winograd(x, winograd_weight(g), b, (1, 1)), want) < WINOGRAD_TOL
+
+
+def test_non_finite_inputs_spread_like_conv2d():
+    x, g, b = _case(1, 16, 16, 9, 9)
+    x[0, 3, 4, 4] = float("nan")
+    got = conv3x3_winograd(x, winograd_weight(g), b, (1, 1))
+    want = F.conv2d(x, g, b, padding=1)
+    # A 4x4 output tile reads a 6x6 input tile: a NaN reaches at least every output conv2d puts it in.
+    assert bool(got.isnan()[want.isnan()].all())
+
+
+def test_zero_sizes():
+    u = winograd_weight(torch.randn(4, 3, 3, 3))
+    assert conv3x3_winograd(torch.randn(0, 3, 8, 8), u, None, (1, 1)).shape == (0, 4, 8, 8)
+    got = conv3x3_winograd(torch.randn(2, 0, 5, 5), winograd_weight(torch.randn(4, 0, 3, 3)), -torch.ones(4), (1, 1),
+                           "relu")
+    assert got.shape == (2, 4, 5, 5) and bool((got == 0).all())
+
+
+def test_bad_input_errors():
+    x, g, b = _case(1, 8, 4, 6, 6)
+    u = winograd_weight(g)
+    with pytest.raises(RuntimeError, match="runs float32 only"):
+        conv3x3_winograd(x.bfloat16(), u, None)
+    with pytest.raises(RuntimeError, match=r"\[36, in_channels, out_channels\]"):
+        conv3x3_winograd(x, g, None)
+    with pytest.raises(RuntimeError, match=r"\[36, in_channels, out_channels\]"):
+        conv3x3_winograd(x[:, :4], u, None)
+    with pytest.raises(RuntimeError, match="attr must be 'none' or 'relu'"):
+        conv3x3_winograd(x, u, None, (1, 1), "gelu")
+    with pytest.raises(RuntimeError, match="smaller than the 3x3 kernel"):
+        conv3x3_winograd(x[:, :, :2], u, None, (0, 0))
+    with pytest.raises(RuntimeError, match="bias must be float32"):
+        conv3x3_winograd(x, u, torch.randn(5))
+    with pytest.raises(RuntimeError, match="padding must be two non-negative"):
+        conv3x3_winograd(x, u, None, (-1, 1))
+    with pytest.raises(ValueError, match=r"3x3 convolution weight"):
+        winograd_weight(torch.randn(4, 8, 5, 5))
