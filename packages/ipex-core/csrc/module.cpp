@@ -3,6 +3,7 @@
 // functions here are the small non-tensor helpers.
 #include "cpu/isa.h"
 #include "cpu/kernels/kernel_table.h"
+#include "ops/op_utils.h"
 
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/Exception.h>
@@ -36,11 +37,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("kernel_isa", [] { return std::string(ipex::core::kernels::active_kernel_variant()); },
         "ISA of the compiled kernel table in use for element-wise kernels");
   m.def("linear_vnni_factor",
-        [](const std::string& dtype) -> int {
-          // 2: brgemm reads k-pairs (VNNI) for this dtype; 1: plain rows.
-          if (dtype == "bfloat16") return 2;
-          if (dtype == "float16") return at::native::cpublas::could_pack(at::kHalf) ? 2 : 1;
-          return 1;
+        [](const std::string& dtype) -> int64_t {
+          if (dtype == "bfloat16") return ipex::core::linear_vnni_factor(at::kBFloat16);
+          if (dtype == "float16") return ipex::core::linear_vnni_factor(at::kHalf);
+          return ipex::core::linear_vnni_factor(at::kFloat);
         },
         py::arg("dtype"), "k-grouping factor V of ipex's packed linear weight layout for a dtype");
   ipex::core::runtime::init_bindings(m);

@@ -539,3 +539,45 @@ def test_nan_in_a_key_propagates(dtype, nan_at):
     torch.ops.ipex.paged_attention_decode(dec, q[:1], kc, vc, torch.arange(H, dtype=torch.int32), D**-0.5, tables,
                                           torch.tensor([L], dtype=torch.int32), block, L, None)
     assert dec[0, 1].isnan().all() and not dec[0, 0].isnan().any()
+
+
+# ------------------------------------------------------ review findings ---
+
+
+@pytest.mark.parametrize("dtype", level_dtypes(), indirect=True)
+@pytest.mark.parametrize("scale", [1e9, 1e10, -1e10])
+def test_softmax_at_huge_logit_scales_matches_sdpa(dtype, scale):
+    """Scaled logits near 1e10: the folded exp(s * scale - fl(max * scale)) kept a residual as large as
+    ulp(1e10) / 2 in the exponent (NaN rows at 1e9, all-zero rows at 1e10; SDPA gives the right answer)."""
+    q = torch.tensor([[[3.0]], [[3.0]], [[-1.0]]]).to(dtype)
+    k = torch.tensor([[[7.0]], [[5.0]], [[6.0]]]).to(dtype)
+    v = torch.tensor([[[1.0]], [[2.0]], [[4.0]]]).to(dtype)
+    cu = torch.tensor([0, 3], dtype=torch.int32)
+    out = torch.empty_like(q)
+    torch.ops.ipex.varlen_attention(q, k, v, out, cu, cu, 3, 3, scale, False)
+    want = torch.nn.functional.scaled_dot_product_attention(q.float().transpose(0, 1), k.float().transpose(0, 1),
+                                                             v.float().transpose(0, 1), scale=scale).transpose(0, 1)
+    torch.testing.assert_close(out.float(), want, rtol=0, atol=1e-6)
+
+
+def test_written_tensors_with_shared_elements_are_refused():
+    """Ops that write into a caller's tensor refuse an expanded (stride-0) one: every row written there
+    overwrote the others (varlen into an expanded out: every row equal to the last one written)."""
+    q = torch.randn(4, 2, 8)
+    cu = torch.tensor([0, 4], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="out is written to, but several of its elements share one memory"):
+        torch.ops.ipex.varlen_attention(q, q, q, torch.empty(1, 2, 8).expand(4, 2, 8), cu, cu, 4, 4, 0.3, False)
+    args = list(_paged_args())
+    args[0] = torch.empty(1, *args[0].shape[1:]).expand_as(args[0])
+    with pytest.raises(RuntimeError, match="out is written to"):
+        torch.ops.ipex.paged_attention_decode(*args)
+    k = torch.randn(3, 2, 8)
+    cache = torch.zeros(1, 16, 2, 8).expand(2, 16, 2, 8)
+    with pytest.raises(RuntimeError, match="key_cache is written to"):
+        torch.ops.ipex.reshape_and_cache(k, k, cache, torch.zeros(2, 16, 2, 8), torch.tensor([0, 1, 2]))
+
+
+def test_iakv_negative_offset_says_so():
+    q, kc, vc, hist = _iakv_inputs(torch.float32, 2, 1, 4, 2, 64, 5)
+    with pytest.raises(RuntimeError, match="offset .* must be >= 0; got -1"):
+        torch.ops.ipex.iakv_attention(q, kc, vc, hist, -1, 0.1, None, True)

@@ -187,3 +187,14 @@ def test_bf16_small_m_tiles_and_brgemm_interleave(isa, m):
         close(L.linear(small, p, None, n), reference.linear(small, w, None), torch.bfloat16)
         close(L.linear(large, p, None, n), reference.linear(large, w, None), torch.bfloat16)
         close(L.linear(x_odd, p_odd, None, n), reference.linear(x_odd, w_odd, None), torch.bfloat16)
+
+
+@pytest.mark.parametrize("packed_as,run_as", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_packed_weight_of_another_dtype_is_refused(packed_as, run_as):
+    """A weight packed in one dtype and cast to another keeps the first one's k-grouping: read as the other's,
+    values landed on the wrong k (max error 25 on a unit-scale linear), silently."""
+    if L._vnni_factor(packed_as) == L._vnni_factor(run_as):
+        pytest.skip("both dtypes use the same k-grouping here")
+    packed = L.pack_linear_weight(torch.randn(45, 64).to(packed_as)).to(run_as)
+    with pytest.raises(RuntimeError, match="packed weight groups k by"):
+        L.linear(torch.randn(2, 64, dtype=run_as), packed, None, 45, "none")

@@ -166,3 +166,13 @@ def test_add_rms_norm_inplace_opcheck_and_compile():
     want = reference.add_rms_norm(x, r, w, 1e-6)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
+
+
+def test_add_rms_norm_inplace_refuses_shared_elements():
+    """An expanded residual: each row wrote its sum into the one shared row, so later rows read the previous
+    row's sum (rows 2 and 3 wrong, silently)."""
+    x = torch.randn(3, 8)
+    with pytest.raises(RuntimeError, match="residual is written to, but several of its elements share"):
+        ipex_core.ops.add_rms_norm_(x, torch.randn(1, 8).expand(3, 8), torch.ones(8), 1e-6)
+    with pytest.raises(RuntimeError, match="input is written to"):
+        ipex_core.ops.add_rms_norm_(torch.randn(1, 8).expand(3, 8), torch.randn(3, 8), torch.ones(8), 1e-6)

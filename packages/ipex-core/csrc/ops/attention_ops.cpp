@@ -483,6 +483,8 @@ void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, const
   check_same_dtype(op, "key_cache", key_cache, key, "key");
   check_same_dtype(op, "value_cache", value_cache, key, "key");
   check_index_dtype(op, "slot_mapping", slot_mapping);
+  check_writable(op, "key_cache", key_cache);
+  check_writable(op, "value_cache", value_cache);
   TORCH_CHECK(value.sizes() == key.sizes(), op, ": value shape ", value.sizes(), " must equal key shape ",
               key.sizes());
   TORCH_CHECK(value_cache.sizes() == key_cache.sizes(), op, ": value_cache shape ", value_cache.sizes(),
@@ -554,6 +556,7 @@ void paged_attention_decode_cpu(const at::Tensor& out, const at::Tensor& query, 
   }
   check_float_input(op, "query", query);
   check_same_dtype(op, "out", out, query, "query");
+  check_writable(op, "out", out);
   check_same_dtype(op, "key_cache", key_cache, query, "query");
   check_same_dtype(op, "value_cache", value_cache, query, "query");
   check_index_dtype(op, "head_mapping", head_mapping);
@@ -679,7 +682,8 @@ at::Tensor iakv_attention_cpu(const at::Tensor& query, const at::Tensor& key_cac
   TORCH_CHECK(key_cache.size(1) == B && key_cache.size(3) == D, op, ": key_cache ", key_cache.sizes(),
               " does not match query ", query.sizes(), " (need [max_seq, ", B, ", num_kv_heads, ", D, "])");
   TORCH_CHECK(Hkv > 0 && H % Hkv == 0, op, ": num_heads (", H, ") must be a multiple of num_kv_heads (", Hkv, ")");
-  TORCH_CHECK(offset >= 0 && L <= key_cache.size(0), op, ": offset ", offset, " + seq_len ", S,
+  TORCH_CHECK(offset >= 0, op, ": offset (the number of tokens already in the cache) must be >= 0; got ", offset);
+  TORCH_CHECK(L <= key_cache.size(0), op, ": offset ", offset, " + seq_len ", S,
               " exceeds the cache's ", key_cache.size(0), " positions; grow the cache first");
   TORCH_CHECK(beam_idx.size(1) == B && beam_idx.size(0) >= offset, op, ": beam_idx must be [>= ", offset, ", ", B,
               "]; got ", beam_idx.sizes());
@@ -787,6 +791,7 @@ void varlen_attention_cpu(const at::Tensor& query, const at::Tensor& key, const 
   check_dim(op, "seqlen_k", seqlen_k, 1, "[batch + 1] (cumulative sequence starts)");
   for (const auto* t : {&query, &key, &value, &out, &seqlen_q, &seqlen_k}) check_cpu(op, "every input", *t);
   check_float_input(op, "query", query);
+  check_writable(op, "out", out);
   check_same_dtype(op, "key", key, query, "query");
   check_same_dtype(op, "value", value, query, "query");
   check_same_dtype(op, "out", out, query, "query");

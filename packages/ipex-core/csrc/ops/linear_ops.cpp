@@ -119,7 +119,13 @@ PackedShape check_packed(const char* op, const at::Tensor& w, bool pair, c10::Sc
               "(weight) first");
   TORCH_CHECK(w.scalar_type() == dt, op, ": packed weight dtype ", w.scalar_type(),
               " differs from input dtype ", dt, "; cast the input (or repack the weight) so they match");
-  int64_t v = w.size(-1);
+  const int64_t v = w.size(-1);
+  // A weight packed for another dtype and cast (pack in bf16, .float()) has the other k-grouping: read
+  // with this dtype's, its values land on the wrong k (max error 25 on a unit-scale linear).
+  TORCH_CHECK(v == linear_vnni_factor(dt), op, ": the packed weight groups k by ", v, " but ", dt,
+              " weights are packed in groups of ", linear_vnni_factor(dt),
+              " (was it packed in another dtype and cast?); pack the ", dt, " weight with "
+              "ipex_core.ops.pack_linear_weight", pair ? "_pair" : "", " instead of casting a packed one");
   return {w.size(0), w.size(-3) * v, v};
 }
 

@@ -83,6 +83,8 @@ void add_rms_norm_inplace_cpu(const at::Tensor& input, const at::Tensor& residua
                               const at::Tensor& weight, double eps) {
   check_norm_inputs("ipex::add_rms_norm_", input, weight);
   check_same_as("ipex::add_rms_norm_", "residual", input, residual);
+  check_writable("ipex::add_rms_norm_", "input", input);
+  check_writable("ipex::add_rms_norm_", "residual", residual);
   auto x = as_rows(input);
   auto r = as_rows(residual);
   auto w = weight.contiguous();

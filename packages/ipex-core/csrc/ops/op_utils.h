@@ -2,7 +2,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 
 #include <cctype>
 #include <cstdint>
@@ -41,6 +43,23 @@ inline at::Tensor as_rows(const at::Tensor& t) {
   auto rows = t.reshape({-1, t.size(-1)});
   if (t.size(-1) > 1 && rows.stride(1) != 1) rows = rows.contiguous();
   return rows;
+}
+
+// k-grouping factor V of ipex's packed linear weight layout for a dtype: 2 where oneDNN's brgemm
+// reads k-pairs (VNNI: bf16, and fp16 where brgemm packs it), 1 for plain rows.
+inline int64_t linear_vnni_factor(c10::ScalarType dt) {
+  if (dt == at::kBFloat16) return 2;
+  if (dt == at::kHalf) return at::native::cpublas::could_pack(at::kHalf) ? 2 : 1;
+  return 1;
+}
+
+// A tensor an op writes into (out=, in-place, caches) whose elements share memory (an expanded,
+// stride-0 view): every row written there overwrote the others, silently (add_rms_norm_ on an
+// expanded residual, varlen_attention into an expanded out). Refused, as torch's in-place ops do.
+inline void check_writable(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, ": ", name,
+              " is written to, but several of its elements share one memory location (an expanded or "
+              "stride-0 view); pass a tensor with its own storage per element, e.g. ", name, ".clone()");
 }
 
 inline bool is_view_of(const at::Tensor& rows, const at::Tensor& t) {

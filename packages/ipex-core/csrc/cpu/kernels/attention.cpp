@@ -790,6 +790,26 @@ inline float scaled_row_max(const SoftmaxBlock& b, int64_t r, int64_t limit) {
   return folds_scale(b) && mx != kNegInf ? mx * b.scale : mx;
 }
 
+// exp(s * scale - m) with s * scale exact in the FMA and m = fl(max * scale) rounded is exp of the true
+// difference times exp(max * scale - m), a factor common to the whole row that the normalisation
+// cancels. Beyond |m| = 2^24 that factor (up to exp(ulp(m) / 2)) overflows or underflows: at scaled
+// logits near 1e10, NaN or all-zero rows where SDPA gives the right answer. Such rows (never seen at
+// real logit scales) are rewritten first as fl(s * scale) - m, exactly 0 at the max, and exponentiated
+// without a scale: exact_shift_row returns true when it did so.
+constexpr float kExactShiftLimit = 16777216.f;  // 2^24
+
+inline bool exact_shift_row(const SoftmaxBlock& b, int64_t r, int64_t limit, float m_new) {
+  if (!(std::abs(m_new) > kExactShiftLimit) || m_new == kNegInf) return false;
+  float* s = b.s + r * b.lds;
+  const float mul = folds_scale(b) ? b.scale : 1.f;  // unfolded rows already hold s * scale + bias
+  for (int64_t c = 0; c < limit; ++c) {
+    // Rounded before the subtraction, as m_new was: a contracted FMA (-mfma) kept the product's residual.
+    const volatile float scaled = s[c] * mul;
+    s[c] = scaled - m_new;
+  }
+  return true;
+}
+
 // Running max / sum update of row r after its probabilities summed to `sum`.
 inline void finish_row(const SoftmaxBlock& b, int64_t r, float m_new, float sum) {
   const float m_old = b.row_max[r];
@@ -800,15 +820,17 @@ inline void finish_row(const SoftmaxBlock& b, int64_t r, float m_new, float sum)
 }
 
 void softmax_block_impl(const SoftmaxBlock& b) {
-  const float mul = folds_scale(b) ? b.scale : 1.f;
   for (int64_t r = 0; r < b.m_rows; ++r) {
     const int64_t limit = visible_cols(b, r);
     const float m_new = max_nan(b.row_max[r], scaled_row_max(b, r, limit));
     const float* s = b.s + r * b.lds;
+    const bool shifted = exact_shift_row(b, r, limit, m_new);
+    const float mul = shifted || !folds_scale(b) ? 1.f : b.scale;
+    const float m_sub = shifted ? 0.f : m_new;  // what the exponent subtracts
     float sum = 0.f;
     int64_t done = 0;
     if (m_new != kNegInf) {
-      const fVec vm(-m_new), vmul(mul);
+      const fVec vm(-m_sub), vmul(mul);
       fVec vsum(0.f);
       if (b.p_bf16) {
         c10::BFloat16* p = static_cast<c10::BFloat16*>(b.p) + r * b.ldp;
@@ -819,7 +841,7 @@ void softmax_block_impl(const SoftmaxBlock& b) {
         }
         sum = reduce_sum(vsum);
         for (; done < limit; ++done) {
-          float e = std::exp(s[done] * mul - m_new);
+          float e = std::exp(s[done] * mul - m_sub);
           sum += e;
           p[done] = c10::BFloat16(e);
         }
@@ -832,7 +854,7 @@ void softmax_block_impl(const SoftmaxBlock& b) {
         }
         sum = reduce_sum(vsum);
         for (; done < limit; ++done) {
-          p[done] = std::exp(s[done] * mul - m_new);
+          p[done] = std::exp(s[done] * mul - m_sub);
           sum += p[done];
         }
       }
@@ -868,7 +890,6 @@ IPEX_BF16_INSN_FN inline __m512 exp2_bf16(__m512 y) {
 
 IPEX_BF16_INSN_FN void softmax_block_bf16(const SoftmaxBlock& b) {
   constexpr float kLog2e = 1.4426950408889634f;
-  const float mul = (folds_scale(b) ? b.scale : 1.f) * kLog2e;
   for (int64_t r = 0; r < b.m_rows; ++r) {
     const int64_t limit = visible_cols(b, r);
     const float m_new = max_nan(b.row_max[r], scaled_row_max(b, r, limit));
@@ -878,7 +899,9 @@ IPEX_BF16_INSN_FN void softmax_block_bf16(const SoftmaxBlock& b) {
       std::fill(p, p + b.n_pad, uint16_t(0));
       continue;
     }
-    const __m512 vmul = _mm512_set1_ps(mul), vsub = _mm512_set1_ps(-m_new * kLog2e);
+    const bool shifted = exact_shift_row(b, r, limit, m_new);
+    const float mul = (shifted || !folds_scale(b) ? 1.f : b.scale) * kLog2e;
+    const __m512 vmul = _mm512_set1_ps(mul), vsub = _mm512_set1_ps(shifted ? 0.f : -m_new * kLog2e);
     __m512 vsum = _mm512_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= limit; j += 16) {
