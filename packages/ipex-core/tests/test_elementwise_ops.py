@@ -147,3 +147,16 @@ def test_opcheck_all():
                           (q, torch.randn(16, 32), torch.randn(16, 32), 32, True, torch.randint(0, 16, (2, 3))))
     torch.library.opcheck(torch.ops.ipex.layer_norm.default, (x, [32], torch.randn(32), torch.randn(32), 1e-5))
     torch.library.opcheck(torch.ops.ipex.add_layer_norm.default, (x, y, [32], None, None, 1e-5))
+
+
+def test_rotary_position_ids_must_match_batch_and_seq():
+    """[seq, batch] ids for a [batch, seq, ...] input hold the right count in the wrong order: they rotated
+    tokens by other tokens' positions, silently."""
+    q = torch.randn(2, 3, 1, 8)
+    sin, cos = torch.randn(16, 8), torch.randn(16, 8)
+    pos = torch.tensor([[5, 6, 7], [0, 1, 2]])
+    good = torch.ops.ipex.rotary_embedding(q, sin, cos, 8, True, pos)
+    torch.testing.assert_close(torch.ops.ipex.rotary_embedding(q, sin, cos, 8, True, pos.flatten()), good)
+    with pytest.raises(RuntimeError, match=r"position_ids of shape \[3, 2\] do not match the input's"):
+        torch.ops.ipex.rotary_embedding(q, sin, cos, 8, True, pos.t().contiguous())
+    assert torch.ops.ipex.rotary_embedding(torch.randn(2, 3, 0, 8), sin, cos, 8, True, pos).shape == (2, 3, 0, 8)

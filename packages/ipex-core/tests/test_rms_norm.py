@@ -176,3 +176,10 @@ def test_add_rms_norm_inplace_refuses_shared_elements():
         ipex_core.ops.add_rms_norm_(x, torch.randn(1, 8).expand(3, 8), torch.ones(8), 1e-6)
     with pytest.raises(RuntimeError, match="input is written to"):
         ipex_core.ops.add_rms_norm_(torch.randn(1, 8).expand(3, 8), torch.randn(3, 8), torch.ones(8), 1e-6)
+
+
+def test_empty_hidden_dimension_gives_an_empty_result():
+    # reshape({-1, 0}) cannot infer the row count: "cannot reshape tensor of 0 elements" where torch returns [3, 0].
+    assert ipex_core.ops.rms_norm(torch.randn(3, 0), torch.ones(0), 1e-6).shape == (3, 0)
+    out, res = ipex_core.ops.add_rms_norm(torch.randn(2, 3, 0), torch.randn(2, 3, 0), torch.ones(0), 1e-6)
+    assert out.shape == res.shape == (2, 3, 0)

@@ -171,6 +171,20 @@ def test_iakv_bad_input():
                                            8.0, past)
 
 
+def test_iakv_alibi_slopes_must_be_one_per_head():
+    """3 slopes for 4 heads failed in a reshape ("shape '[1, 4, 1, 1]' is invalid for input of size 3")."""
+    q = torch.randn(2, 3, 4, 64)
+    for n in (3, 5, 8):
+        with pytest.raises(ValueError, match=f"one slope per query head; got {n} slopes for 4 heads"):
+            indirect_access_kv_cache_attention(q, q, q, 8.0, alibi=torch.rand(n))
+    # GQA: the slopes follow the query heads, not the kv heads
+    kv = torch.randn(2, 3, 2, 64)
+    out, _, _ = indirect_access_kv_cache_attention(q, kv, kv, 8.0, alibi=torch.rand(4))
+    assert out.shape == q.shape
+    with pytest.raises(ValueError, match="got 2 slopes for 4 heads"):
+        indirect_access_kv_cache_attention(q, kv, kv, 8.0, alibi=torch.rand(2))
+
+
 # ------------------------------------------------------------------ Paged ---
 
 
@@ -362,3 +376,71 @@ def test_iakv_nan_in_a_key_propagates():
     q1 = torch.randn(B, 1, H, D)
     out1, _, _ = iakv(q1, q1, q1, 8.0, past)
     assert out1.isnan().all()
+
+
+# ---------------------------------------------------------------- autograd ---
+
+
+def _paged_inputs(requires_grad=None):
+    torch.manual_seed(10)
+    H, D, bs = 2, 32, 16
+    t = dict(k=torch.randn(5, H, D), v=torch.randn(5, H, D), q=torch.randn(1, H, D),
+             key_cache=torch.zeros(2, bs, H, D), value_cache=torch.zeros(2, bs, H, D))
+    if requires_grad is not None:
+        t[requires_grad].requires_grad_()
+    return t
+
+
+def _paged(t, out=None):
+    PagedAttention.reshape_and_cache(t["k"], t["v"], t["key_cache"], t["value_cache"], torch.arange(5))
+    out = torch.empty_like(t["q"]) if out is None else out
+    PagedAttention.single_query_cached_kv_attention(out, t["q"], t["key_cache"], t["value_cache"], torch.arange(2),
+                                                    0.2, torch.tensor([[0]]), torch.tensor([5]), 16, 5, None)
+    return out
+
+
+@pytest.mark.parametrize("grad_input", ["q", "k", "v", "out"])
+def test_inference_kernels_refuse_inputs_that_require_grad(grad_input):
+    """The kernels writing into caller buffers (varlen's out, the paged caches and out) dropped autograd: the
+    result had no grad_fn and backward() gave no gradients, without an error."""
+    q, k, v, cq, ck = _packed([4, 6], [4, 6], 2, 2, 32)
+    out = torch.empty_like(q)
+    want = varlen_attention(q, k, v, out.clone(), cq, ck, 6, 6, 0.0, 0.2)
+    args = dict(q=q, k=k, v=v, out=out)
+    args[grad_input] = args[grad_input].clone().requires_grad_()
+    msg = r"varlen_attention is an inference kernel with no backward; call it under torch.no_grad\(\)"
+    for pdropout, return_softmax in ((0.0, False), (0.1, False), (0.0, True)):
+        with pytest.raises(RuntimeError, match=msg):
+            varlen_attention(args["q"], args["k"], args["v"], args["out"], cq, ck, 6, 6, pdropout, 0.2,
+                             return_softmax=return_softmax)
+        with pytest.raises(RuntimeError, match=msg):
+            VarlenAttention()(args["q"], args["k"], args["v"], args["out"], cq, ck, 6, 6, pdropout, 0.2,
+                              return_softmax=return_softmax)
+    with torch.no_grad():  # the inference path is unchanged
+        torch.testing.assert_close(varlen_attention(args["q"], args["k"], args["v"], args["out"], cq, ck, 6, 6, 0.0,
+                                                    0.2), want)
+    with torch.inference_mode():
+        torch.testing.assert_close(varlen_attention(q, k, v, torch.empty_like(q), cq, ck, 6, 6, 0.0, 0.2), want)
+    detached = {n: t.detach() for n, t in args.items()}
+    torch.testing.assert_close(varlen_attention(detached["q"], detached["k"], detached["v"], detached["out"], cq, ck,
+                                                6, 6, 0.0, 0.2), want)
+
+    # PagedAttention: reshape_and_cache (key, value, the caches), single_query_cached_kv_attention (q, out, caches)
+    want = _paged(_paged_inputs())
+    assert want.abs().sum() > 0
+    paged = {"q": "q", "k": "k", "v": "v", "out": "key_cache"}[grad_input]
+    t = _paged_inputs(paged)
+    op = "reshape_and_cache" if paged in ("k", "v", "key_cache") else "single_query_cached_kv_attention"
+    with pytest.raises(RuntimeError, match=f"PagedAttention.{op} is an inference kernel with no backward"):
+        _paged(t)
+    with torch.no_grad():
+        torch.testing.assert_close(_paged(t), want)
+    out = torch.empty(1, 2, 32, requires_grad=True)
+    with pytest.raises(RuntimeError, match="single_query_cached_kv_attention is an inference kernel"):
+        _paged(_paged_inputs(), out)
+    slopes = torch.zeros(2, requires_grad=True)
+    t = _paged_inputs()
+    with pytest.raises(RuntimeError, match="single_query_cached_kv_attention is an inference kernel"):
+        PagedAttention.single_query_cached_kv_attention(torch.empty_like(t["q"]), t["q"], t["key_cache"],
+                                                        t["value_cache"], torch.arange(2), 0.2, torch.tensor([[0]]),
+                                                        torch.tensor([5]), 16, 5, slopes)

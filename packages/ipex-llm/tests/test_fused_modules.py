@@ -2,6 +2,7 @@
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -115,6 +116,56 @@ def test_linear_fusions_take_the_documented_keywords():
     close(M.LinearAddAdd(lin)(x, other_1=o1, other_2=o2), y + o1 + o2, torch.float32)
 
 
+BROADCAST = [
+    (M.LinearMul, lambda y, o: y * o[0], 1),
+    (M.LinearAdd, lambda y, o: y + o[0], 1),
+    (M.LinearSiluMul, lambda y, o: F.silu(y) * o[0], 1),
+    (M.LinearAddAdd, lambda y, o: y + o[0] + o[1], 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cls,ref,n_other", BROADCAST, ids=[c[0].__name__ for c in BROADCAST])
+def test_linear_fusions_broadcast_other(dtype, cls, ref, n_other):
+    """The API's ``linear(input) * other`` broadcasts ``other`` as PyTorch does; an [out_features] other was
+    refused ("other must have the output's shape")."""
+    torch.manual_seed(2)
+    lin = nn.Linear(16, 8).to(dtype)
+    mod = cls(lin)
+    x = torch.randn(2, 3, 16, dtype=dtype)
+    y = lin.float()(x.float())
+    # to the output's shape [2, 3, 8] (fused), and larger than it (runs unfused, the PyTorch result's shape)
+    for shape in [(8,), (3, 1), (2, 1, 8), (1, 3, 8), (), (4, 1, 1, 8), (5, 2, 3, 1)]:
+        others = [torch.randn(shape, dtype=dtype) for _ in range(n_other)]
+        want = ref(y, [o.float() for o in others])
+        got = mod(x, *others)
+        assert got.dtype == dtype and got.shape == want.shape, (shape, got.shape)
+        close(got, want, dtype)
+    # one operand of the output's shape, the other broadcast; an fp32 other with a bf16 input (cast, as before)
+    full, row = torch.randn(2, 3, 8, dtype=dtype), torch.randn(8)
+    others = [row, full][:n_other] if n_other == 2 else [row]
+    close(mod(x, *others), ref(y, [o.float() for o in others]), dtype)
+    assert mod(x, *others).dtype == dtype
+    with pytest.raises(ValueError, match=r"other(_1)? \(5,\) does not broadcast with the linear's output \(2, 3, 8\)"):
+        mod(x, *[torch.randn(5, dtype=dtype)] * n_other)
+    if n_other == 2:
+        with pytest.raises(ValueError, match=r"other_2 \(5,\) does not broadcast"):
+            mod(x, row, torch.randn(5))
+        with pytest.raises(ValueError, match=r"other_1 \(4, 1, 1, 8\) and other_2 \(5, 1, 1, 8\) do not broadcast"):
+            mod(x, torch.randn(4, 1, 1, 8), torch.randn(5, 1, 1, 8))
+    with pytest.raises(TypeError, match="must be a torch.Tensor; got float"):
+        mod(x, *[2.0] * n_other)
+
+
+def test_linear_fusions_0d_input():
+    """A 0-d input raised IndexError (tuple index out of range) from the in_features check."""
+    for mod in (M.LinearSilu(nn.Linear(4, 4)), M.Linear2SiluMul(nn.Linear(4, 4), nn.Linear(4, 4))):
+        with pytest.raises(ValueError, match="input is 0-d .* at least one dimension"):
+            mod(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="input is 0-d"):
+        M.LinearMul(nn.Linear(1, 3))(torch.tensor(1.0), torch.ones(3))
+
+
 def hf_rotate_half(x):
     x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
@@ -161,6 +212,59 @@ def test_rotary_embedding_gptj_partial_and_past_length():
                                          torch.arange(20, 23)[None].float())
 
 
+def test_rotary_embedding_position_ids_shapes():
+    """position_ids of another shape with batch * seq elements ([seq, batch]) were accepted and rotated each
+    token by another token's position."""
+    torch.manual_seed(4)
+    dim, heads = 32, 2
+    rope = M.RotaryEmbedding(64, dim)
+    q = torch.randn(2, 3, heads, dim)
+    pos = torch.tensor([[4, 5, 6], [10, 11, 12]])
+    want = rope(q, pos, heads, dim, dim // 2, dim)
+    for bad in (pos.T.contiguous(), pos.reshape(-1), pos.reshape(1, 6), pos[:, None, :], pos[:, :1]):
+        with pytest.raises(ValueError, match=r"position_ids must be \[batch, seq\] = \[2, 3\], \[1, seq\], "
+                                             rf"\[seq\] or one element .*got shape {re.escape(str(tuple(bad.shape)))}"):
+            rope(q, bad, heads, dim, dim // 2, dim)
+    # the documented shapes: [batch, seq], [1, seq] or [seq] shared by the batch, one element (past length)
+    row = rope(q, torch.stack([pos[0], pos[0]]), heads, dim, dim // 2, dim)
+    for shared in (pos[:1], pos[0], torch.tensor(4), torch.tensor([4]), torch.tensor([[4]])):
+        torch.testing.assert_close(rope(q, shared, heads, dim, dim // 2, dim), row)
+    torch.testing.assert_close(want[1], rope(q[1:], pos[1:], heads, dim, dim // 2, dim)[0])
+
+
+def test_rotary_embedding_refuses_huge_position_ids():
+    """A position id of 2**31 - 1 grew the sin/cos table to 2**31 rows (an 8.6 GB allocation)."""
+    dim, heads = 32, 2
+    rope = M.RotaryEmbedding(64, dim)
+    q = torch.randn(1, 2, heads, dim)
+    for bad in (torch.tensor([[0, 2**31 - 1]]), torch.tensor([2**31 - 2])):
+        with pytest.raises(ValueError, match=r"position id 2147483647 is far past max_position_embeddings=64; "
+                                             r"the sin/cos table grows to at most 1048576 positions"):
+            rope(q, bad, heads, dim, dim // 2, dim)
+    assert rope.sin_cached.shape[0] == 64  # nothing was allocated
+    # Growing stays allowed up to the limit (lowered here to keep the test small), and the table never
+    # doubles past it.
+    rope.max_grown_positions = 1000
+    out = rope(q, torch.tensor([[3, 999]]), heads, dim, dim // 2, dim)
+    assert rope.sin_cached.shape[0] == 1000
+    torch.testing.assert_close(out, M.RotaryEmbedding(1000, dim)(q, torch.tensor([[3, 999]]), heads, dim, dim // 2,
+                                                                   dim))
+    with pytest.raises(ValueError, match="position id 1000 is far past max_position_embeddings=64; .* at most 1000"):
+        rope(q, torch.tensor([[3, 1000]]), heads, dim, dim // 2, dim)
+    # a model built for more positions than the limit may go to twice its max_position_embeddings
+    big = M.RotaryEmbedding(800, dim)
+    big.max_grown_positions = 1000
+    big(q, torch.tensor([[0, 1599]]), heads, dim, dim // 2, dim)
+    assert big.sin_cached.shape[0] == 1600
+    with pytest.raises(ValueError, match="position id 1600 .* at most 1600 positions"):
+        big(q, torch.tensor([[0, 1600]]), heads, dim, dim // 2, dim)
+    capped = M.RotaryEmbedding(300, dim)
+    capped.max_grown_positions = 1000
+    capped(q, torch.tensor([[0, 699]]), heads, dim, dim // 2, dim)
+    capped(q, torch.tensor([[0, 700]]), heads, dim, dim // 2, dim)  # would double to 1400
+    assert capped.sin_cached.shape[0] == 1000
+
+
 def test_rotary_embedding_tables_stay_float32_after_a_cast():
     """model.to(bfloat16) must not turn the angle tables (or inv_freq) into bf16: a table grown
     from a bf16 inv_freq was 2.6 off at position 3000, and fp32 inputs were refused."""
@@ -204,8 +308,36 @@ def test_fast_layer_norm(dtype):
     close(IF.add_layer_norm(None, x, ln.weight, ln.bias, 1e-5), ln.float()(x.float()), dtype)
     close(IF.add_layer_norm(r, x, ln.weight, ln.bias, 1e-5, add_back=True), ln.float()((x + r0).float()), dtype)
     close(r, x + r0, dtype)
-    with pytest.raises(ValueError, match="last dimension only"):
-        M.FastLayerNorm((4, 64), 1e-5, None)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1.6e-2)])
+def test_fast_layer_norm_several_dimensions(dtype, tol):
+    """normalized_shape [2, 4] normalises over the last two dimensions, as torch's LayerNorm (it was refused)."""
+    torch.manual_seed(3)
+    shape = (2, 4)
+    w, b = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+    x = torch.randn(3, 5, *shape, dtype=dtype)
+    want = F.layer_norm(x.float(), shape, w.float(), b.float(), 1e-5)
+    for got in (M.FastLayerNorm(shape, 1e-5, w, b)(x), IF.fast_layer_norm(x, list(shape), w, b, 1e-5),
+                M.FastLayerNorm.apply_function(x, shape, w, b, 1e-5)):
+        assert got.shape == x.shape and got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(M.FastLayerNorm(shape, 1e-5, None)(x).float(), F.layer_norm(x.float(), shape),
+                               rtol=tol, atol=tol)
+    # every trailing dimension (a 3-D normalized_shape over the whole input), a non-contiguous input
+    x3 = torch.randn(4, 3, 6, dtype=dtype).transpose(0, 2)
+    torch.testing.assert_close(IF.fast_layer_norm(x3, x3.shape, None, None, 1e-5).float(),
+                               F.layer_norm(x3.float(), x3.shape), rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match=r"normalized_shape must be the input's last dimension\(s\); got \[4, 2\]"):
+        IF.fast_layer_norm(x, [4, 2], None, None, 1e-5)
+    with pytest.raises(ValueError, match="got \\[5\\] for an input of shape"):
+        IF.fast_layer_norm(x, 5, None, None, 1e-5)
+    with pytest.raises(ValueError, match=r"weight must have normalized_shape \[2, 4\]; got \(8,\)"):
+        IF.fast_layer_norm(x, shape, w.reshape(-1), None, 1e-5)
+    with pytest.raises(ValueError, match=r"weight must have shape \(2, 4\)"):
+        M.FastLayerNorm(shape, 1e-5, w.reshape(-1))
+    with pytest.raises(ValueError, match="at least one dimension"):
+        M.FastLayerNorm([], 1e-5, None)
 
 
 def test_functional_gated():

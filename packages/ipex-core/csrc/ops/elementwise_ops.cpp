@@ -55,7 +55,7 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
   TORCH_CHECK(cs_cols == rotary_dim || cs_cols == rotary_dim / 2, op,
               ": sin/cos last dimension must be rotary_dim (", rotary_dim, ", the cat(f, f) layout) or "
               "rotary_dim/2; got ", cs_cols);
-  auto x = input.reshape({-1, heads, head_dim});
+  auto x = input.reshape({leading_count(input, 2), heads, head_dim});
   if (x.stride(2) != 1) x = x.contiguous();
   const int64_t tokens = x.size(0);
   auto cs = cos.reshape({-1, cs_cols});
@@ -68,6 +68,12 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
   if (positions.has_value() && positions->defined()) {
     TORCH_CHECK(positions->numel() == tokens, op, ": position_ids must hold one position per token (",
                 tokens, "); got ", positions->numel());
+    // [batch, seq] ids for a [batch, seq, heads, head_dim] input: the same count in another shape
+    // ([seq, batch]) gave tokens the wrong positions, silently.
+    TORCH_CHECK(positions->dim() != 2 || input.dim() != 4 ||
+                    (positions->size(0) == input.size(0) && positions->size(1) == input.size(1)),
+                op, ": position_ids of shape ", positions->sizes(), " do not match the input's [batch, seq] = [",
+                input.size(0), ", ", input.size(1), "]; pass [batch, seq] ids (or one flat id per token)");
     TORCH_CHECK(positions->scalar_type() == at::kLong || positions->scalar_type() == at::kInt, op,
                 ": position_ids must be int64 or int32 (row indices into sin/cos); got ", positions->scalar_type());
     rows = positions->reshape({-1}).to(at::kLong).contiguous();

@@ -38,9 +38,17 @@ inline void check_same_as(const char* op, const char* name, const at::Tensor& in
               " but input is on ", input.device(), "; move them to the same device");
 }
 
+// The product of t's sizes before its last `trailing` dims: the row count of a reshape to
+// [rows, *last dims], which reshape({-1, ...}) cannot infer when the last dims hold 0 elements.
+inline int64_t leading_count(const at::Tensor& t, int64_t trailing) {
+  int64_t n = 1;
+  for (int64_t i = 0; i < t.dim() - trailing; ++i) n *= t.size(i);
+  return n;
+}
+
 // A [rows, n] view with unit stride along n (copying only when it must).
 inline at::Tensor as_rows(const at::Tensor& t) {
-  auto rows = t.reshape({-1, t.size(-1)});
+  auto rows = t.reshape({leading_count(t, 1), t.size(-1)});
   if (t.size(-1) > 1 && rows.stride(1) != 1) rows = rows.contiguous();
   return rows;
 }
@@ -103,7 +111,7 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
 }
 
 inline at::Tensor empty_rows_like(const at::Tensor& t) {
-  return empty_output({t.numel() / std::max<int64_t>(t.size(-1), 1), t.size(-1)},
+  return empty_output({leading_count(t, 1), t.size(-1)},
                       t.options().memory_format(at::MemoryFormat::Contiguous));
 }
 

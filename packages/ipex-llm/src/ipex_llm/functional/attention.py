@@ -11,6 +11,21 @@ from ipex_core.ops import attention_ops as A
 __all__ = ["indirect_access_kv_cache_attention", "varlen_attention"]
 
 
+def _refuse_autograd(op: str, *tensors: torch.Tensor | None) -> None:
+    """Raise where autograd would be dropped silently: the kernel writes into caller buffers (``out``, the caches).
+
+    Such a write is outside autograd (the result has no grad_fn), so a backward through it left the
+    inputs' gradients missing without an error. Callers test ``torch.is_grad_enabled()`` first, so
+    the inference path (no_grad / inference_mode) pays that one call only.
+    """
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            raise RuntimeError(
+                f"{op} is an inference kernel with no backward; call it under torch.no_grad() (or "
+                "torch.inference_mode()) or detach the inputs that require grad"
+            )
+
+
 # ------------------------------------------------------------------- IAKV ---
 
 
@@ -69,6 +84,11 @@ def _iakv_bias(attention_mask, alibi, B: int, H: int, S: int, L: int) -> torch.T
         bias = m[..., :L].float()
     if alibi is not None:
         a = alibi.float()
+        if a.dim() == 1 and a.shape[0] != H:
+            raise ValueError(
+                f"indirect_access_kv_cache_attention: alibi as per-head slopes needs one slope per query head; got "
+                f"{a.shape[0]} slopes for {H} heads (query.shape[2]): pass a [{H}] tensor"
+            )
         if a.dim() == 1:  # per-head slopes: slope * position
             a = a.view(1, H, 1, 1) * torch.arange(L, dtype=torch.float32, device=a.device).view(1, 1, 1, L)
         elif a.dim() == 3 and a.shape[0] == B * H:  # BLOOM's [batch * heads, 1 | query_len, key_len]
@@ -260,8 +280,11 @@ def varlen_attention(
 
     Runs on CPU for float32, bfloat16 and float16. Scores and the softmax are fp32; float16 is
     computed in fp32 (no AVX512-FP16 arithmetic); bfloat16 uses AMX tiles where the CPU has
-    them, with the probabilities rounded to bf16 before the product with V.
+    them, with the probabilities rounded to bf16 before the product with V. An inference kernel:
+    with grad enabled, an input that requires grad is an error (the result would have no grad_fn).
     """
+    if torch.is_grad_enabled():
+        _refuse_autograd("varlen_attention", query, key, value, out)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
     if not 0.0 <= pdropout < 1.0:

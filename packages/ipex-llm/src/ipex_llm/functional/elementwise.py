@@ -53,8 +53,29 @@ def _normalized(shape) -> list[int]:
 def fast_layer_norm(
     hidden_states: torch.Tensor, normalized_shape, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
-    """LayerNorm over the last dimension (``normalized_shape`` must be it), fp32 accumulation."""
-    return E.layer_norm(hidden_states, _normalized(normalized_shape), weight, bias, eps)
+    """LayerNorm over the trailing ``normalized_shape`` dimensions, as ``torch.nn.functional.layer_norm``.
+
+    ``normalized_shape`` is an int or a sequence of the input's last dimensions (e.g. ``[2, 4]``
+    normalises each ``[2, 4]`` block); ``weight``/``bias``, when given, have that shape. Accumulated
+    in fp32, returned in the input's dtype.
+    """
+    shape = _normalized(normalized_shape)
+    nd = len(shape)
+    if nd == 0 or hidden_states.dim() < nd or list(hidden_states.shape[-nd:]) != shape:
+        raise ValueError(
+            f"fast_layer_norm: normalized_shape must be the input's last dimension(s); got {shape} for an input of "
+            f"shape {tuple(hidden_states.shape)} (e.g. normalized_shape={list(hidden_states.shape[-1:])})"
+        )
+    if nd == 1:  # the common case straight to the kernel (which checks weight/bias)
+        return E.layer_norm(hidden_states, shape, weight, bias, eps)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and list(t.shape) != shape:
+            raise ValueError(f"fast_layer_norm: {name} must have normalized_shape {shape}; got {tuple(t.shape)}")
+    # The kernel normalises over the last dimension: the trailing dimensions as one, then back.
+    flat = hidden_states.reshape(*hidden_states.shape[:-nd], -1)
+    out = E.layer_norm(flat, [flat.shape[-1]], None if weight is None else weight.reshape(-1),
+                       None if bias is None else bias.reshape(-1), eps)
+    return out.view(hidden_states.shape)
 
 
 def add_layer_norm(

@@ -90,7 +90,10 @@ class PagedAttention:
 
         Token ``i`` goes to block ``slot_mapping[i] // block_size``, row ``slot_mapping[i] %
         block_size``; slot -1 (padding) is skipped; a slot past the cache or below -1 is an error.
+        An inference kernel: with grad enabled, an input that requires grad is an error.
         """
+        if torch.is_grad_enabled():
+            F._refuse_autograd("PagedAttention.reshape_and_cache", key, value, key_cache, value_cache)
         A.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
 
     @classmethod
@@ -122,7 +125,12 @@ class PagedAttention:
             max_context_len: upper bound of ``context_lens``.
             alibi_slopes: optional ``[num_heads]``; adds ``slope * (position - context_len + 1)``.
             sliding_window: optional; attend only to the last ``sliding_window`` tokens.
+
+        An inference kernel: with grad enabled, an input that requires grad is an error.
         """
+        if torch.is_grad_enabled():
+            F._refuse_autograd("PagedAttention.single_query_cached_kv_attention", out, query, key_cache,
+                               value_cache, alibi_slopes)
         A.paged_attention_decode(
             out, query, key_cache, value_cache, head_mapping, scale, block_tables, context_lens, block_size,
             max_context_len, alibi_slopes, -1 if sliding_window is None else int(sliding_window),

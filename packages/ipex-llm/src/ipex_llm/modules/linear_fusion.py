@@ -38,6 +38,14 @@ def _check_linear(cls: str, linear) -> None:
         raise ValueError(f"{cls}: the ipex CPU kernels need the Linear on cpu; got {linear.weight.device}")
 
 
+def _broadcasts(*shapes) -> bool:
+    try:
+        torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        return False
+    return True
+
+
 class _PackedLinear(nn.Module):
     """One packed weight (or a gate/up pair) plus bias, exposed as nn.Linear-style state."""
 
@@ -138,6 +146,9 @@ class _PackedLinear(nn.Module):
 
     def _run(self, input: torch.Tensor, other: torch.Tensor | None = None,
              other_2: torch.Tensor | None = None) -> torch.Tensor:
+        if input.dim() == 0:
+            raise ValueError(f"{type(self).__name__}: input is 0-d (a scalar); like nn.Linear it needs at least one "
+                             f"dimension, the last of in_features={self.in_features} (e.g. input.reshape(1, -1))")
         # The packed weight is padded along in_features (to pairs for bf16), so the kernel
         # alone cannot tell in_features from in_features + 1: check it here, as nn.Linear would.
         if input.shape[-1] != self.in_features:
@@ -145,7 +156,57 @@ class _PackedLinear(nn.Module):
                              f"the wrapped Linear takes in_features={self.in_features}")
         if self._pair:
             return L.linear_pair_silu_mul(input, self.packed_weight, self.bias, self.out_features)
+        if other is not None:
+            out_shape = (*input.shape[:-1], self.out_features)
+            # The common case (other already of the output's shape) costs one shape comparison.
+            if not (isinstance(other, torch.Tensor) and other.shape == out_shape and (
+                    other_2 is None or (isinstance(other_2, torch.Tensor) and other_2.shape == out_shape))):
+                return self._run_broadcast(input, out_shape, other, other_2)
         return L.linear(input, self.packed_weight, self.bias, self.out_features, self._epilogue, other, other_2)
+
+    # The fused epilogue with its other operand(s) taken out: (epilogue the kernel still applies, the rest).
+    _UNFUSED = {
+        "mul": ("none", lambda y, o: y * o[0]),
+        "add": ("none", lambda y, o: y + o[0]),
+        "add_add": ("none", lambda y, o: y + o[0] + o[1]),
+        "silu_mul": ("silu", lambda y, o: y * o[0]),
+    }
+
+    def _run_broadcast(self, input: torch.Tensor, out_shape: tuple, other: torch.Tensor,
+                       other_2: torch.Tensor | None) -> torch.Tensor:
+        """The documented ``linear(input) * other`` (etc.) with PyTorch's broadcasting of ``other``.
+
+        The kernel reads ``other`` as dense rows of the output's shape: an operand that broadcasts
+        to that shape is expanded to it (and made contiguous) and the epilogue stays fused. One that
+        would make the result larger than ``linear(input)`` (as ``linear(input) * other`` does in
+        PyTorch) runs unfused: the linear on the kernel, then the plain PyTorch ops. As in the fused
+        path, the operands are cast to the input's dtype and the result has it.
+        """
+        name = type(self).__name__
+        labels = ["other_1", "other_2"] if self._epilogue == "add_add" else ["other"]
+        others = [other, other_2][: len(labels)]
+        for label, o in zip(labels, others):
+            if not isinstance(o, torch.Tensor):
+                raise TypeError(f"{name}: {label} must be a torch.Tensor; got {type(o).__name__}")
+        try:
+            target = torch.broadcast_shapes(out_shape, *(o.shape for o in others))
+        except RuntimeError:
+            bad = [f"{label} {tuple(o.shape)} does not" for label, o in zip(labels, others)
+                   if not _broadcasts(out_shape, o.shape)]
+            what = bad[0] if bad else " and ".join(f"{lb} {tuple(o.shape)}" for lb, o in zip(labels, others)) + " do not"
+            raise ValueError(
+                f"{name}: {what} broadcast with the linear's output {tuple(out_shape)} (input "
+                f"{tuple(input.shape)}, out_features={self.out_features}); pass a tensor of the output's shape or "
+                "one that broadcasts to it (e.g. [out_features] or [..., 1])"
+            ) from None
+        dtype = input.dtype
+        others = [o.to(dtype) for o in others]
+        if target == out_shape:
+            others = [o if o.shape == out_shape else o.expand(out_shape).contiguous() for o in others]
+            return L.linear(input, self.packed_weight, self.bias, self.out_features, self._epilogue, *others)
+        epilogue, rest = self._UNFUSED[self._epilogue]
+        y = L.linear(input, self.packed_weight, self.bias, self.out_features, epilogue)
+        return rest(y, others)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._run(input)

@@ -46,19 +46,21 @@ class RMSNorm(nn.Module):
 
 
 class FastLayerNorm(nn.Module):
-    """LayerNorm over the last dimension on the ``ipex::layer_norm`` kernel.
+    """LayerNorm over the trailing ``normalized_shape`` dimensions on the ``ipex::layer_norm`` kernel.
 
     Args:
-        normalized_shape: the last dimension (an int or a one-element sequence).
+        normalized_shape: the input's last dimension(s), an int or a sequence (as ``nn.LayerNorm``:
+            ``[2, 4]`` normalises over the last two dimensions, which must be 2 and 4).
         eps: added to the variance.
-        weight, bias: the affine parameters (either may be None).
+        weight, bias: the affine parameters of shape ``normalized_shape`` (either may be None).
     """
 
     def __init__(self, normalized_shape, eps: float, weight: torch.Tensor | None, bias: torch.Tensor | None = None):
         super().__init__()
         shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
-        if len(shape) != 1:
-            raise ValueError(f"FastLayerNorm normalises over the last dimension only; got normalized_shape={shape}")
+        if not shape:
+            raise ValueError("FastLayerNorm: normalized_shape must name at least one dimension (the input's last); "
+                             "got an empty sequence")
         self.normalized_shape = tuple(shape)
         self.eps = eps
         for name, t in (("weight", weight), ("bias", bias)):

@@ -15,13 +15,22 @@ class RotaryEmbedding(nn.Module):
 
     Args:
         max_position_embeddings: positions the table covers at first; it grows (recomputed)
-            when a longer position comes, instead of failing.
+            when a longer position comes, instead of failing, up to
+            ``max(2 * max_position_embeddings, RotaryEmbedding.max_grown_positions)`` positions
+            (``1 << 20`` by default, 1 GiB of table at ``pos_embd_dim`` 128). A position id at or
+            past that is refused (a ValueError naming it): such an id is almost always a bug
+            (uninitialised or padding ids), and the table for it could take gigabytes. A model that
+            really needs more positions: a larger ``max_position_embeddings`` (or set
+            ``max_grown_positions`` on the class or the instance).
         pos_embd_dim: the rotary dimension the angles are made for.
         base: frequency base (10000 in most models).
         backbone: the model class name (e.g. ``"GPTJForCausalLM"``); recorded for
             reference. The angles follow the standard formula ``base ** (-2i / dim)`` for
             every backbone; model-specific scalings (NTK, YaRN, LongRoPE) are not applied.
     """
+
+    # Positions the table may grow to beyond 2 * max_position_embeddings; see the class docstring.
+    max_grown_positions = 1 << 20
 
     def __init__(self, max_position_embeddings: int, pos_embd_dim: int, base=10000, backbone: str | None = None):
         super().__init__()
@@ -59,23 +68,37 @@ class RotaryEmbedding(nn.Module):
     def _positions(self, position_ids: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
         if position_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"RotaryEmbedding: position_ids must be int64 or int32; got {position_ids.dtype}")
-        if position_ids.dim() == 2 and position_ids.shape[0] == 1 and batch > 1 and position_ids.shape[1] == seq:
-            position_ids = position_ids.expand(batch, seq)  # one row shared by the batch (transformers' style)
-        if position_ids.numel() == 1 and batch * seq != 1:
+        shape = tuple(position_ids.shape)
+        # The shapes are checked, not only the element count: [seq, batch] ids (or any other shape of
+        # batch * seq elements) would rotate each token by another token's position, silently.
+        if shape == (batch, seq):
+            pass
+        elif shape in ((1, seq), (seq,)):
+            position_ids = position_ids.reshape(1, seq).expand(batch, seq)  # one row shared by the batch
+        elif position_ids.numel() == 1:
             # A single element is the past length: positions continue from it.
             start = position_ids.reshape(1, 1).to(torch.long)
             position_ids = (start + torch.arange(seq, device=start.device)).expand(batch, seq)
-        if position_ids.numel() != batch * seq:
+        else:
             raise ValueError(
-                f"RotaryEmbedding: position_ids must be [batch, seq] = [{batch}, {seq}], [1, seq] or one element "
-                f"(the past length); got shape {tuple(position_ids.shape)}"
+                f"RotaryEmbedding: position_ids must be [batch, seq] = [{batch}, {seq}], [1, seq], [seq] or one "
+                f"element (the past length); got shape {shape}"
             )
         # Growing the table needs the positions' values; under torch.compile the
         # kernel's own range check reports a position beyond the table instead.
         if position_ids.numel() and not torch.compiler.is_compiling():
             needed = int(position_ids.max()) + 1
             if needed > self.sin_cached.shape[0]:
-                self._build(max(needed, 2 * self.sin_cached.shape[0]))
+                limit = max(2 * self.max_position_embeddings, self.max_grown_positions)
+                if needed > limit:
+                    raise ValueError(
+                        f"RotaryEmbedding: position id {needed - 1} is far past max_position_embeddings="
+                        f"{self.max_position_embeddings}; the sin/cos table grows to at most {limit} positions "
+                        "(max(2 * max_position_embeddings, RotaryEmbedding.max_grown_positions)). Check the "
+                        "position_ids (padding or uninitialised ids?), or build the module with a larger "
+                        "max_position_embeddings"
+                    )
+                self._build(min(max(needed, 2 * self.sin_cached.shape[0]), limit))
         return position_ids
 
     def forward(self, input: torch.Tensor, position_ids: torch.Tensor, num_head: int, head_dim: int, offset: int,
