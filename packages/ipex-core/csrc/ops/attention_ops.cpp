@@ -304,15 +304,6 @@ bool use_brgemm(const FlashProblem& p) {
          at::native::cpublas::could_pack(at::kBFloat16);
 }
 
-template <typename T>
-T* grow(std::unique_ptr<T[]>& buf, int64_t& cap, int64_t n) {
-  if (cap < n) {
-    buf.reset(new T[n]);
-    cap = n;
-  }
-  return buf.get();
-}
-
 constexpr int64_t kQBlock = 64;
 constexpr int64_t kWidthStep = 128;  // kv_block is a multiple of it
 
@@ -329,8 +320,7 @@ struct FlashWorker {
 
   void run(int64_t seq, int64_t kvh, int64_t q_lo, int64_t q_hi) const {
     // Grow-only per-thread buffers (every layer of every forward calls this).
-    thread_local std::unique_ptr<float[]> kbuf, vbuf, fbuf;
-    thread_local int64_t kcap = 0, vcap = 0, fcap = 0;
+    thread_local ScratchBuffer kbuf, vbuf, fbuf;
     const FlashSeq& sq = p.seqs[seq];
     const int64_t D = p.D, G = p.H / p.Hkv, lds = kv_block;
     const int64_t kv_need = p.causal ? std::min(sq.k_len, q_hi) : sq.k_len;
@@ -338,14 +328,14 @@ struct FlashWorker {
     // causal block (oneDNN generates one per shape); padding keys are zeros.
     const int64_t kv_pad = round_up(std::max<int64_t>(kv_need, 1), kWidthStep);
 
-    float* S = grow(fbuf, fcap, 2 * kQBlock * lds + kQBlock * dp + 2 * kQBlock);
+    float* S = fbuf.get<float>(2 * kQBlock * lds + kQBlock * dp + 2 * kQBlock);
     void* P = S + kQBlock * lds;
     float* acc = S + 2 * kQBlock * lds;
     float* row_max = acc + kQBlock * dp;
     float* row_sum = row_max + kQBlock;
     // bf16 VNNI chunks take D * kv_pad halves; fp32 K^T / V take D * kv_pad / kv_pad * dp floats.
-    float* kpack = grow(kbuf, kcap, amx ? D * kv_pad / 2 : D * kv_pad);
-    float* vpack = grow(vbuf, vcap, amx ? D * kv_pad / 2 : kv_pad * dp);
+    float* kpack = kbuf.get<float>(amx ? D * kv_pad / 2 : D * kv_pad);
+    float* vpack = vbuf.get<float>(amx ? D * kv_pad / 2 : kv_pad * dp);
     const char* ksrc = static_cast<const char*>(p.k) + (sq.k_off + kvh * p.k_head) * esz;
     const char* vsrc = static_cast<const char*>(p.v) + (sq.v_off + kvh * p.v_head) * esz;
     if (kv_need > 0) {

@@ -16,8 +16,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <memory>
 
 namespace ipex::core {
 namespace {
@@ -26,34 +24,6 @@ constexpr int64_t kTileElems = 36;  // 6x6 transformed tile
 // Tiles per chunk: v and m of one chunk ([36, chunk, C] and [36, chunk, K] fp32) stay
 // within about 8 MiB, in the caches between the transforms and the GEMMs.
 constexpr int64_t kChunkBytes = 8 << 20;
-
-// The transformed tiles of a chunk (up to kChunkBytes), kept per calling thread and grown
-// only: a fresh 3.6 MiB buffer per call was faulted in page by page at every call (ResNet-50's
-// 56x56x64 layer at batch 1: 2.4 ms against 1.4 ms with the buffer reused). Aligned to 2 MiB and
-// advised into transparent huge pages: the transforms write and read 36 planes tens of KiB apart
-// per tile, and on 4 KiB pages the layer took 0.70 ms until the kernel (khugepaged / DAMON)
-// happened to collapse the buffer, 0.37 ms after (a std::vector's 16-byte alignment also split
-// every vector store across two cache lines).
-float* scratch_floats(int64_t count) {
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
-  };
-  thread_local std::unique_ptr<float, Free> buffer;
-  thread_local size_t capacity = 0;  // bytes
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t bytes = (static_cast<size_t>(count) * sizeof(float) + kHuge - 1) / kHuge * kHuge;
-  if (bytes > capacity) {
-    buffer.reset();  // free the old one first
-    auto* p = static_cast<float*>(std::aligned_alloc(kHuge, bytes));
-    TORCH_CHECK(p != nullptr, "ipex::conv3x3_winograd: cannot allocate ", bytes, " bytes of scratch");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without huge pages it still works
-#endif
-    buffer.reset(p);
-    capacity = bytes;
-  }
-  return buffer.get();
-}
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef padding,
@@ -112,7 +82,9 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
 
   const int64_t tiles = n * a.tiles_h * a.tiles_w;
   const int64_t chunk = std::clamp<int64_t>(kChunkBytes / (kTileElems * (c + k) * 4), 1, tiles);
-  float* scratch = scratch_floats(kTileElems * chunk * (c + k));
+  // The chunk's transformed tiles, in a buffer this thread keeps (see ScratchBuffer).
+  thread_local ScratchBuffer scratch_buffer;
+  float* scratch = scratch_buffer.get<float>(kTileElems * chunk * (c + k));
   const auto f32 = input.options().memory_format(at::MemoryFormat::Contiguous);
   const auto input_tiles = IPEX_PICK_ISA_KERNEL(winograd_f43_input_tiles);
   const auto output_tiles = IPEX_PICK_ISA_KERNEL(winograd_f43_output_tiles);
