@@ -174,16 +174,34 @@ void layer_norm_impl(const LayerNormArgs& a, int64_t begin, int64_t end) {
       if (i < n) store_f32(ro + i, load_f32(src + i, n - i) + load_f32(res + i, n - i), n - i);
       src = ro;
     }
-    fVec acc(0.f);
+    // Two passes over the row (it stays in L1) with four accumulators each: one accumulator chained
+    // every add on the previous one, and at 2048 tokens the kernel ran at 68% of copy bandwidth.
+    fVec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
     int64_t i = 0;
-    for (; i + kF <= n; i += kF) acc = acc + load_f32(src + i);
-    if (i < n) acc = acc + load_f32(src + i, n - i);
-    const float mean = reduce_sum(acc) / static_cast<float>(n);
-    fVec m(mean), var(0.f);
-    for (i = 0; i + kF <= n; i += kF) {
-      fVec d = load_f32(src + i) - m;
-      var = at::vec::fmadd(d, d, var);
+    for (; i + 4 * kF <= n; i += 4 * kF) {
+      a0 = a0 + load_f32(src + i);
+      a1 = a1 + load_f32(src + i + kF);
+      a2 = a2 + load_f32(src + i + 2 * kF);
+      a3 = a3 + load_f32(src + i + 3 * kF);
     }
+    for (; i + kF <= n; i += kF) a0 = a0 + load_f32(src + i);
+    if (i < n) a1 = a1 + load_f32(src + i, n - i);
+    const float mean = reduce_sum((a0 + a1) + (a2 + a3)) / static_cast<float>(n);
+    const fVec m(mean);
+    fVec v0(0.f), v1(0.f), v2(0.f), v3(0.f);
+    for (i = 0; i + 4 * kF <= n; i += 4 * kF) {
+      const fVec d0 = load_f32(src + i) - m, d1 = load_f32(src + i + kF) - m;
+      const fVec d2 = load_f32(src + i + 2 * kF) - m, d3 = load_f32(src + i + 3 * kF) - m;
+      v0 = at::vec::fmadd(d0, d0, v0);
+      v1 = at::vec::fmadd(d1, d1, v1);
+      v2 = at::vec::fmadd(d2, d2, v2);
+      v3 = at::vec::fmadd(d3, d3, v3);
+    }
+    for (; i + kF <= n; i += kF) {
+      const fVec d = load_f32(src + i) - m;
+      v0 = at::vec::fmadd(d, d, v0);
+    }
+    fVec var = (v0 + v1) + (v2 + v3);
     if (i < n) {
       // Masked load leaves zeros, which would add mean^2 per lane: mask them out.
       fVec d = load_f32(src + i, n - i) - m;
