@@ -409,13 +409,17 @@ def test_inference_kernels_refuse_inputs_that_require_grad(grad_input):
     args = dict(q=q, k=k, v=v, out=out)
     args[grad_input] = args[grad_input].clone().requires_grad_()
     msg = r"varlen_attention is an inference kernel with no backward; call it under torch.no_grad\(\)"
-    for pdropout, return_softmax in ((0.0, False), (0.1, False), (0.0, True)):
-        with pytest.raises(RuntimeError, match=msg):
-            varlen_attention(args["q"], args["k"], args["v"], args["out"], cq, ck, 6, 6, pdropout, 0.2,
-                             return_softmax=return_softmax)
-        with pytest.raises(RuntimeError, match=msg):
-            VarlenAttention()(args["q"], args["k"], args["v"], args["out"], cq, ck, 6, 6, pdropout, 0.2,
-                              return_softmax=return_softmax)
+    with pytest.raises(RuntimeError, match=msg):
+        varlen_attention(args["q"], args["k"], args["v"], args["out"], cq, ck, 6, 6, 0.0, 0.2)
+    with pytest.raises(RuntimeError, match=msg):
+        VarlenAttention()(args["q"], args["k"], args["v"], args["out"], cq, ck, 6, 6, 0.0, 0.2)
+    if grad_input != "out":
+        # Dropout and return_softmax run in plain PyTorch, which autograd tracks: gradients flow there.
+        got, _ = varlen_attention(args["q"], args["k"], args["v"], torch.empty_like(q), cq, ck, 6, 6, 0.0, 0.2,
+                                  return_softmax=True)
+        torch.testing.assert_close(got.detach(), want)
+        got.square().sum().backward()
+        assert args[grad_input].grad is not None and bool(args[grad_input].grad.abs().sum() > 0)
     with torch.no_grad():  # the inference path is unchanged
         torch.testing.assert_close(varlen_attention(args["q"], args["k"], args["v"], args["out"], cq, ck, 6, 6, 0.0,
                                                     0.2), want)

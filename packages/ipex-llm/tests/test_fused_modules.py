@@ -338,6 +338,9 @@ def test_fast_layer_norm_several_dimensions(dtype, tol):
         M.FastLayerNorm(shape, 1e-5, w.reshape(-1))
     with pytest.raises(ValueError, match="at least one dimension"):
         M.FastLayerNorm([], 1e-5, None)
+    # an empty batch: F.layer_norm returns it empty (reshape(..., -1) could not infer the size)
+    empty = torch.randn(0, 3, 4, 6, dtype=dtype)
+    assert IF.fast_layer_norm(empty, [4, 6], None, None, 1e-5).shape == (0, 3, 4, 6)
 
 
 def test_functional_gated():

@@ -491,7 +491,8 @@ def test_kernel_rule_reads_layouts_exactly_and_stock_slow_paths():
     assert kernels(opt) == ["onednn", None, "onednn"]
     close(run(opt, (x,)), run(small, (x,)))
     assert kernels(ipex.optimize(small, sample_input=torch.randn(2, 16, 8, 16, 16))) == ["dense", None, "dense"]
-    flat = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1)).eval()  # cast to bf16 (Conv3d is not: API dtype rules)
+    # cast to bf16 (Conv3d is not: API dtype rules); stride 2, so not a Winograd layer
+    flat = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1)).eval()
     image = torch.randn(1, 16, 16, 16)
     assert kernels(ipex.optimize(flat, sample_input=image)) == ["onednn"]
     assert kernels(ipex.optimize(flat, dtype=torch.bfloat16, sample_input=image)) == ["dense"]  # ATen: oneDNN
@@ -511,9 +512,9 @@ class ThreeByThree(nn.Module):
 
 
 def test_winograd_kernel_rule():
-    """fp32 3x3 stride-1 convolutions on channels-last input with at least 16 channels and 16 output tiles
-    (of 4x4) in the sample_input run ipex's Winograd kernel; everything else keeps the rule above. Winograd
-    F(4x4, 3x3) is accurate to about 1e-5 of the output's scale in fp32."""
+    """fp32 3x3 stride-1 convolutions with at least 16 channels and 16 output tiles (of 4x4) in the sample_input
+    run ipex's Winograd kernel (in either layout); everything else keeps the rule above. Winograd F(4x4, 3x3)
+    is accurate to about 1e-5 of the output's scale in fp32."""
     torch.manual_seed(0)
     model = M.randomize_bn(ThreeByThree()).eval().to(memory_format=torch.channels_last)
     x = torch.randn(2, 32, 16, 16).to(memory_format=torch.channels_last)  # 2 x 4 x 4 = 32 tiles
@@ -528,12 +529,16 @@ def test_winograd_kernel_rule():
     assert run(opt, (x.contiguous(),)).is_contiguous()
     assert kernels(ipex.optimize(model)) == ("onednn", "onednn")  # no sample: the tile count is unknown
     assert kernels(ipex.optimize(model, sample_input=x[:1, :, :7, :7])) == ("onednn", "onednn")  # 4 tiles
-    # Fed channels-first: the first layer keeps the stock kernel, whose output is channels-last (the weight's
-    # layout, as in stock), so the second one still runs Winograd.
-    assert kernels(ipex.optimize(model, sample_input=x.contiguous())) == ("dense", "winograd")
+    # Fed channels-first: converted to channels-last and back around the kernel, still faster than stock's.
+    nchw = ipex.optimize(model, sample_input=x.contiguous())
+    assert kernels(nchw) == ("winograd", "winograd")
+    close(run(nchw, (x.contiguous(),)), run(model, (x.contiguous(),)), 2e-5)
     assert kernels(ipex.optimize(model, dtype=torch.bfloat16, sample_input=x)) == ("onednn", "onednn")
     strided = M.randomize_bn(ThreeByThree(stride=2)).eval().to(memory_format=torch.channels_last)
     assert kernels(ipex.optimize(strided, sample_input=x)) == ("winograd", "onednn")
+    wide = ThreeByThree(c=640).eval().to(memory_format=torch.channels_last)  # 1280 channels in and out together
+    wide_x = torch.randn(1, 640, 16, 16).to(memory_format=torch.channels_last)
+    assert kernels(ipex.optimize(wide, sample_input=wide_x)) == ("onednn", "onednn")  # few tiles per chunk: slower
     narrow = M.randomize_bn(ThreeByThree(c=8)).eval().to(memory_format=torch.channels_last)
     assert kernels(ipex.optimize(narrow, sample_input=x[:, :8].contiguous(memory_format=torch.channels_last))) == (
         "onednn", "onednn")

@@ -193,3 +193,38 @@ def test_graph_mode_with_packed_sequence_gru_and_projection(rnn):
     opt = ipex.optimize(model, graph_mode=True)
     with torch.no_grad():
         close(opt(x, lengths), model(x, lengths), 1e-4)
+
+
+class LoopedLSTMDecoder(nn.Module):
+    """An LSTM stepped one token at a time in a Python loop (a seq2seq decoder)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.LSTM(6, 8, batch_first=True)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        h, outs = None, []
+        for t in range(x.shape[1]):
+            y, h = self.cell(x[:, t : t + 1], h)
+            outs.append(self.fc(y))
+        return torch.cat(outs, 1)
+
+
+def test_graph_mode_keeps_the_graph_break_for_looped_lstms_and_rnn_free_models():
+    """Traced, an LSTM stepped in a Python loop unrolls into one graph per sequence length (10-24 s of compilation
+    each); sample_input shows the loop and graph mode keeps dynamo's graph break there. A model without RNNs
+    skips the allow_rnn patch (entering it cost every call 28 us)."""
+    torch.manual_seed(0)
+    model = LoopedLSTMDecoder().eval()
+    x = torch.randn(2, 5, 6)
+    torch._dynamo.reset()
+    opt = ipex.optimize(model, graph_mode=True, sample_input=x)
+    assert opt._compiled_call_impl.trace_lstm is False
+    with torch.no_grad():
+        for seq in (5, 7):
+            xs = torch.randn(2, seq, 6)
+            close(opt(xs), model(xs), 1e-4)
+    assert ipex.optimize(model, graph_mode=True)._compiled_call_impl.trace_lstm is True  # no sample: not seen
+    plain = ipex.optimize(nn.Sequential(nn.Linear(4, 4)).eval(), graph_mode=True)
+    assert plain._compiled_call_impl.trace_lstm is False

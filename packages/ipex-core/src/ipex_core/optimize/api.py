@@ -272,6 +272,7 @@ class _SampleRun:
         self.shapes: dict[str, list[int]] = {}
         self.channels_last: dict[str, bool] = {}
         self.calls: dict[str, int] = {}
+        self.looped_lstms: set[str] = set()  # LSTMs called more than once in the run (stepped in a loop)
         self.shared_inputs: list[list[str]] = []
         if model is not None:
             self._run(model, sample_input)
@@ -284,6 +285,8 @@ class _SampleRun:
             if type(module) in kinds:
                 def hook(mod, args, name=name):
                     self.calls[name] = self.calls.get(name, 0) + 1
+                    if type(mod) is nn.LSTM and self.calls[name] > 1:
+                        self.looped_lstms.add(name)
                     if args and isinstance(args[0], torch.Tensor) and name not in self.shapes:
                         self.shapes[name] = list(args[0].shape)
                         self.channels_last[name] = _keeps_channels_last(args[0])
@@ -371,7 +374,7 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
       216 ms on oneDNN."""
     if not prepack or _single_input_channel(module):
         return "dense"
-    if _winograd_pays(module, cast or module.weight.dtype, channels_last, shape, post_op):
+    if _winograd_pays(module, cast or module.weight.dtype, shape, post_op):
         return "winograd"
     if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd) \
             and (type(module) is nn.Conv1d or not channels_last) \
@@ -388,21 +391,30 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
 # oneDNN kernel; 14x14x256, 16 tiles: 1.6x; 28x28x128: 2.5x; 56x56x64: 2.2x; one thread, AMD EPYC Zen 4).
 _WINOGRAD_MIN_TILES = 16
 _WINOGRAD_MIN_CHANNELS = 16  # below this the GEMMs are too thin to run at speed
+# The kernel transforms 8 MiB of tiles per chunk and reads the whole transformed weight (36 * C * K floats)
+# once per chunk: wide layers get few tiles per chunk and re-read it over and over (4096 -> 512 channels:
+# 12 tiles a chunk, 0.78x the oneDNN kernel and 302 MB more memory; 2048 -> 2048: 0.59x, 604 MB). Up to
+# 1024 channels in and out together (ResNet's and VGG's widest 3x3 layers), a chunk holds 56 tiles or more.
+_WINOGRAD_MAX_CHANNELS = 1024
 
 
-def _winograd_pays(conv: nn.Module, dtype: torch.dtype, channels_last: bool, shape: list[int] | None,
-                   post_op: PostOp | None) -> bool:
+def _winograd_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None, post_op: PostOp | None) -> bool:
     """The Winograd F(4x4, 3x3) kernel (``ipex::conv3x3_winograd``) instead of oneDNN's direct convolution,
     which runs at this CPU's FMA peak: 4x fewer multiplications, at 1e-5 of the output's scale instead of
-    1e-6 in fp32. For a float32 3x3 stride-1 ungrouped Conv2d on channels-last input whose shape sample_input
-    showed (at least 16 channels in and out and 16 output tiles), with no post-op or ReLU (the ones the
-    kernel fuses). ResNet-50 has 13 such layers (11 at batch 1). Memory: the layer keeps its dense weight
-    (state_dict, .to()) and the transformed one, 4x its size (ResNet-50 fp32 at batch 1: 56 MB more)."""
-    if shape is None or len(shape) != 4 or not channels_last or not winograd_supported(conv, dtype):
+    1e-6 in fp32. For a float32 3x3 stride-1 ungrouped Conv2d whose input shape sample_input showed (at least
+    16 channels in and out, at most 1024 together, and 16 output tiles), with no post-op or ReLU (the ones the
+    kernel fuses).
+    ResNet-50 has 13 such layers (11 at batch 1). The kernel works in channels-last; a channels-first input
+    is converted and its output converted back, which still beat the stock kernel (ResNet-50 fed NCHW at
+    batch 1: 57.4 -> 53.5 ms; channels-last: 37 ms). Memory: the layer keeps its dense weight (state_dict,
+    .to()) and the transformed one, 4x its size (ResNet-50 fp32 at batch 1: 56 MB more)."""
+    if shape is None or len(shape) != 4 or not winograd_supported(conv, dtype):
         return False
     if post_op is not None and (post_op.binary is not None or post_op.unary not in ("none", "relu")):
         return False
     if min(conv.in_channels, conv.out_channels) < _WINOGRAD_MIN_CHANNELS:
+        return False
+    if conv.in_channels + conv.out_channels > _WINOGRAD_MAX_CHANNELS:
         return False
     pads = _explicit_padding(conv)
     out_h, out_w = shape[2] + 2 * pads[0] - 2, shape[3] + 2 * pads[1] - 2
@@ -575,7 +587,9 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
     if knobs["graph_mode"]:
         from ipex_core.optimize.graph_mode import compile_model
 
-        compile_model(model, concat_linear=knobs["concat_linear"])
+        # An LSTM the sample run called more than once per forward is stepped in a Python loop: keep
+        # dynamo's graph break there (traced, the loop unrolls into a graph per sequence length).
+        compile_model(model, concat_linear=knobs["concat_linear"], trace_lstm=not sample.looped_lstms)
     return model
 
 

@@ -111,7 +111,10 @@ class _InferenceCall:
     graph of the model (a 2-layer biLSTM net, batch 8: 18.4 -> 15.1 ms, faster than eager ipex's
     PackedLSTM). Only for models whose RNNs are all ``nn.LSTM`` without ``proj_size``: GRU, RNN and a
     projected LSTM decompose into one set of ops per time step (a graph as long as the sequence,
-    recompiled for each length).
+    recompiled for each length). Not either where sample_input showed an LSTM called more than once per
+    forward (a decoder stepping it in a Python loop): traced, that loop unrolls into one graph per
+    sequence length, 10-24 s of compilation each (with the graph break: 0.2 s, then reused).
+    The patch is entered only when it changes something: entering it cost every call 28 us.
     """
 
     def __init__(self, compiled, trace_lstm: bool = False):
@@ -122,30 +125,35 @@ class _InferenceCall:
         from torch._dynamo import config as dynamo_config
         from torch._inductor import config
 
-        with torch.no_grad(), config.patch(freezing=True), dynamo_config.patch(allow_rnn=self.trace_lstm):
-            return self.compiled(*args, **kwargs)
+        with torch.no_grad(), config.patch(freezing=True):
+            if not self.trace_lstm:
+                return self.compiled(*args, **kwargs)
+            with dynamo_config.patch(allow_rnn=True):
+                return self.compiled(*args, **kwargs)
 
 
-def compile_model(model: nn.Module, concat_linear: bool = False) -> None:
+def compile_model(model: nn.Module, concat_linear: bool = False, trace_lstm: bool = True) -> None:
     """Compile ``model`` in place; ``model.load_state_dict`` and ``model.to()`` (``.float()``,
-    ``.bfloat16()``, ...) afterwards compile it anew.
+    ``.bfloat16()``, ...) afterwards compile it anew. ``trace_lstm=False`` keeps dynamo's graph break at
+    every LSTM (see _InferenceCall).
 
     Freezing makes the weights constants of the compiled graph, so new values loaded into the
     modules, or a new dtype, were not seen (the old weights kept running: 4.5 off on a Linear
     after load_state_dict, fp32 outputs after .to(torch.bfloat16)). Only calls on the model
     itself are seen: optimize again after loading into a submodule or changing parameters in place.
     """
-    _compile(model, concat_linear)
-    model.register_load_state_dict_post_hook(lambda module, incompatible: _compile(module, concat_linear))
+    _compile(model, concat_linear, trace_lstm)
+    model.register_load_state_dict_post_hook(lambda module, incompatible: _compile(module, concat_linear, trace_lstm))
     # An instance attribute in front of nn.Module._apply (what .to() & co. call on the model).
-    model._apply = functools.partial(_apply_then_compile, model, concat_linear)
+    model._apply = functools.partial(_apply_then_compile, model, concat_linear, trace_lstm)
 
 
-def _apply_then_compile(model: nn.Module, concat_linear: bool, fn, recurse: bool = True) -> nn.Module:
+def _apply_then_compile(model: nn.Module, concat_linear: bool, trace_lstm: bool, fn, recurse: bool = True
+                        ) -> nn.Module:
     before = _tensor_kinds(model)
     type(model)._apply(model, fn, recurse)
     if _tensor_kinds(model) != before:  # a no-op .to("cpu") / .float() keeps the compiled graph (and its memory)
-        _compile(model, concat_linear)
+        _compile(model, concat_linear, trace_lstm)
     return model
 
 
@@ -157,7 +165,7 @@ def _has_single_channel_conv(model: nn.Module) -> bool:
     return any(single_input_channel(m) for m in model.modules())
 
 
-def _compile(model: nn.Module, concat_linear: bool) -> None:
+def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> None:
     # A convolution over 1 channel (a grayscale/audio front end, or a 1-channel bottleneck inside) meets an
     # inductor bug under freezing: after a shape change, the dynamic-shape recompile lays the convolution's
     # output out with the wrong strides (an error with the output checks, 1.35 off without). Such models
@@ -174,6 +182,6 @@ def _compile(model: nn.Module, concat_linear: bool) -> None:
                              backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
                              dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter})
     rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
-    trace_lstm = bool(rnns) and all(type(m) is nn.LSTM and m.proj_size == 0 for m in rnns)
+    trace_lstm = trace_lstm and bool(rnns) and all(type(m) is nn.LSTM and m.proj_size == 0 for m in rnns)
     # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
     model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model), trace_lstm)

@@ -280,11 +280,10 @@ def varlen_attention(
 
     Runs on CPU for float32, bfloat16 and float16. Scores and the softmax are fp32; float16 is
     computed in fp32 (no AVX512-FP16 arithmetic); bfloat16 uses AMX tiles where the CPU has
-    them, with the probabilities rounded to bf16 before the product with V. An inference kernel:
-    with grad enabled, an input that requires grad is an error (the result would have no grad_fn).
+    them, with the probabilities rounded to bf16 before the product with V. The kernel has no backward:
+    with grad enabled, an input that requires grad is an error there (the result would have no grad_fn);
+    with dropout or ``return_softmax`` the plain-PyTorch path runs and autograd tracks it.
     """
-    if torch.is_grad_enabled():
-        _refuse_autograd("varlen_attention", query, key, value, out)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
     if not 0.0 <= pdropout < 1.0:
@@ -296,7 +295,9 @@ def varlen_attention(
         A.varlen_attention(query, key, value, out, seqlen_q, seqlen_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                            is_causal)
         return _varlen_eager(query, key, value, out, seqlen_q, seqlen_k, softmax_scale, is_causal, pdropout,
-                             return_softmax, gen_)
+                             return_softmax, gen_)  # plain PyTorch: autograd tracks it
+    if torch.is_grad_enabled():
+        _refuse_autograd("varlen_attention", query, key, value, out)
     A.varlen_attention(query, key, value, out, seqlen_q, seqlen_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                        is_causal)
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ipex_core.ops import elementwise_ops as E
@@ -72,7 +74,7 @@ def fast_layer_norm(
         if t is not None and list(t.shape) != shape:
             raise ValueError(f"fast_layer_norm: {name} must have normalized_shape {shape}; got {tuple(t.shape)}")
     # The kernel normalises over the last dimension: the trailing dimensions as one, then back.
-    flat = hidden_states.reshape(*hidden_states.shape[:-nd], -1)
+    flat = hidden_states.reshape(*hidden_states.shape[:-nd], math.prod(shape))  # -1 fails on an empty batch
     out = E.layer_norm(flat, [flat.shape[-1]], None if weight is None else weight.reshape(-1),
                        None if bias is None else bias.reshape(-1), eps)
     return out.view(hidden_states.shape)
