@@ -233,11 +233,9 @@ def _(dt):
     from ipex_core.ops.conv import winograd_weight
 
     x = _rand(2, 5, 7, 6, dtype=dt).to(memory_format=torch.channels_last)
-    u = winograd_weight(_rand(3, 5, 3, 3, dtype=torch.float32))
+    u = winograd_weight(_rand(3, 5, 3, 3, dtype=torch.float32))  # always float32 (the math is)
     return [(x, u, _rand(3, dtype=dt), [1, 1], "relu"), (x.contiguous(), u, None, [0, 2], "none")]
 
-
-FLOAT32_ONLY = {"ipex::conv3x3_winograd"}  # a low-precision input is a clear error (test_conv_ops.py)
 
 # Ops that refuse dense weights, so only test_opcheck_packed_onednn_weights covers them.
 PACKED_ONLY = {"ipex::onednn_conv_transpose"}
@@ -278,8 +276,6 @@ def _params():
             marks = []
             if CASES[name][1] and not ONEDNN_SUPPORTS[dt]:
                 marks = pytest.mark.skip(reason=f"oneDNN has no {dt} kernels on this CPU (a clear error instead)")
-            if name in FLOAT32_ONLY and dt != torch.float32:
-                continue
             yield pytest.param(name, dt, id=f"{name[6:]}-{str(dt)[6:]}", marks=marks)
 
 

@@ -1,12 +1,13 @@
-// ipex::conv3x3_winograd: a 3x3, stride-1, dilation-1, ungrouped fp32
-// convolution over channels-last input by Winograd F(4x4, 3x3). Per chunk of
-// output tiles: the input transform (cpu/kernels/conv_winograd.cpp), 36 GEMMs
-// of [tiles, C] x [C, K] (BLAS sgemm, one per thread), the output transform
-// with bias and ReLU fused. 4x fewer multiplications than the direct
-// convolution; it pays where the direct one is compute-bound and the 36 GEMMs
-// stay large enough (ResNet-50's 3x3 layers up to 14x14x256 at batch 1, see
-// ipex.optimize's kernel rule). Error: about 1e-5 of the output's scale, against
-// 1e-6 for the direct convolution in fp32.
+// ipex::conv3x3_winograd: a 3x3, stride-1, dilation-1, ungrouped convolution
+// over channels-last input by Winograd F(4x4, 3x3), in float32 arithmetic for
+// float32, bfloat16 and float16 activations. Per chunk of output tiles: the
+// input transform (cpu/kernels/conv_winograd.cpp), 36 GEMMs of [tiles, C] x
+// [C, K] (oneDNN's fp32 brgemm, one per thread), the output transform with
+// bias and ReLU fused. 4x fewer multiplications than the direct convolution;
+// it pays where the direct one is compute-bound and the 36 GEMMs stay large
+// enough (see ipex.optimize's rule, _winograd_pays). Error in float32: about
+// 1e-5 of the output's scale, against 1e-6 for the direct convolution; for
+// bf16 activations the one rounding of the output dominates.
 #include "cpu/kernels/conv_kernels.h"
 #include "ops/op_utils.h"
 
@@ -31,9 +32,11 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   constexpr const char* op = "ipex::conv3x3_winograd";
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), op, ": runs on CPU tensors only");
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W]; got shape ", input.sizes());
-  TORCH_CHECK(input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat, op,
-              ": runs float32 only; got input ", input.scalar_type(), " and weight ", weight.scalar_type(),
-              " (other dtypes: the oneDNN convolution)");
+  const auto dt = input.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
+              ": input dtype must be float32, bfloat16 or float16; got ", dt);
+  TORCH_CHECK(weight.scalar_type() == at::kFloat, op, ": the transformed weight must be float32 (the math is "
+              "float32 for every input dtype); got ", weight.scalar_type());
   TORCH_CHECK(weight.dim() == 3 && weight.size(0) == kTileElems && weight.size(1) == input.size(1), op,
               ": weight must be the transformed weight [36, in_channels, out_channels] of "
               "ipex_core.ops.conv.winograd_weight, with in_channels = input.size(1) = ", input.size(1),
@@ -47,15 +50,16 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   TORCH_CHECK(out_h > 0 && out_w > 0, op, ": input ", h, "x", w, " with padding ", padding,
               " is smaller than the 3x3 kernel");
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == k && bias->scalar_type() == at::kFloat, op,
-                ": bias must be float32 [out_channels = ", k, "]; got ", bias->scalar_type(), " ",
-                bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == k && (bias->scalar_type() == at::kFloat ||
+                                                           bias->scalar_type() == dt),
+                op, ": bias must be [out_channels = ", k, "] in float32 or the input's dtype; got ",
+                bias->scalar_type(), " ", bias->sizes());
   }
   auto x = input.is_contiguous(at::MemoryFormat::ChannelsLast) && input.stride(1) == 1
                ? input
                : input.contiguous(at::MemoryFormat::ChannelsLast);
   auto u = weight.contiguous();
-  auto b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  auto b = bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   auto y = at::empty({n, k, out_h, out_w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;
   if (c == 0) {  // no input channels: the bias alone
@@ -68,7 +72,8 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   }
 
   kernels::WinogradArgs a{};
-  a.x = x.const_data_ptr<float>();
+  a.dtype = dt;
+  a.x = x.const_data_ptr();
   a.h = h, a.w = w, a.c = c;
   a.x_sn = x.stride(0), a.x_sh = x.stride(2), a.x_sw = x.stride(3);
   a.pad_h = padding[0], a.pad_w = padding[1];
@@ -76,7 +81,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   a.k = k;
   a.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
   a.relu = attr == "relu";
-  a.y = y.mutable_data_ptr<float>();
+  a.y = y.mutable_data_ptr();
   a.out_h = out_h, a.out_w = out_w;
   a.y_sn = y.stride(0), a.y_sh = y.stride(2), a.y_sw = y.stride(3);
 
@@ -85,7 +90,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   // The chunk's transformed tiles, in a buffer this thread keeps (see ScratchBuffer).
   thread_local ScratchBuffer scratch_buffer;
   float* scratch = scratch_buffer.get<float>(kTileElems * chunk * (c + k));
-  const auto f32 = input.options().memory_format(at::MemoryFormat::Contiguous);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);  // the scratch: float32 whatever the input
   const auto input_tiles = IPEX_PICK_ISA_KERNEL(winograd_f43_input_tiles);
   const auto output_tiles = IPEX_PICK_ISA_KERNEL(winograd_f43_output_tiles);
   // A tile is 36 * C (or K) values: about 16K of them give each task some microseconds.
@@ -121,9 +126,10 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
 
 TORCH_LIBRARY_FRAGMENT(ipex, m) {
   // attr(conv2d(input, W, bias, stride 1, padding, dilation 1, groups 1)) for a
-  // 3x3 kernel in float32 by Winograd F(4x4, 3x3); weight = the transformed
+  // 3x3 kernel by Winograd F(4x4, 3x3); weight = the transformed float32
   // [36, in_channels, out_channels] weight (ipex_core.ops.conv.winograd_weight);
-  // attr 'none' or 'relu'. Output channels-last.
+  // input float32, bfloat16 or float16, computed in float32, output in the
+  // input's dtype, channels-last; attr 'none' or 'relu'.
   m.def("conv3x3_winograd(Tensor input, Tensor weight, Tensor? bias, int[] padding, str attr) -> Tensor");
 }
 

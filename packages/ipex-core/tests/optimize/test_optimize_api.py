@@ -587,7 +587,13 @@ def test_winograd_layer_protocols():
     folded = PackedConv2d(conv, kernel="winograd", bn=FoldedBatchNorm(bn)).eval()
     close(run(folded, (x,)), run(nn.Sequential(conv, bn).eval(), (x,)), 2e-5)
     for bad in (nn.Conv2d(16, 8, 3, stride=2), nn.Conv2d(16, 8, 5), nn.Conv2d(16, 16, 3, groups=2)):
-        with pytest.raises(ValueError, match="winograd kernel runs float32 3x3 Conv2d"):
+        with pytest.raises(ValueError, match="winograd kernel runs float32 or bfloat16 3x3 Conv2d"):
             PackedConv2d(bad, kernel="winograd")
-    with pytest.raises(ValueError, match="winograd kernel runs float32"):
-        PackedConv2d(conv, kernel="winograd", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="winograd kernel runs float32 or bfloat16"):
+        PackedConv2d(conv, kernel="winograd", dtype=torch.float16)
+    # bf16 (auto_kernel_selection may pick it; the default rule does not): bf16 in and out, fp32 math
+    half = PackedConv2d(conv, kernel="winograd", dtype=torch.bfloat16)
+    out = run(half, (x,))
+    assert out.dtype == torch.bfloat16 and half.weight.dtype == torch.bfloat16
+    close(out, run(conv, (x,)), BF16_TOL)
+    assert half.float().kernel == "winograd" and half.half().kernel == "dense"  # fp16: the stock kernel

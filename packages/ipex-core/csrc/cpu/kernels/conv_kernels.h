@@ -6,12 +6,14 @@
 
 namespace ipex::core::kernels {
 
-// One chunk of output tiles of a 3x3, stride-1 convolution over channels-last fp32.
+// One chunk of output tiles of a 3x3, stride-1 convolution over channels-last input. The input
+// and output are float32, bfloat16 or float16 (dtype); everything in between is float32.
 // Tile g (global index tile_base + t) is image g / (tiles_h * tiles_w), tile row
 // (g / tiles_w) % tiles_h, tile column g % tiles_w; it covers output rows
 // 4*row .. 4*row+3 and reads input rows 4*row - pad_h .. +5 (zero outside).
 struct WinogradArgs {
-  const float* x;              // input [n, h, w, c] with channel stride 1
+  c10::ScalarType dtype;       // of x and y
+  const void* x;               // input [n, h, w, c] with channel stride 1
   int64_t h, w, c;
   int64_t x_sn, x_sh, x_sw;    // input strides (elements) of n, h, w
   int64_t pad_h, pad_w;
@@ -23,7 +25,7 @@ struct WinogradArgs {
   int64_t k;                   // output channels
   const float* bias;           // [k] or nullptr
   bool relu;
-  float* y;                    // output [n, out_h, out_w, k] with channel stride 1
+  void* y;                     // output [n, out_h, out_w, k] with channel stride 1
   int64_t out_h, out_w;
   int64_t y_sn, y_sh, y_sw;
 };

@@ -1,7 +1,8 @@
 // Winograd F(4x4, 3x3) input and output transforms (Lavin & Gray, "Fast Algorithms
 // for Convolutional Neural Networks", 2015), vectorised over channels: a 3x3
 // stride-1 convolution computed as 36 GEMMs on 6x6 input tiles, 4x fewer
-// multiplications than the direct convolution. The weight transform U = G g G^T
+// multiplications than the direct convolution. bf16 / fp16 activations are
+// converted on load and rounded once on store; the math is fp32. The weight transform U = G g G^T
 // is done once, in Python (ipex_core.ops.conv.winograd_weight).
 #include "cpu/kernels/conv_kernels.h"
 #include "cpu/kernels/vec_io.h"
@@ -59,15 +60,14 @@ inline TilePos tile_pos(const WinogradArgs& a, int64_t t) {
   return {g / per_image, (r / a.tiles_w) * 4, (r % a.tiles_w) * 4};
 }
 
-}  // namespace
-
-void winograd_f43_input_tiles(const WinogradArgs& a, int64_t begin, int64_t end) {
+template <typename T>
+void input_tiles(const WinogradArgs& a, int64_t begin, int64_t end) {
   const int64_t plane = a.chunk * a.c;  // elements between two of the 36 planes of v
   fVec d[36], t[36];
   for (int64_t tile = begin; tile < end; ++tile) {
     const TilePos p = tile_pos(a, tile);
     const int64_t y0 = p.row0 - a.pad_h, x0 = p.col0 - a.pad_w;
-    const float* img = a.x + p.image * a.x_sn;
+    const T* img = static_cast<const T*>(a.x) + p.image * a.x_sn;
     float* vt = a.v + tile * a.c;
     for (int64_t c0 = 0; c0 < a.c; c0 += kF) {
       const int64_t n = std::min<int64_t>(kF, a.c - c0);
@@ -77,8 +77,8 @@ void winograd_f43_input_tiles(const WinogradArgs& a, int64_t begin, int64_t end)
         for (int64_t j = 0; j < 6; ++j) {
           const int64_t xx = x0 + j;
           if (row_in && xx >= 0 && xx < a.w) {
-            const float* src = img + yy * a.x_sh + xx * a.x_sw + c0;
-            d[i * 6 + j] = n == kF ? fVec::loadu(src) : fVec::loadu(src, n);
+            const T* src = img + yy * a.x_sh + xx * a.x_sw + c0;
+            d[i * 6 + j] = n == kF ? load_f32(src) : load_f32(src, n);
           } else {
             d[i * 6 + j] = fVec(0.f);  // zero padding
           }
@@ -98,7 +98,8 @@ void winograd_f43_input_tiles(const WinogradArgs& a, int64_t begin, int64_t end)
   }
 }
 
-void winograd_f43_output_tiles(const WinogradArgs& a, int64_t begin, int64_t end) {
+template <typename T>
+void output_tiles(const WinogradArgs& a, int64_t begin, int64_t end) {
   const int64_t plane = a.chunk * a.k;
   fVec m[36], t[24], o[16];
   const fVec zero(0.f);
@@ -106,7 +107,7 @@ void winograd_f43_output_tiles(const WinogradArgs& a, int64_t begin, int64_t end
     const TilePos p = tile_pos(a, tile);
     const int64_t rows = std::min<int64_t>(4, a.out_h - p.row0), cols = std::min<int64_t>(4, a.out_w - p.col0);
     const float* mt = a.m + tile * a.k;
-    float* img = a.y + p.image * a.y_sn;
+    T* img = static_cast<T*>(a.y) + p.image * a.y_sn;
     for (int64_t c0 = 0; c0 < a.k; c0 += kF) {
       const int64_t n = std::min<int64_t>(kF, a.k - c0);
       for (int64_t e = 0; e < 36; ++e) {
@@ -117,19 +118,37 @@ void winograd_f43_output_tiles(const WinogradArgs& a, int64_t begin, int64_t end
       for (int64_t i = 0; i < 4; ++i) at6(t + i * 6, 1, o + i * 4, 1);  // rows: o [4x4] = t A
       const fVec b = a.bias == nullptr ? zero : (n == kF ? fVec::loadu(a.bias + c0) : fVec::loadu(a.bias + c0, n));
       for (int64_t i = 0; i < rows; ++i) {
-        float* dst_row = img + (p.row0 + i) * a.y_sh + c0;
+        T* dst_row = img + (p.row0 + i) * a.y_sh + c0;
         for (int64_t j = 0; j < cols; ++j) {
           fVec v = o[i * 4 + j] + b;
           if (a.relu) v = at::vec::maximum(v, zero);
-          float* dst = dst_row + (p.col0 + j) * a.y_sw;
+          T* dst = dst_row + (p.col0 + j) * a.y_sw;
           if (n == kF) {
-            v.store(dst);
+            store_f32(dst, v);
           } else {
-            v.store(dst, n);
+            store_f32(dst, v, n);
           }
         }
       }
     }
+  }
+}
+
+}  // namespace
+
+void winograd_f43_input_tiles(const WinogradArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case c10::ScalarType::BFloat16: return input_tiles<c10::BFloat16>(a, begin, end);
+    case c10::ScalarType::Half: return input_tiles<c10::Half>(a, begin, end);
+    default: return input_tiles<float>(a, begin, end);
+  }
+}
+
+void winograd_f43_output_tiles(const WinogradArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case c10::ScalarType::BFloat16: return output_tiles<c10::BFloat16>(a, begin, end);
+    case c10::ScalarType::Half: return output_tiles<c10::Half>(a, begin, end);
+    default: return output_tiles<float>(a, begin, end);
   }
 }
 

@@ -1,4 +1,4 @@
-"""``ipex::conv3x3_winograd``: a 3x3 stride-1 fp32 convolution by Winograd F(4x4, 3x3).
+"""``ipex::conv3x3_winograd``: a 3x3 stride-1 convolution by Winograd F(4x4, 3x3), computed in float32.
 
 Schema and kernel: csrc/ops/conv_ops.cpp. The op takes the weight already
 transformed (:func:`winograd_weight`, done once when ``ipex.optimize`` packs a
@@ -32,7 +32,8 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def conv3x3_winograd(input, weight, bias=None, padding=(1, 1), attr: str = "none"):
     """``attr(conv2d(input, g, bias, padding=padding))`` for the 3x3 kernel ``g`` whose
-    :func:`winograd_weight` is ``weight``; float32, output channels-last."""
+    :func:`winograd_weight` is ``weight``. ``input`` float32, bfloat16 or float16 (the math is float32,
+    the output in the input's dtype, channels-last); ``bias`` float32 or the input's dtype."""
     return torch.ops.ipex.conv3x3_winograd(input, weight, bias, list(padding), attr)
 
 
@@ -40,8 +41,9 @@ def conv3x3_winograd(input, weight, bias=None, padding=(1, 1), attr: str = "none
 def _conv3x3_winograd_fake(input, weight, bias, padding, attr):
     op = "ipex::conv3x3_winograd"
     torch._check(input.dim() == 4, lambda: f"{op}: input must be 4-D [N, C, H, W]; got {tuple(input.shape)}")
-    torch._check(input.dtype == torch.float32 and weight.dtype == torch.float32,
-                 lambda: f"{op}: runs float32 only; got input {input.dtype} and weight {weight.dtype}")
+    torch._check(input.dtype in (torch.float32, torch.bfloat16, torch.float16),
+                 lambda: f"{op}: input dtype must be float32, bfloat16 or float16; got {input.dtype}")
+    torch._check(weight.dtype == torch.float32, lambda: f"{op}: the transformed weight must be float32; got {weight.dtype}")
     torch._check(weight.dim() == 3 and weight.shape[0] == 36 and weight.shape[1] == input.shape[1],
                  lambda: f"{op}: weight must be [36, in_channels={input.shape[1]}, out_channels]; "
                          f"got {tuple(weight.shape)}")

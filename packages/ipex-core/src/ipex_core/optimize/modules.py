@@ -46,7 +46,7 @@ _ipex = torch.ops.ipex
 # among them): "onednn" = blocked weight + fused oneDNN kernel; "mkl" = MKL
 # packed sgemm (fp32 Linear only; keeps the dense weight too); "dense" = stock
 # PyTorch kernel on the dense weight, post-ops unfused; "winograd" = ipex's
-# Winograd F(4x4, 3x3) kernel (fp32 3x3 stride-1 Conv2d only, see
+# Winograd F(4x4, 3x3) kernel (fp32 or bf16 3x3 stride-1 Conv2d, computed in fp32, see
 # winograd_supported; keeps the dense weight and the transformed one, ReLU fused).
 KERNELS = ("onednn", "mkl", "dense", "winograd")
 
@@ -318,7 +318,8 @@ class _PackedModule(nn.Module):
             self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
         super()._apply(fn, recurse)
         dtype = self.weight.dtype
-        if not onednn_runs(dtype) or (self.kernel in ("mkl", "winograd") and dtype != torch.float32):
+        if (not onednn_runs(dtype) or (self.kernel == "mkl" and dtype != torch.float32)
+                or (self.kernel == "winograd" and dtype not in WINOGRAD_DTYPES)):
             # .double(), or .half() where oneDNN has no float16 kernels: packing raised. PyTorch's kernel on
             # the dense weight runs it (post-ops unfused), as it runs the module this one replaced.
             self.kernel = "dense"
@@ -453,10 +454,14 @@ def _dense_raw_weight_of(layer: PackedLinear) -> torch.Tensor:
     return cached
 
 
+WINOGRAD_DTYPES = (torch.float32, torch.bfloat16)  # the layer dtypes the Winograd kernel runs (its math: fp32)
+
+
 def winograd_supported(conv: nn.Module, dtype: torch.dtype) -> bool:
-    """Whether ipex's Winograd kernel (``ipex::conv3x3_winograd``) computes ``conv`` in ``dtype``: a float32
-    ungrouped 3x3 Conv2d with stride 1 and dilation 1 and explicit symmetric padding (any padding_mode)."""
-    return (dtype == torch.float32 and isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (3, 3)
+    """Whether ipex's Winograd kernel (``ipex::conv3x3_winograd``) computes ``conv`` in ``dtype``: a float32 or
+    bfloat16 ungrouped 3x3 Conv2d with stride 1 and dilation 1 and explicit symmetric padding (any
+    padding_mode)."""
+    return (dtype in WINOGRAD_DTYPES and isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (3, 3)
             and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
             and _explicit_padding(conv) is not None)
 
@@ -559,8 +564,8 @@ class _PackedConvNd(_PackedModule):
                 input_size = [input_size[0], input_size[1], 1, input_size[2]]
         self._input_size = input_size
         if kernel == "winograd" and not winograd_supported(conv, dtype or conv.weight.dtype):
-            raise ValueError("the winograd kernel runs float32 3x3 Conv2d layers with stride 1, dilation 1 and "
-                             f"groups 1 only; got {conv}")
+            raise ValueError("the winograd kernel runs float32 or bfloat16 3x3 Conv2d layers with stride 1, dilation "
+                             f"1 and groups 1 only; got {conv} in {dtype or conv.weight.dtype}")
         self._init_common(kernel, post_op)
         self._init_weight(conv.weight, conv.bias, dtype, bn)
 

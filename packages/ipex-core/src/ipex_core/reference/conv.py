@@ -31,4 +31,4 @@ def conv3x3_winograd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         y = y + bias.double().view(1, -1, 1, 1)
     if attr == "relu":
         y = y.relu()
-    return y.float().contiguous(memory_format=torch.channels_last)
+    return y.to(input.dtype).contiguous(memory_format=torch.channels_last)
