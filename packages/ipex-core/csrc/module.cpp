@@ -5,7 +5,6 @@
 #include "cpu/kernels/kernel_table.h"
 #include "ops/op_utils.h"
 
-#include <ATen/native/CPUBlas.h>
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

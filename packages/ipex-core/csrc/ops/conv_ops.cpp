@@ -90,7 +90,6 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   // The chunk's transformed tiles, in a buffer this thread keeps (see ScratchBuffer).
   thread_local ScratchBuffer scratch_buffer;
   float* scratch = scratch_buffer.get<float>(kTileElems * chunk * (c + k));
-  const auto f32 = at::TensorOptions().dtype(at::kFloat);  // the scratch: float32 whatever the input
   const auto input_tiles = IPEX_PICK_ISA_KERNEL(winograd_f43_input_tiles);
   const auto output_tiles = IPEX_PICK_ISA_KERNEL(winograd_f43_output_tiles);
   // A tile is 36 * C (or K) values: about 16K of them give each task some microseconds.
@@ -100,23 +99,21 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
     const int64_t rows = std::min(chunk, tiles - base);
     a.tile_base = base;
     a.chunk = rows;  // the planes of v and m are rows * C (K) apart in this chunk
-    // v then m in the scratch, each with planes packed at this chunk's size.
-    auto vv = at::from_blob(scratch, {kTileElems, rows, c}, f32);
-    auto mm = at::from_blob(scratch + kTileElems * rows * c, {kTileElems, rows, k}, f32);
-    a.v = vv.mutable_data_ptr<float>();
+    // v [36, rows, C] then m [36, rows, K] in the scratch, planes packed at this chunk's size.
+    float* vp = scratch;
+    float* mp = scratch + kTileElems * rows * c;
+    a.v = vp;
     at::parallel_for(0, rows, grain_in, [&](int64_t s, int64_t e) { input_tiles(a, s, e); });
     // The 36 GEMMs m[e] = v[e] @ u[e], [rows, C] x [C, K], one thread each (MKL's batched sgemm
     // threaded each small GEMM instead: at 2 threads 1.1x one thread on the 56x56x64 layer at batch 32).
-    const float* vp = vv.const_data_ptr<float>();
     const float* up = u.const_data_ptr<float>();
-    float* mp = mm.mutable_data_ptr<float>();
     at::parallel_for(0, kTileElems, 1, [&](int64_t s, int64_t e) {
       for (int64_t p = s; p < e; ++p) {
         at::native::cpublas::brgemm(rows, k, c, c, k, k, false, vp + p * rows * c, up + p * c * k,
                                     mp + p * rows * k, false);
       }
     });
-    a.m = mm.const_data_ptr<float>();
+    a.m = mp;
     at::parallel_for(0, rows, grain_out, [&](int64_t s, int64_t e) { output_tiles(a, s, e); });
   }
   return y;

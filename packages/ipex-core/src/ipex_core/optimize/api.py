@@ -141,6 +141,7 @@ from ipex_core.optimize.modules import (
     onednn_runs,
     run_fused,
     single_input_channel,
+    winograd_fuses,
     winograd_supported,
 )
 from ipex_core.plugins import load_backend_plugins
@@ -403,13 +404,19 @@ def _winograd_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None,
     which runs at this CPU's FMA peak: 4x fewer multiplications, at 1e-5 of the output's scale instead of
     1e-6 in fp32. For a float32 3x3 stride-1 ungrouped Conv2d whose input shape sample_input showed (at least
     16 channels in and out, at most 1024 together, and 16 output tiles), with no post-op or ReLU (the ones the
-    kernel fuses). ResNet-50 has 13 such layers (11 at batch 1). The kernel works in channels-last; a channels-first input
-    is converted and its output converted back, which still beat the stock kernel (ResNet-50 fed NCHW at
-    batch 1: 57.4 -> 53.5 ms; channels-last: 37 ms). Memory: the layer keeps its dense weight (state_dict,
-    .to()) and the transformed one, 4x its size (ResNet-50 fp32 at batch 1: 56 MB more)."""
-    if shape is None or len(shape) != 4 or not winograd_supported(conv, dtype):
+    kernel fuses). ResNet-50 has 13 such layers (11 at batch 1). The kernel works in channels-last; a
+    channels-first input is converted and its output converted back, which still beat the stock kernel
+    (ResNet-50 fed NCHW at batch 1: 57.4 -> 53.5 ms; channels-last: 37 ms). Memory: the layer keeps its dense
+    weight (state_dict, .to()) and the transformed one, 4x its size (ResNet-50 fp32 at batch 1: 56 MB more).
+
+    Not for bf16 layers, though the kernel runs them (bf16 activations, fp32 math; auto_kernel_selection
+    times it): a lone layer was 1.22-1.73x oneDNN's bf16 kernel on AVX512-BF16 (ResNet-50's 56x56x64 and
+    28x28x128 layers, warm), but in the model it gained nothing (ResNet-50 bf16 batch 1: graph mode 1.58x ->
+    1.53x, within noise): its fp32 transformed weight is 8x the bf16 weight's bytes, read cold at every call,
+    and with wider layers it lost (1.35x). With AMX the bf16 kernel is several times faster again."""
+    if dtype != torch.float32 or shape is None or len(shape) != 4 or not winograd_supported(conv, dtype):
         return False
-    if post_op is not None and (post_op.binary is not None or post_op.unary not in ("none", "relu")):
+    if post_op is not None and not winograd_fuses(post_op):
         return False
     if min(conv.in_channels, conv.out_channels) < _WINOGRAD_MIN_CHANNELS:
         return False
@@ -417,17 +424,7 @@ def _winograd_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None,
         return False
     pads = _explicit_padding(conv)
     out_h, out_w = shape[2] + 2 * pads[0] - 2, shape[3] + 2 * pads[1] - 2
-    tiles = shape[0] * -(-out_h // 4) * -(-out_w // 4)
-    if tiles < _WINOGRAD_MIN_TILES:
-        return False
-    if dtype != torch.float32:
-        # bf16 layers could run it too (bf16 activations, fp32 math; auto_kernel_selection times it), and a lone
-        # layer was 1.22-1.73x oneDNN's bf16 kernel on AVX512-BF16 (ResNet-50's 56x56x64 and 28x28x128 layers,
-        # warm). In the model it gained nothing (ResNet-50 bf16 batch 1: graph mode 1.58x -> 1.53x, within
-        # noise): its fp32 transformed weight is 8x the bf16 weight's bytes, read cold at every call, and with
-        # wider layers it lost (1.35x). With AMX the bf16 kernel is several times faster again.
-        return False
-    return True
+    return shape[0] * -(-out_h // 4) * -(-out_w // 4) >= _WINOGRAD_MIN_TILES
 
 
 def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None) -> bool:

@@ -457,6 +457,11 @@ def _dense_raw_weight_of(layer: PackedLinear) -> torch.Tensor:
 WINOGRAD_DTYPES = (torch.float32, torch.bfloat16)  # the layer dtypes the Winograd kernel runs (its math: fp32)
 
 
+def winograd_fuses(post_op: PostOp) -> bool:
+    """Whether the Winograd kernel runs ``post_op`` inside it (nothing, or ReLU); others run after it."""
+    return post_op.binary is None and post_op.unary in ("none", "relu")
+
+
 def winograd_supported(conv: nn.Module, dtype: torch.dtype) -> bool:
     """Whether ipex's Winograd kernel (``ipex::conv3x3_winograd``) computes ``conv`` in ``dtype``: a float32 or
     bfloat16 ungrouped 3x3 Conv2d with stride 1 and dilation 1 and explicit symmetric padding (any
@@ -616,7 +621,7 @@ class _PackedConvNd(_PackedModule):
         if self.kernel == "dense":
             return self._unfused(self._dense_forward(input, w, b), other, post)
         if self.kernel == "winograd":
-            fused = post.binary is None and post.unary in ("none", "relu")
+            fused = winograd_fuses(post)
             y = _ipex.conv3x3_winograd(input, self._winograd_weight, b, self._padding, post.unary if fused else "none")
             if not keep_cl:
                 y = y.contiguous()
