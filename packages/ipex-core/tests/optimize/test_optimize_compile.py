@@ -59,7 +59,19 @@ def test_torch_compile_fullgraph_over_optimized_model():
     close(out, eager, 2e-2)
 
 
-def test_graph_mode_cnn():
+def test_graph_mode_cnn(monkeypatch):
+    from ipex_core.optimize import graph_mode
+
+    decisions = []  # (guard type, kept) of every guard of the deployed call's frame
+
+    def spy(entries):
+        keep = graph_mode.deployment_guard_filter.__wrapped__(entries)
+        if any(graph_mode.ROOT_ARG in e.name for e in entries):
+            decisions.extend((e.guard_type, k) for e, k in zip(entries, keep, strict=True))
+        return keep
+
+    spy.__wrapped__ = graph_mode.deployment_guard_filter
+    monkeypatch.setattr(graph_mode, "deployment_guard_filter", spy)
     torch.manual_seed(0)
     model = M.resnet50(width=4, num_classes=10).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
@@ -73,6 +85,10 @@ def test_graph_mode_cnn():
     out = opt(x)  # runs the compiled call, under no_grad
     assert not out.requires_grad
     close(out, ref, 1e-4)
+    # The deployed frame drops its module-attribute guards (thousands for ResNet-50) and keeps the input's.
+    # A filter that did not recognise the frame kept all of them, silently (torch renamed the sources).
+    assert decisions and ("TENSOR_MATCH", True) in decisions
+    assert sum(kept for _, kept in decisions) < len(decisions) / 4
     # The call keeps its tensor guards (deployment_guard_filter): a new batch size recompiles.
     with torch.no_grad():
         close(opt(x[:1]), model(x[:1]), 1e-4)
