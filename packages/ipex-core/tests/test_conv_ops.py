@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from ipex_core import reference
-from ipex_core.ops.conv import conv3x3_winograd, winograd_weight
+from ipex_core.ops.conv import (
+    WINOGRAD_F43_G,
+    conv3x3_winograd,
+    winograd_block,
+    winograd_weight,
+    winograd_weight_matrices,
+)
 
 # Largest error relative to the output's largest magnitude. F(4x4, 3x3) in fp32 measured up to 6e-6 at 64
 # input channels and 2.3e-5 at 512 (the direct fp32 convolution: 6e-7 and 2e-6); it grows with the channels
@@ -31,6 +37,8 @@ def _rel(got, want):
     (1, 17, 33, 13, 10),   # channel tails on both sides of the GEMMs
     (3, 32, 48, 14, 14),   # batch: tiles numbered across images
     (2, 512, 32, 7, 7),    # the widest sums (ResNet-50 layer4's input channels)
+    (1, 24, 128, 10, 10),  # two weight column blocks of 64
+    (1, 16, 96, 6, 6),     # three blocks of 32
 ])
 @pytest.mark.parametrize("padding", [(1, 1), (0, 0), (2, 1)])
 @pytest.mark.parametrize("attr", ["none", "relu"])
@@ -91,6 +99,21 @@ def test_non_finite_inputs_spread_like_conv2d():
     assert _rel(got[..., :, 8], want[..., :, 8].double()) < WINOGRAD_TOL
 
 
+@pytest.mark.parametrize("out_channels,block", [(256, 64), (96, 32), (48, 16), (40, 40), (3, 3), (0, 64)])
+def test_weight_layout(out_channels, block):
+    """winograd_weight: U = G g G^T per (out, in) pair, stored per tile position as [in, out] in contiguous
+    column blocks of winograd_block(out) output channels."""
+    g = torch.randn(out_channels, 5, 3, 3)
+    u = winograd_weight(g)
+    assert winograd_block(out_channels) == block
+    assert u.shape == (36, out_channels // block, 5, block) and u.is_contiguous() and u.dtype == torch.float32
+    gm = torch.tensor(WINOGRAD_F43_G, dtype=torch.float64)
+    plain = torch.einsum("ij,ocjl,kl->ikco", gm, g.double(), gm).reshape(36, 5, out_channels)
+    torch.testing.assert_close(winograd_weight_matrices(u), plain.float())
+    if out_channels >= 2 * block:  # the second block holds output channels block..2*block-1
+        torch.testing.assert_close(u[:, 1], plain[:, :, block:2 * block].float())
+
+
 def test_zero_sizes():
     u = winograd_weight(torch.randn(4, 3, 3, 3))
     assert conv3x3_winograd(torch.randn(0, 3, 8, 8), u, None, (1, 1)).shape == (0, 4, 8, 8)
@@ -106,10 +129,12 @@ def test_bad_input_errors():
         conv3x3_winograd(x.double(), u, None)
     with pytest.raises(RuntimeError, match="transformed weight must be float32"):
         conv3x3_winograd(x, u.bfloat16(), None)
-    with pytest.raises(RuntimeError, match=r"\[36, in_channels, out_channels\]"):
+    with pytest.raises(RuntimeError, match=r"\[36, out_channels / b, in_channels, b\]"):
         conv3x3_winograd(x, g, None)
-    with pytest.raises(RuntimeError, match=r"\[36, in_channels, out_channels\]"):
+    with pytest.raises(RuntimeError, match=r"\[36, out_channels / b, in_channels, b\]"):
         conv3x3_winograd(x[:, :4], u, None)
+    with pytest.raises(RuntimeError, match=r"\[36, out_channels / b, in_channels, b\]"):
+        conv3x3_winograd(x, winograd_weight_matrices(u), None)  # the plain [36, in, out] matrices
     with pytest.raises(RuntimeError, match="attr must be 'none' or 'relu'"):
         conv3x3_winograd(x, u, None, (1, 1), "gelu")
     with pytest.raises(RuntimeError, match="smaller than the 3x3 kernel"):

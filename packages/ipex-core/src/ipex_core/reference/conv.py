@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ipex_core.ops.conv import WINOGRAD_F43_AT, WINOGRAD_F43_BT
+from ipex_core.ops.conv import WINOGRAD_F43_AT, WINOGRAD_F43_BT, winograd_weight_matrices
 
 __all__ = ["conv3x3_winograd"]
 
@@ -15,7 +15,8 @@ __all__ = ["conv3x3_winograd"]
 def conv3x3_winograd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      padding=(1, 1), attr: str = "none") -> torch.Tensor:
     n, c, h, w = input.shape
-    k = weight.shape[2]
+    u = winograd_weight_matrices(weight)  # [36, in, out]
+    k = u.shape[2]
     ph, pw = padding
     out_h, out_w = h + 2 * ph - 2, w + 2 * pw - 2
     th, tw = -(-out_h // 4), -(-out_w // 4)
@@ -23,7 +24,7 @@ def conv3x3_winograd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     tiles = x.unfold(2, 6, 4).unfold(3, 6, 4)  # [n, c, th, tw, 6, 6]
     bt, at = torch.tensor(WINOGRAD_F43_BT, dtype=torch.float64), torch.tensor(WINOGRAD_F43_AT, dtype=torch.float64)
     v = torch.einsum("ij,ncyxjl,kl->ncyxik", bt, tiles, bt)
-    u = weight.double().reshape(6, 6, c, k)
+    u = u.double().reshape(6, 6, c, k)
     m = torch.einsum("ncyxij,ijco->noyxij", v, u)
     y = torch.einsum("ij,noyxjl,kl->noyxik", at, m, at)  # [n, k, th, tw, 4, 4]
     y = y.permute(0, 1, 2, 4, 3, 5).reshape(n, k, th * 4, tw * 4)[:, :, :out_h, :out_w]
