@@ -8,8 +8,12 @@ import torch.nn.functional as F
 from ipex_core import reference
 from ipex_core.ops.conv import (
     WINOGRAD_F43_G,
+    column_block,
+    conv1x1,
+    conv1x1_add_,
+    conv1x1_weight,
+    conv1x1_weight_matrix,
     conv3x3_winograd,
-    winograd_block,
     winograd_weight,
     winograd_weight_matrices,
 )
@@ -102,10 +106,10 @@ def test_non_finite_inputs_spread_like_conv2d():
 @pytest.mark.parametrize("out_channels,block", [(256, 64), (96, 32), (48, 16), (40, 40), (3, 3), (0, 64)])
 def test_weight_layout(out_channels, block):
     """winograd_weight: U = G g G^T per (out, in) pair, stored per tile position as [in, out] in contiguous
-    column blocks of winograd_block(out) output channels."""
+    column blocks of column_block(out) output channels."""
     g = torch.randn(out_channels, 5, 3, 3)
     u = winograd_weight(g)
-    assert winograd_block(out_channels) == block
+    assert column_block(out_channels) == block
     assert u.shape == (36, out_channels // block, 5, block) and u.is_contiguous() and u.dtype == torch.float32
     gm = torch.tensor(WINOGRAD_F43_G, dtype=torch.float64)
     plain = torch.einsum("ij,ocjl,kl->ikco", gm, g.double(), gm).reshape(36, 5, out_channels)
@@ -145,3 +149,89 @@ def test_bad_input_errors():
         conv3x3_winograd(x, u, None, (-1, 1))
     with pytest.raises(ValueError, match=r"3x3 convolution weight"):
         winograd_weight(torch.randn(4, 8, 5, 5))
+
+
+# ipex::conv1x1 / conv1x1_add_: the 1x1 convolution as one GEMM over channels-last rows. fp32 sums of up to
+# 1100 products in another order than conv2d's: measured up to 1e-6 of the output's scale.
+CONV1X1_TOL = 1e-5
+
+
+def _case1x1(n, c, k, h, w, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(n, c, h, w).to(memory_format=torch.channels_last)
+    return x, torch.randn(k, c, 1, 1) / c ** 0.5, torch.randn(k), torch.randn(n, k, h, w)
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 64, 256, 56, 56),   # ResNet-50 layer1: 49 row tiles, 4 weight column blocks
+    (1, 1100, 96, 5, 7),    # input channels in three reduction slices (512 each), 35 rows (one partial tile)
+    (2, 24, 48, 9, 10),     # blocks of 16, rows across images, row tiles across group boundaries
+    (3, 5, 7, 3, 3),        # one odd-width block, a reduction shorter than a vector
+    (1, 16, 64, 40, 40),    # 25 row tiles: more than one group of 8
+])
+@pytest.mark.parametrize("attr", ["none", "relu"])
+def test_conv1x1_matches_conv2d(isa, shape, attr):
+    n, c, k, h, w = shape
+    x, g, b, r = _case1x1(n, c, k, h, w)
+    u = conv1x1_weight(g)
+    for residual in (None, r):
+        want = F.conv2d(x.double(), g.double(), b.double())
+        if residual is not None:
+            want = want + residual.double()
+        if attr == "relu":
+            want = want.relu()
+        got = conv1x1(x, u, b, attr, residual)
+        assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+        assert _rel(got, want) < CONV1X1_TOL
+        assert _rel(reference.conv.conv1x1(x, u, b, attr, residual), want) < 1e-7  # float64, rounded to fp32 once
+    # In place into the residual; the input (channels-first here) is converted.
+    acc = r.clone().contiguous(memory_format=torch.channels_last)
+    out = conv1x1_add_(acc, x.contiguous(), u, None, attr)
+    want = F.conv2d(x.double(), g.double()) + r.double()
+    assert out is acc and _rel(acc, want.relu() if attr == "relu" else want) < CONV1X1_TOL
+
+
+def test_conv1x1_weight_layout():
+    g = torch.randn(96, 5, 1, 1)
+    u = conv1x1_weight(g)
+    assert u.shape == (3, 5, 32) and u.is_contiguous()
+    torch.testing.assert_close(conv1x1_weight_matrix(u), g.view(96, 5).t())
+    torch.testing.assert_close(u[1], g.view(96, 5)[32:64].t())  # block 1: output channels 32..63
+
+
+def test_conv1x1_strided_input_and_zero_sizes():
+    x, g, b, _ = _case1x1(2, 16, 32, 6, 5)
+    wide = torch.randn(2, 40, 6, 5).to(memory_format=torch.channels_last)
+    wide[:, 8:24] = x
+    want = F.conv2d(x.double(), g.double(), b.double())
+    assert _rel(conv1x1(wide[:, 8:24], conv1x1_weight(g), b), want) < CONV1X1_TOL
+    assert conv1x1(torch.randn(0, 16, 6, 5), conv1x1_weight(g)).shape == (0, 32, 6, 5)
+    got = conv1x1(torch.randn(2, 0, 3, 3), conv1x1_weight(torch.randn(32, 0, 1, 1)), -torch.ones(32), "relu",
+                  torch.full((2, 32, 3, 3), 3.0))
+    assert bool((got == 2).all())  # relu(-1 + 3)
+
+
+def test_conv1x1_bad_input_errors():
+    x, g, b, r = _case1x1(1, 8, 16, 4, 4)
+    u = conv1x1_weight(g)
+    with pytest.raises(RuntimeError, match="must be float32"):
+        conv1x1(x.bfloat16(), u, None)
+    with pytest.raises(RuntimeError, match=r"\[out_channels / b, in_channels, b\]"):
+        conv1x1(x, g, None)  # the plain weight
+    with pytest.raises(RuntimeError, match=r"\[out_channels / b, in_channels, b\]"):
+        conv1x1(x[:, :4], u, None)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        conv1x1(x, u, torch.randn(5))
+    with pytest.raises(RuntimeError, match="attr must be 'none' or 'relu'"):
+        conv1x1(x, u, None, "gelu")
+    with pytest.raises(RuntimeError, match="other must have the output's shape"):
+        conv1x1(x, u, None, "none", r[:, :8])
+    with pytest.raises(RuntimeError, match="channels-last and dense"):
+        conv1x1_add_(r.contiguous(), x, u)
+    with pytest.raises(RuntimeError, match="channels-last and dense"):  # an expanded (stride-0) residual
+        conv1x1_add_(torch.zeros(1, 16, 1, 1).expand(1, 16, 4, 4), x, u)
+    same = torch.randn(1, 16, 4, 4).to(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="share memory; pass other.clone"):
+        conv1x1_add_(same, same, conv1x1_weight(torch.randn(16, 16, 1, 1)))
+    with pytest.raises(ValueError, match=r"1x1 convolution weight"):
+        conv1x1_weight(torch.randn(4, 8, 3, 3))

@@ -237,6 +237,25 @@ def _(dt):
     return [(x, u, _rand(3, dtype=dt), [1, 1], "relu"), (x.contiguous(), u, None, [0, 2], "none")]
 
 
+@case("ipex::conv1x1")
+def _(dt):  # float32 only (bf16/fp16 layers run oneDNN's kernels): every dtype's case is float32
+    from ipex_core.ops.conv import conv1x1_weight
+
+    x = _rand(2, 5, 7, 6, dtype=torch.float32).to(memory_format=torch.channels_last)
+    u = conv1x1_weight(_rand(48, 5, 1, 1, dtype=torch.float32))
+    other = _rand(2, 48, 7, 6, dtype=torch.float32)
+    return [(x, u, _rand(48, dtype=torch.float32), "relu", other), (x.contiguous(), u, None, "none", None)]
+
+
+@case("ipex::conv1x1_add_")
+def _(dt):
+    from ipex_core.ops.conv import conv1x1_weight
+
+    x = _rand(2, 5, 7, 6, dtype=torch.float32).to(memory_format=torch.channels_last)
+    other = _rand(2, 48, 7, 6, dtype=torch.float32).to(memory_format=torch.channels_last)
+    return [(other, x, conv1x1_weight(_rand(48, 5, 1, 1, dtype=torch.float32)), None, "relu")]
+
+
 # Ops that refuse dense weights, so only test_opcheck_packed_onednn_weights covers them.
 PACKED_ONLY = {"ipex::onednn_conv_transpose"}
 PACKED_ONEDNN_CASES = {

@@ -1,3 +1,7 @@
+// ipex::conv1x1 / conv1x1_add_ (after the Winograd op): a 1x1 stride-1 fp32 convolution as a GEMM
+// on oneDNN's brgemm micro-kernel with the epilogue fused, for batch-1 layers, where oneDNN's own
+// convolution call spent 25-30 us of fixed cost per call (ideep's descriptors and allocations).
+//
 // ipex::conv3x3_winograd: a 3x3, stride-1, dilation-1, ungrouped convolution
 // over channels-last input by Winograd F(4x4, 3x3), in float32 arithmetic for
 // float32, bfloat16 and float16 activations. Per chunk of output tiles: the
@@ -17,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 
 namespace ipex::core {
 namespace {
@@ -125,6 +130,119 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   return y;
 }
 
+// The 1x1 convolution as a GEMM: [M = N*H*W, C] (channels-last rows) x [C, K] + bias (+ the
+// residual), then ReLU, with the weight in column blocks [K / nb, C, nb] (as the Winograd weight).
+// A task is kMRows rows by one weight column block: its GEMM runs the reduction in slices of
+// kKSlice input channels (the first overwriting the output, or adding to the residual already
+// there, the rest accumulating), then the bias and ReLU over the block while it is in L1.
+// Tasks run group by group of kGroupTiles row tiles, column block by column block inside a group:
+// the group's input rows stay in L2 across the column blocks, each weight block across the rows
+// of the group, and the two threads' halves write disjoint pages of the output.
+constexpr int64_t kMRows = 64, kKSlice = 512, kGroupTiles = 8;
+
+void conv1x1_rows(const float* x, int64_t m, int64_t c, const float* u, int64_t blocks, int64_t nb,
+                  const float* bias, bool accumulate, bool relu, float* y) {
+  const int64_t k = blocks * nb, mtiles = (m + kMRows - 1) / kMRows;
+  const int64_t group_tasks = kGroupTiles * blocks;
+  const auto epilogue = IPEX_PICK_ISA_KERNEL(bias_relu_rows);
+  at::parallel_for(0, blocks * mtiles, 1, [&](int64_t s, int64_t e) {
+    for (int64_t t = s; t < e; ++t) {
+      const int64_t g = t / group_tasks, r = t % group_tasks;
+      const int64_t tiles_in_group = std::min(kGroupTiles, mtiles - g * kGroupTiles);
+      const int64_t j = r / tiles_in_group, i = g * kGroupTiles + r % tiles_in_group;
+      const int64_t m0 = i * kMRows, rows = std::min(kMRows, m - m0);
+      float* yb = y + m0 * k + j * nb;
+      for (int64_t c0 = 0; c0 < c; c0 += kKSlice) {
+        const int64_t kc = std::min(kKSlice, c - c0);
+        at::native::cpublas::brgemm(rows, nb, kc, c, nb, k, accumulate || c0 > 0, x + m0 * c + c0,
+                                    u + (j * c + c0) * nb, yb, false);
+      }
+      if (bias != nullptr || relu) epilogue(yb, rows, nb, k, bias == nullptr ? nullptr : bias + j * nb, relu);
+    }
+  });
+}
+
+// Checks shared by conv1x1 and conv1x1_add_; returns the weight's column blocks and width.
+std::pair<int64_t, int64_t> check_conv1x1(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias, c10::string_view attr) {
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), op, ": runs on CPU tensors only");
+  TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W]; got shape ", input.sizes());
+  TORCH_CHECK(input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat, op,
+              ": input and weight must be float32 (bf16/fp16 layers run oneDNN's kernels); got ",
+              input.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 3 && weight.size(1) == input.size(1) && weight.size(2) > 0, op,
+              ": weight must be the blocked weight [out_channels / b, in_channels, b] of "
+              "ipex_core.ops.conv.conv1x1_weight, with in_channels = input.size(1) = ", input.size(1),
+              "; got shape ", weight.sizes());
+  const int64_t k = weight.size(0) * weight.size(2);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == k && bias->scalar_type() == at::kFloat, op,
+                ": bias must be float32 [out_channels = ", k, "]; got ", bias->scalar_type(), " ", bias->sizes());
+  }
+  TORCH_CHECK(attr == "none" || attr == "relu", op, ": attr must be 'none' or 'relu'; got '", attr, "'");
+  return {weight.size(0), weight.size(2)};
+}
+
+void check_residual(const char* op, const at::Tensor& other, const at::Tensor& input, int64_t k) {
+  TORCH_CHECK(other.device().is_cpu() && other.scalar_type() == at::kFloat, op,
+              ": other (the residual) must be a float32 CPU tensor; got ", other.scalar_type(), " on ",
+              other.device());
+  TORCH_CHECK(other.dim() == 4 && other.size(0) == input.size(0) && other.size(1) == k &&
+                  other.size(2) == input.size(2) && other.size(3) == input.size(3),
+              op, ": other must have the output's shape [", input.size(0), ", ", k, ", ", input.size(2), ", ",
+              input.size(3), "]; got ", other.sizes());
+}
+
+// The GEMM over the input's channels-last rows into y ([M, K] rows), bias and ReLU fused.
+void run_conv1x1(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                 c10::string_view attr, bool accumulate, at::Tensor& y) {
+  auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t blocks = weight.size(0), nb = weight.size(2), k = blocks * nb;
+  auto b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  if (y.numel() == 0) return;
+  if (c == 0) {  // no input channels: the bias (and the residual) alone
+    if (!accumulate) y.zero_();
+    if (b.defined()) y.add_(b.view({1, k, 1, 1}));
+    if (attr == "relu") y.relu_();
+    return;
+  }
+  conv1x1_rows(x.const_data_ptr<float>(), n * h * w, c, weight.contiguous().const_data_ptr<float>(), blocks, nb,
+               b.defined() ? b.const_data_ptr<float>() : nullptr, accumulate, attr == "relu",
+               y.mutable_data_ptr<float>());
+}
+
+at::Tensor conv1x1_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       c10::string_view attr, const std::optional<at::Tensor>& other) {
+  constexpr const char* op = "ipex::conv1x1";
+  const auto [blocks, nb] = check_conv1x1(op, input, weight, bias, attr);
+  const bool residual = other.has_value() && other->defined();
+  at::Tensor y;
+  if (residual) {
+    check_residual(op, *other, input, blocks * nb);
+    y = other->clone(at::MemoryFormat::ChannelsLast);
+  } else {
+    y = empty_output({input.size(0), blocks * nb, input.size(2), input.size(3)},
+                     input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  }
+  run_conv1x1(input, weight, bias, attr, residual, y);
+  return y;
+}
+
+void conv1x1_add_cpu(at::Tensor& other, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, c10::string_view attr) {
+  constexpr const char* op = "ipex::conv1x1_add_";
+  const auto [blocks, nb] = check_conv1x1(op, input, weight, bias, attr);
+  check_residual(op, other, input, blocks * nb);
+  TORCH_CHECK(other.is_contiguous(at::MemoryFormat::ChannelsLast), op,
+              ": other is written in place and must be channels-last and dense; pass "
+              "other.contiguous(memory_format=torch.channels_last), or use ipex::conv1x1 with other");
+  const auto overlap = at::get_overlap_status(other, input);
+  TORCH_CHECK(overlap == at::MemOverlapStatus::No, op, ": other is written in place while input is read, and "
+              "they share memory; pass other.clone() (or use ipex::conv1x1 with other)");
+  run_conv1x1(input, weight, bias, attr, true, other);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ipex, m) {
@@ -134,10 +252,18 @@ TORCH_LIBRARY_FRAGMENT(ipex, m) {
   // input float32, bfloat16 or float16, computed in float32, output in the
   // input's dtype, channels-last; attr 'none' or 'relu'.
   m.def("conv3x3_winograd(Tensor input, Tensor weight, Tensor? bias, int[] padding, str attr) -> Tensor");
+  // attr(conv2d(input, W, bias) [+ other]) for a 1x1, stride-1 convolution, as a GEMM over the
+  // channels-last rows; weight = the blocked float32 [out_channels / b, in_channels, b] weight
+  // (ipex_core.ops.conv.conv1x1_weight); float32 only; output channels-last; attr 'none' or 'relu'.
+  // conv1x1_add_ writes attr(conv + bias + other) into other (channels-last, dense).
+  m.def("conv1x1(Tensor input, Tensor weight, Tensor? bias, str attr, Tensor? other) -> Tensor");
+  m.def("conv1x1_add_(Tensor(a!) other, Tensor input, Tensor weight, Tensor? bias, str attr) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(ipex, CPU, m) {
   m.impl("conv3x3_winograd", &conv3x3_winograd_cpu);
+  m.impl("conv1x1", &conv1x1_cpu);
+  m.impl("conv1x1_add_", &conv1x1_add_cpu);
 }
 
 }  // namespace ipex::core

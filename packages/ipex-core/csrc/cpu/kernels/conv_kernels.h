@@ -36,3 +36,5 @@ struct WinogradArgs {
 IPEX_DECLARE_ISA_KERNEL(void, winograd_f43_input_tiles, const WinogradArgs&, int64_t, int64_t)
 // Tiles [begin, end) of the chunk: y = relu?(A^T m A + bias), the tile's part inside the output.
 IPEX_DECLARE_ISA_KERNEL(void, winograd_f43_output_tiles, const WinogradArgs&, int64_t, int64_t)
+// y[r, :cols] = relu?(y[r, :cols] + bias) for r < rows, rows ld apart (the epilogue of ipex::conv1x1's GEMMs).
+IPEX_DECLARE_ISA_KERNEL(void, bias_relu_rows, float*, int64_t, int64_t, int64_t, const float*, bool)

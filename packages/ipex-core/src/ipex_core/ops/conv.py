@@ -1,4 +1,6 @@
-"""``ipex::conv3x3_winograd``: a 3x3 stride-1 convolution by Winograd F(4x4, 3x3), computed in float32.
+"""``ipex::conv3x3_winograd``: a 3x3 stride-1 convolution by Winograd F(4x4, 3x3), computed in float32;
+``ipex::conv1x1`` / ``ipex::conv1x1_add_``: a 1x1 stride-1 float32 convolution as one GEMM with its
+bias, residual add and ReLU fused.
 
 Schema and kernel: csrc/ops/conv_ops.cpp. The op takes the weight already
 transformed (:func:`winograd_weight`, done once when ``ipex.optimize`` packs a
@@ -11,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["WINOGRAD_F43_AT", "WINOGRAD_F43_BT", "WINOGRAD_F43_G", "conv3x3_winograd", "winograd_block",
-           "winograd_weight", "winograd_weight_matrices"]
+__all__ = ["WINOGRAD_F43_AT", "WINOGRAD_F43_BT", "WINOGRAD_F43_G", "column_block", "conv1x1", "conv1x1_add_",
+           "conv1x1_weight", "conv1x1_weight_matrix", "conv3x3_winograd", "winograd_weight", "winograd_weight_matrices"]
 
 WINOGRAD_F43_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
                    (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
@@ -21,15 +23,15 @@ WINOGRAD_F43_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 
 WINOGRAD_F43_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
 
-def winograd_block(out_channels: int) -> int:
-    """The column block of :func:`winograd_weight`: 64 output channels, else the largest of 32 and 16
-    that divides ``out_channels``, else all of them (one block)."""
+def column_block(out_channels: int) -> int:
+    """The column block of the blocked GEMM weights (:func:`winograd_weight`, :func:`conv1x1_weight`): 64
+    output channels, else the largest of 32 and 16 that divides ``out_channels``, else all of them."""
     return next((b for b in (64, 32, 16) if out_channels % b == 0), out_channels)
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """A 3x3 convolution weight ``[out, in, 3, 3]`` as the op's float32 weight ``[36, out / b, in, b]``
-    (``b = winograd_block(out)``): ``U = G g G^T`` per (out, in) pair, computed in float64 and rounded
+    (``b = column_block(out)``): ``U = G g G^T`` per (out, in) pair, computed in float64 and rounded
     once; for each of the 36 tile positions, the ``[in, out]`` matrix in column blocks of ``b`` output
     channels, each block contiguous. The op's GEMMs then read the weight in address order, one block at
     a time: at batch 1 that weight comes from memory at every call (9.4 MB for a 256-channel layer), and
@@ -37,7 +39,7 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"winograd_weight: expects a 3x3 convolution weight [out, in, 3, 3]; got {tuple(weight.shape)}")
     out_channels, in_channels = weight.shape[:2]
-    block = winograd_block(out_channels)
+    block = column_block(out_channels)
     g = torch.tensor(WINOGRAD_F43_G, dtype=torch.float64)
     u = torch.einsum("ij,ocjl,kl->ikco", g, weight.detach().double(), g)  # [6, 6, in, out]
     u = u.reshape(36, in_channels, out_channels // block, block).permute(0, 2, 1, 3)
@@ -72,3 +74,61 @@ def _conv3x3_winograd_fake(input, weight, bias, padding, attr):
     n, _, h, w = input.shape
     out = input.new_empty((n, weight.shape[1] * weight.shape[3], h + 2 * padding[0] - 2, w + 2 * padding[1] - 2))
     return out.contiguous(memory_format=torch.channels_last)
+
+
+def conv1x1_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution weight ``[out, in, 1, 1]`` (or ``[out, in]``) as the op's float32 ``[out / b, in, b]``
+    (``b = column_block(out)``): the ``[in, out]`` GEMM matrix in contiguous column blocks of ``b`` output
+    channels, which the GEMMs read in address order."""
+    if weight.dim() not in (2, 4) or (weight.dim() == 4 and tuple(weight.shape[2:]) != (1, 1)):
+        raise ValueError(f"conv1x1_weight: expects a 1x1 convolution weight [out, in, 1, 1]; got {tuple(weight.shape)}")
+    out_channels, in_channels = weight.shape[:2]
+    block = column_block(out_channels)
+    w = weight.detach().reshape(out_channels // block, block, in_channels).permute(0, 2, 1)
+    return w.to(torch.float32).contiguous()
+
+
+def conv1x1_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """The op's blocked weight ``[out / b, in, b]`` as the plain ``[in, out]`` matrix."""
+    blocks, in_channels, block = weight.shape
+    return weight.permute(1, 0, 2).reshape(in_channels, blocks * block)
+
+
+def conv1x1(input, weight, bias=None, attr: str = "none", other=None):
+    """``attr(conv2d(input, w, bias) + other)`` (``other`` optional) for the 1x1 kernel ``w`` whose
+    :func:`conv1x1_weight` is ``weight``; float32, output channels-last."""
+    return torch.ops.ipex.conv1x1(input, weight, bias, attr, other)
+
+
+def conv1x1_add_(other, input, weight, bias=None, attr: str = "none"):
+    """In place: ``other = attr(conv2d(input, w, bias) + other)``; ``other`` channels-last and dense.
+    Returns ``other``."""
+    torch.ops.ipex.conv1x1_add_(other, input, weight, bias, attr)
+    return other
+
+
+
+def _check_conv1x1_fake(op, input, weight, bias, attr, other):
+    torch._check(input.dim() == 4, lambda: f"{op}: input must be 4-D [N, C, H, W]; got {tuple(input.shape)}")
+    torch._check(input.dtype == torch.float32 and weight.dtype == torch.float32,
+                 lambda: f"{op}: input and weight must be float32; got {input.dtype} and {weight.dtype}")
+    torch._check(weight.dim() == 3 and weight.shape[1] == input.shape[1] and weight.shape[2] > 0,
+                 lambda: f"{op}: weight must be [out_channels / b, in_channels={input.shape[1]}, b] "
+                         f"(conv1x1_weight); got {tuple(weight.shape)}")
+    torch._check(attr in ("none", "relu"), lambda: f"{op}: attr must be 'none' or 'relu'; got {attr!r}")
+    shape = (input.shape[0], weight.shape[0] * weight.shape[2], input.shape[2], input.shape[3])
+    if other is not None:
+        torch._check(tuple(other.shape) == shape and other.dtype == torch.float32,
+                     lambda: f"{op}: other must be float32 of the output's shape {shape}; got {tuple(other.shape)}")
+    return shape
+
+
+@torch.library.register_fake("ipex::conv1x1")
+def _conv1x1_fake(input, weight, bias, attr, other):
+    shape = _check_conv1x1_fake("ipex::conv1x1", input, weight, bias, attr, other)
+    return input.new_empty(shape).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("ipex::conv1x1_add_")
+def _conv1x1_add_fake(other, input, weight, bias, attr):
+    _check_conv1x1_fake("ipex::conv1x1_add_", input, weight, bias, attr, other)

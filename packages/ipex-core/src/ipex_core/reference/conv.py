@@ -1,15 +1,15 @@
-"""Reference for ``ipex::conv3x3_winograd``: the Winograd F(4x4, 3x3) algorithm in float64, from the op's
-own (transformed) weight. Its result equals ``conv2d`` with the 3x3 kernel the weight was made from (the
-tests check both)."""
+"""References for the convolution ops, in float64 from the ops' own weight layouts. ``conv3x3_winograd``:
+the Winograd F(4x4, 3x3) algorithm from the transformed weight; its result equals ``conv2d`` with the 3x3
+kernel the weight was made from (the tests check both). ``conv1x1``: the GEMM over channels-last rows."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ipex_core.ops.conv import WINOGRAD_F43_AT, WINOGRAD_F43_BT, winograd_weight_matrices
+from ipex_core.ops.conv import WINOGRAD_F43_AT, WINOGRAD_F43_BT, conv1x1_weight_matrix, winograd_weight_matrices
 
-__all__ = ["conv3x3_winograd"]
+__all__ = ["conv1x1", "conv3x3_winograd"]
 
 
 def conv3x3_winograd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -30,6 +30,19 @@ def conv3x3_winograd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     y = y.permute(0, 1, 2, 4, 3, 5).reshape(n, k, th * 4, tw * 4)[:, :, :out_h, :out_w]
     if bias is not None:
         y = y + bias.double().view(1, -1, 1, 1)
+    if attr == "relu":
+        y = y.relu()
+    return y.to(input.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def conv1x1(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, attr: str = "none",
+            other: torch.Tensor | None = None) -> torch.Tensor:
+    """``attr(input @ W + bias + other)`` per pixel, ``W`` the ``[in, out]`` matrix of the blocked weight."""
+    y = torch.einsum("nchw,ck->nkhw", input.double(), conv1x1_weight_matrix(weight).double())
+    if bias is not None:
+        y = y + bias.double().view(1, -1, 1, 1)
+    if other is not None:
+        y = y + other.double()
     if attr == "relu":
         y = y.relu()
     return y.to(input.dtype).contiguous(memory_format=torch.channels_last)
