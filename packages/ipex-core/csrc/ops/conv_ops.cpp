@@ -134,30 +134,45 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
 // residual), then ReLU, with the weight in column blocks [K / nb, C, nb] (as the Winograd weight).
 // A task is kMRows rows by one weight column block: its GEMM runs the reduction in slices of
 // kKSlice input channels (the first overwriting the output, or adding to the residual already
-// there, the rest accumulating), then the bias and ReLU over the block while it is in L1.
+// there when `accumulate`, the rest accumulating), then bias, the residual `other` (when given, rows
+// of K) and ReLU over the block while it is in L1.
 // Tasks run group by group of kGroupTiles row tiles, column block by column block inside a group:
 // the group's input rows stay in L2 across the column blocks, each weight block across the rows
 // of the group, and the two threads' halves write disjoint pages of the output.
 constexpr int64_t kMRows = 64, kKSlice = 512, kGroupTiles = 8;
 
-void conv1x1_rows(const float* x, int64_t m, int64_t c, const float* u, int64_t blocks, int64_t nb,
-                  const float* bias, bool accumulate, bool relu, float* y) {
-  const int64_t k = blocks * nb, mtiles = (m + kMRows - 1) / kMRows;
-  const int64_t group_tasks = kGroupTiles * blocks;
+struct Conv1x1Args {
+  const float* x;      // [m, c] rows
+  int64_t m, c;
+  const float* u;      // [blocks, c, nb]
+  int64_t blocks, nb;
+  const float* bias;   // [k] or nullptr
+  const float* other;  // [m, k] residual added in the epilogue, or nullptr
+  bool accumulate;     // y holds the residual already: the GEMM adds to it
+  bool relu;
+  float* y;            // [m, k] rows
+};
+
+void conv1x1_rows(const Conv1x1Args& a) {
+  const int64_t k = a.blocks * a.nb, mtiles = (a.m + kMRows - 1) / kMRows;
+  const int64_t group_tasks = kGroupTiles * a.blocks;
   const auto epilogue = IPEX_PICK_ISA_KERNEL(bias_relu_rows);
-  at::parallel_for(0, blocks * mtiles, 1, [&](int64_t s, int64_t e) {
+  at::parallel_for(0, a.blocks * mtiles, 1, [&](int64_t s, int64_t e) {
     for (int64_t t = s; t < e; ++t) {
       const int64_t g = t / group_tasks, r = t % group_tasks;
       const int64_t tiles_in_group = std::min(kGroupTiles, mtiles - g * kGroupTiles);
       const int64_t j = r / tiles_in_group, i = g * kGroupTiles + r % tiles_in_group;
-      const int64_t m0 = i * kMRows, rows = std::min(kMRows, m - m0);
-      float* yb = y + m0 * k + j * nb;
-      for (int64_t c0 = 0; c0 < c; c0 += kKSlice) {
-        const int64_t kc = std::min(kKSlice, c - c0);
-        at::native::cpublas::brgemm(rows, nb, kc, c, nb, k, accumulate || c0 > 0, x + m0 * c + c0,
-                                    u + (j * c + c0) * nb, yb, false);
+      const int64_t m0 = i * kMRows, rows = std::min(kMRows, a.m - m0), col = j * a.nb;
+      float* yb = a.y + m0 * k + col;
+      for (int64_t c0 = 0; c0 < a.c; c0 += kKSlice) {
+        const int64_t kc = std::min(kKSlice, a.c - c0);
+        at::native::cpublas::brgemm(rows, a.nb, kc, a.c, a.nb, k, a.accumulate || c0 > 0, a.x + m0 * a.c + c0,
+                                    a.u + (j * a.c + c0) * a.nb, yb, false);
       }
-      if (bias != nullptr || relu) epilogue(yb, rows, nb, k, bias == nullptr ? nullptr : bias + j * nb, relu);
+      if (a.bias != nullptr || a.other != nullptr || a.relu) {
+        epilogue(yb, rows, a.nb, k, a.bias == nullptr ? nullptr : a.bias + col,
+                 a.other == nullptr ? nullptr : a.other + m0 * k + col, k, a.relu);
+      }
     }
   });
 }
@@ -193,9 +208,10 @@ void check_residual(const char* op, const at::Tensor& other, const at::Tensor& i
               input.size(3), "]; got ", other.sizes());
 }
 
-// The GEMM over the input's channels-last rows into y ([M, K] rows), bias and ReLU fused.
+// The GEMM over the input's channels-last rows into y ([M, K] rows), bias, the residual and ReLU fused:
+// `other` (channels-last, dense) is added in the epilogue; `accumulate` adds to what y holds.
 void run_conv1x1(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                 c10::string_view attr, bool accumulate, at::Tensor& y) {
+                 c10::string_view attr, const at::Tensor& other, bool accumulate, at::Tensor& y) {
   auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t blocks = weight.size(0), nb = weight.size(2), k = blocks * nb;
@@ -204,33 +220,41 @@ void run_conv1x1(const at::Tensor& input, const at::Tensor& weight, const std::o
   if (c == 0) {  // no input channels: the bias (and the residual) alone
     if (!accumulate) y.zero_();
     if (b.defined()) y.add_(b.view({1, k, 1, 1}));
+    if (other.defined()) y.add_(other);
     if (attr == "relu") y.relu_();
     return;
   }
-  conv1x1_rows(x.const_data_ptr<float>(), n * h * w, c, weight.contiguous().const_data_ptr<float>(), blocks, nb,
-               b.defined() ? b.const_data_ptr<float>() : nullptr, accumulate, attr == "relu",
-               y.mutable_data_ptr<float>());
+  const auto u = weight.contiguous();
+  Conv1x1Args a{};
+  a.x = x.const_data_ptr<float>();
+  a.m = n * h * w, a.c = c;
+  a.u = u.const_data_ptr<float>();
+  a.blocks = blocks, a.nb = nb;
+  a.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  a.other = other.defined() ? other.const_data_ptr<float>() : nullptr;
+  a.accumulate = accumulate;
+  a.relu = attr == "relu";
+  a.y = y.mutable_data_ptr<float>();
+  conv1x1_rows(a);
 }
 
 at::Tensor conv1x1_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        c10::string_view attr, const std::optional<at::Tensor>& other) {
   constexpr const char* op = "ipex::conv1x1";
   const auto [blocks, nb] = check_conv1x1(op, input, weight, bias, attr);
-  const bool residual = other.has_value() && other->defined();
-  at::Tensor y;
-  if (residual) {
+  at::Tensor residual;
+  if (other.has_value() && other->defined()) {
     check_residual(op, *other, input, blocks * nb);
-    y = other->clone(at::MemoryFormat::ChannelsLast);
-  } else {
-    y = empty_output({input.size(0), blocks * nb, input.size(2), input.size(3)},
-                     input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    residual = other->contiguous(at::MemoryFormat::ChannelsLast);
   }
-  run_conv1x1(input, weight, bias, attr, residual, y);
+  auto y = empty_output({input.size(0), blocks * nb, input.size(2), input.size(3)},
+                        input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  run_conv1x1(input, weight, bias, attr, residual, false, y);
   return y;
 }
 
 void conv1x1_add_cpu(at::Tensor& other, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, c10::string_view attr) {
+                     const std::optional<at::Tensor>& bias, c10::string_view attr) {
   constexpr const char* op = "ipex::conv1x1_add_";
   const auto [blocks, nb] = check_conv1x1(op, input, weight, bias, attr);
   check_residual(op, other, input, blocks * nb);
@@ -240,7 +264,7 @@ void conv1x1_add_cpu(at::Tensor& other, const at::Tensor& input, const at::Tenso
   const auto overlap = at::get_overlap_status(other, input);
   TORCH_CHECK(overlap == at::MemOverlapStatus::No, op, ": other is written in place while input is read, and "
               "they share memory; pass other.clone() (or use ipex::conv1x1 with other)");
-  run_conv1x1(input, weight, bias, attr, true, other);
+  run_conv1x1(input, weight, bias, attr, at::Tensor(), true, other);
 }
 
 }  // namespace

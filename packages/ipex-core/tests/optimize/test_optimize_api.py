@@ -559,6 +559,112 @@ def test_winograd_kernel_rule():
     close(run(graph, (x,)), run(model, (x,)), 2e-5)
 
 
+class Bottleneck1x1(nn.Module):
+    """A ResNet bottleneck's 1x1 convolutions: conv + BatchNorm + ReLU, conv + BatchNorm, the residual add, ReLU;
+    twice, so that the second block's residual is the first one's output (a tensor it may write into)."""
+
+    def __init__(self, c=32, mid=16):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, mid, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = nn.Conv2d(mid, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.conv3, self.conv4 = nn.Conv2d(c, mid, 1), nn.Conv2d(mid, c, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x)
+        return torch.relu(self.conv4(torch.relu(self.conv3(y))) + y)
+
+
+def test_conv1x1_kernel_rule(monkeypatch):
+    """fp32 1x1 stride-1 convolutions with channels-last input of at most 4096 rows (N*H*W) and 16+ channels
+    in the sample_input run ipex's 1x1 GEMM kernel, their ReLU and residual add fused (in place where the
+    residual is dead after it, never into the model's input), eager and in graph mode; everything else keeps
+    oneDNN."""
+    from ipex_core.optimize import api
+
+    torch.manual_seed(0)
+    model = M.randomize_bn(Bottleneck1x1()).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 32, 16, 16).to(memory_format=torch.channels_last)
+    keep = x.clone()
+
+    def kernels(m):
+        return [m.conv1.kernel, m.conv2.kernel, m.conv3.kernel, m.conv4.kernel]
+
+    opt = ipex.optimize(model, sample_input=x)
+    assert kernels(opt) == ["brgemm"] * 4
+    assert [repr(m.post_op) for m in (opt.conv1, opt.conv2, opt.conv4)] == ["relu", "add+relu", "add+relu"]
+    assert not opt.conv2.post_op.inplace and opt.conv4.post_op.inplace  # x is the caller's; y is the model's own
+    close(run(opt, (x,)), run(model, (x,)), 1e-5)
+    assert torch.equal(x, keep)
+    close(run(opt, (x.contiguous(),)), run(model, (x.contiguous(),)), 1e-5)  # fed NCHW after all: still right
+    assert kernels(ipex.optimize(model)) == ["onednn"] * 4  # no sample: the row count is unknown
+    big = torch.randn(2, 32, 48, 48).to(memory_format=torch.channels_last)  # 4608 rows: oneDNN's kernel
+    assert kernels(ipex.optimize(model, sample_input=big)) == ["onednn"] * 4
+    assert kernels(ipex.optimize(model, sample_input=x.contiguous()))[0] != "brgemm"  # channels-first input
+    assert kernels(ipex.optimize(model, dtype=torch.bfloat16, sample_input=x)) == ["onednn"] * 4
+    narrow = M.randomize_bn(Bottleneck1x1(mid=8)).eval().to(memory_format=torch.channels_last)
+    assert kernels(ipex.optimize(narrow, sample_input=x)) == ["onednn"] * 4  # 8 channels: too thin
+    # graph mode plans the residual adds into these layers (inductor cannot fuse into them), in place too
+    torch._dynamo.reset()
+    graph = ipex.optimize(model, sample_input=x, graph_mode=True)
+    assert kernels(graph) == ["brgemm"] * 4 and graph.conv4.post_op.inplace
+    close(run(graph, (x,)), run(model, (x,)), 1e-5)
+    assert torch.equal(x, keep)
+    # auto_kernel_selection times it as a candidate (the timer rigged so that it wins)
+    timed = []
+
+    def rigged(module, example, other):
+        timed.append(module.kernel)
+        return 1.0 if module.kernel == "brgemm" else 2.0
+
+    monkeypatch.setattr(api, "_time_module", rigged)
+    picked = ipex.optimize(model, auto_kernel_selection=True, sample_input=big)
+    assert "brgemm" in timed and kernels(picked) == ["brgemm"] * 4
+    close(run(picked, (big,)), run(model, (big,)), 1e-5)
+
+
+def test_conv1x1_layer_protocols():
+    """PackedConv2d(kernel='brgemm'): state_dict both ways, BatchNorm folded, .to(float64) / bf16 fall back to
+    the stock kernel, deepcopy, a post-op it cannot fuse runs after it, and unsupported layers are refused."""
+    from ipex_core.optimize.modules import PostOp
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 40, 1)
+    x = torch.randn(2, 24, 7, 5).to(memory_format=torch.channels_last)
+    layer = PackedConv2d(conv, kernel="brgemm")
+    close(run(layer, (x,)), run(conv, (x,)), 1e-5)
+    assert run(layer, (x.contiguous(),)).is_contiguous()  # fed NCHW: NCHW out, as nn.Conv2d
+    assert list(layer.state_dict()) == ["weight", "bias"]
+    close(layer.state_dict()["weight"], conv.weight, 0)
+    other = nn.Conv2d(24, 40, 1)
+    layer.load_state_dict(other.state_dict())
+    close(run(layer, (x,)), run(other, (x,)), 1e-5)
+    twin = copy.deepcopy(layer)
+    assert twin._brgemm_weight.data_ptr() != layer._brgemm_weight.data_ptr()
+    close(run(twin, (x,)), run(other, (x,)), 1e-5)
+    wide = copy.deepcopy(layer).double()
+    assert wide.kernel == "dense" and "_brgemm_weight" not in wide.__dict__
+    close(run(wide, (x.double(),)), run(copy.deepcopy(other).double(), (x.double(),)), 1e-12)
+    half = copy.deepcopy(layer).to(torch.bfloat16)
+    assert half.kernel == "dense"
+    close(run(half, (x.bfloat16(),)), run(other, (x,)), BF16_TOL)
+    residual = torch.randn(2, 40, 7, 5)  # channels-first: added out of place
+    with torch.no_grad():
+        want = torch.relu(other(x) + residual)
+        added = PackedConv2d(other, kernel="brgemm", post_op=PostOp("relu", binary="add", inplace=True))
+        close(api.run_fused(added, x, residual), want, 1e-5)
+        gelu = PackedConv2d(other, kernel="brgemm", post_op=PostOp("gelu"))
+        close(api.run_fused(gelu, x, None), torch.nn.functional.gelu(other(x)), 1e-5)
+    bn = M.randomize_bn(nn.BatchNorm2d(40)).eval()
+    folded = PackedConv2d(conv, kernel="brgemm", bn=FoldedBatchNorm(bn)).eval()
+    close(run(folded, (x,)), run(nn.Sequential(conv, bn).eval(), (x,)), 1e-5)
+    for bad in (nn.Conv2d(24, 8, 1, stride=2), nn.Conv2d(24, 8, 3), nn.Conv2d(24, 8, 1, padding=1),
+                nn.Conv2d(24, 24, 1, groups=2)):
+        with pytest.raises(ValueError, match="brgemm kernel runs float32 1x1 Conv2d"):
+            PackedConv2d(bad, kernel="brgemm")
+    with pytest.raises(ValueError, match="brgemm kernel runs float32 1x1 Conv2d"):
+        PackedConv2d(conv, kernel="brgemm", dtype=torch.bfloat16)
+
+
 def test_winograd_layer_protocols():
     """PackedConv2d(kernel='winograd'): state_dict both ways, BatchNorm folded, .to(float64) falls back to the
     stock kernel, deepcopy, a post-op it cannot fuse runs after it, and unsupported layers are refused."""

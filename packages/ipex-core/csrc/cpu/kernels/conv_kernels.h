@@ -36,5 +36,7 @@ struct WinogradArgs {
 IPEX_DECLARE_ISA_KERNEL(void, winograd_f43_input_tiles, const WinogradArgs&, int64_t, int64_t)
 // Tiles [begin, end) of the chunk: y = relu?(A^T m A + bias), the tile's part inside the output.
 IPEX_DECLARE_ISA_KERNEL(void, winograd_f43_output_tiles, const WinogradArgs&, int64_t, int64_t)
-// y[r, :cols] = relu?(y[r, :cols] + bias) for r < rows, rows ld apart (the epilogue of ipex::conv1x1's GEMMs).
-IPEX_DECLARE_ISA_KERNEL(void, bias_relu_rows, float*, int64_t, int64_t, int64_t, const float*, bool)
+// y[r, :cols] = relu?(y[r, :cols] + bias + other[r, :cols]) for r < rows, rows ld (other: ld_other) apart;
+// bias and other may be null. The epilogue of ipex::conv1x1's GEMMs.
+IPEX_DECLARE_ISA_KERNEL(void, bias_relu_rows, float*, int64_t, int64_t, int64_t, const float*, const float*, int64_t,
+                        bool)

@@ -152,14 +152,17 @@ void winograd_f43_output_tiles(const WinogradArgs& a, int64_t begin, int64_t end
   }
 }
 
-void bias_relu_rows(float* y, int64_t rows, int64_t cols, int64_t ld, const float* bias, bool relu) {
+void bias_relu_rows(float* y, int64_t rows, int64_t cols, int64_t ld, const float* bias, const float* other,
+                    int64_t ld_other, bool relu) {
   const fVec zero(0.f);
   for (int64_t r = 0; r < rows; ++r) {
     float* row = y + r * ld;
+    const float* other_row = other == nullptr ? nullptr : other + r * ld_other;
     for (int64_t c0 = 0; c0 < cols; c0 += kF) {
       const int64_t n = std::min<int64_t>(kF, cols - c0);
       fVec v = n == kF ? fVec::loadu(row + c0) : fVec::loadu(row + c0, n);
       if (bias != nullptr) v = v + (n == kF ? fVec::loadu(bias + c0) : fVec::loadu(bias + c0, n));
+      if (other_row != nullptr) v = v + (n == kF ? fVec::loadu(other_row + c0) : fVec::loadu(other_row + c0, n));
       if (relu) v = at::vec::maximum(v, zero);
       if (n == kF) {
         v.store(row + c0);

@@ -137,6 +137,8 @@ from ipex_core.optimize.modules import (
     _PackedConvTransposeNd,
     _row_major_strides,
     channels_last_strides,
+    conv1x1_fuses,
+    conv1x1_supported,
     link_folded,
     onednn_runs,
     run_fused,
@@ -356,7 +358,8 @@ def _single_input_channel(module: nn.Module) -> bool:
 
 def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, channels_last: bool = True,
                     shape: list[int] | None = None, post_op: PostOp | None = None) -> str:
-    """The kernel without auto_kernel_selection: oneDNN on a prepacked weight, except
+    """The kernel without auto_kernel_selection: ipex's Winograd or 1x1 GEMM kernel where _winograd_pays or
+    _conv1x1_pays, else oneDNN on a prepacked weight, except
 
     * a convolution (not transposed) whose input is not channels-last (``channels_last`` False: so recorded
       from sample_input or, without one, in a model whose convolution weights of that rank are not
@@ -377,6 +380,8 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
         return "dense"
     if _winograd_pays(module, cast or module.weight.dtype, shape, post_op):
         return "winograd"
+    if channels_last and _conv1x1_pays(module, cast or module.weight.dtype, shape, post_op):
+        return "brgemm"
     if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd) \
             and (type(module) is nn.Conv1d or not channels_last) \
             and not _aten_skips_onednn(module, cast or module.weight.dtype, shape):
@@ -391,7 +396,7 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
 # read the 4x larger transformed weight for little work (ResNet-50's 7x7x512 layer, 4 tiles: 0.41x the
 # oneDNN kernel; 14x14x256, 16 tiles: 1.6x; 28x28x128: 2.5x; 56x56x64: 2.2x; one thread, AMD EPYC Zen 4).
 _WINOGRAD_MIN_TILES = 16
-_WINOGRAD_MIN_CHANNELS = 16  # below this the GEMMs are too thin to run at speed
+_GEMM_MIN_CHANNELS = 16  # below this the GEMMs (Winograd's, conv1x1's) are too thin to run at speed
 # The kernel transforms 8 MiB of tiles per chunk and reads the whole transformed weight (36 * C * K floats)
 # once per chunk: wide layers get few tiles per chunk and re-read it over and over (4096 -> 512 channels:
 # 12 tiles a chunk, 0.78x the oneDNN kernel and 302 MB more memory; 2048 -> 2048: 0.59x, 604 MB). Up to
@@ -418,13 +423,49 @@ def _winograd_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None,
         return False
     if post_op is not None and not winograd_fuses(post_op):
         return False
-    if min(conv.in_channels, conv.out_channels) < _WINOGRAD_MIN_CHANNELS:
+    if min(conv.in_channels, conv.out_channels) < _GEMM_MIN_CHANNELS:
         return False
     if conv.in_channels + conv.out_channels > _WINOGRAD_MAX_CHANNELS:
         return False
     pads = _explicit_padding(conv)
     out_h, out_w = shape[2] + 2 * pads[0] - 2, shape[3] + 2 * pads[1] - 2
     return shape[0] * -(-out_h // 4) * -(-out_w // 4) >= _WINOGRAD_MIN_TILES
+
+
+# ipex::conv1x1 saves oneDNN's fixed cost per convolution call (25-30 us: ideep's descriptors and
+# allocations) and ran ResNet-50's batch-1 1x1 layers (49-3136 rows) 1.02-1.18x faster than the prepacked
+# kernel; at batch 32 (1568-100352 rows) it was 0.95-1.04x, so above this many rows oneDNN keeps them.
+_CONV1X1_MAX_ROWS = 4096
+
+
+def _conv1x1_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None, post_op: PostOp | None) -> bool:
+    """ipex's 1x1 GEMM kernel (``ipex::conv1x1``) instead of oneDNN's convolution: for a float32 1x1 stride-1
+    ungrouped Conv2d with channels-last input whose shape sample_input showed, at most 4096 rows
+    (N*H*W: batch 1 up to 64x64 pixels), at least 16 channels in and out, and no post-op but ReLU and a
+    residual add (the ones the kernel fuses). ResNet-50 at batch 1: 33 of its 53 convolutions."""
+    if dtype != torch.float32 or shape is None or len(shape) != 4 or not conv1x1_supported(conv, dtype):
+        return False
+    if post_op is not None and not conv1x1_fuses(post_op):
+        return False
+    if min(conv.in_channels, conv.out_channels) < _GEMM_MIN_CHANNELS:
+        return False
+    return shape[0] * shape[2] * shape[3] <= _CONV1X1_MAX_ROWS
+
+
+def _layer_channels_last(module: nn.Module, name: str, sample, model_channels_last: dict) -> bool:
+    """Whether the layer's input is channels-last: as sample_input showed, else as the model's weights are."""
+    channels_last = sample.channels_last.get(name)
+    return model_channels_last.get(module.weight.dim(), False) if channels_last is None else channels_last
+
+
+def _conv1x1_by_default(module: nn.Module, dtype, shape, sample, model_channels_last: dict, name: str,
+                        auto_kernel_selection: bool) -> bool:
+    """Whether the default rule will give ``module`` the 1x1 GEMM kernel with a residual add fused (graph mode
+    plans the add into such layers; auto_kernel_selection decides later, by timing, so not there)."""
+    if auto_kernel_selection or not isinstance(module, nn.Conv2d):
+        return False
+    cast = dtype if type(module) in _CAST_TYPES else None
+    return _layer_channels_last(module, name, sample, model_channels_last) and _conv1x1_pays(module, cast or module.weight.dtype, shape, PostOp("relu", binary="add"))
 
 
 def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None) -> bool:
@@ -515,6 +556,8 @@ def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, 
         kernels.append("mkl")
     if winograd_supported(module, target) and len(shape) == 4:
         kernels.append("winograd")
+    if conv1x1_supported(module, target) and len(shape) == 4:
+        kernels.append("brgemm")
     example = torch.randn(shape, dtype=target)
     if channels_last and example.dim() in _CHANNELS_LAST:
         example = example.to(memory_format=_CHANNELS_LAST[example.dim()])
@@ -639,9 +682,16 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             if knobs["concat_linear"]:
                 fx_passes.plan_concat_linear(region, plans, swappable)
             if fusion:
-                # Under graph_mode inductor turns conv + add (+ relu) into its in-place oneDNN call; an
-                # in-place custom op of ours would not survive its freezing passes.
-                fx_passes.plan_post_ops(region, plans, swappable, conv_binary=not knobs["graph_mode"])
+                # Under graph_mode inductor turns conv + add (+ relu) into its in-place oneDNN call itself,
+                # so those adds stay in the graph; a layer that will run ipex's 1x1 GEMM kernel, which
+                # inductor cannot fuse into, takes its residual add (in place where the residual is dead:
+                # ipex::conv1x1_add_, a mutating extern call in the compiled graph).
+                graph_binary = None
+                if knobs["graph_mode"]:
+                    def graph_binary(name: str) -> bool:
+                        return _conv1x1_by_default(modules[name], dtype, shapes.get(name), sample, model_channels_last,
+                                                   name, knobs["auto_kernel_selection"])
+                fx_passes.plan_post_ops(region, plans, swappable, conv_binary=graph_binary)
     shared_groups = _plan_shared_input_groups(model, plans, sample) if knobs["concat_linear"] else []
     if need_graph:
         del modules, swappable  # hold no reference to a module that is about to be replaced (peak memory)
@@ -691,9 +741,7 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             _set_submodule(model, name, replaced[id(module)])
         elif _swappable(module) and (prepack or name in folded):
             cast = dtype if type(module) in _CAST_TYPES else None
-            channels_last = sample.channels_last.get(name)
-            if channels_last is None:
-                channels_last = model_channels_last.get(module.weight.dim(), False)
+            channels_last = _layer_channels_last(module, name, sample, model_channels_last)
             kernel = _default_kernel(module, cast, prepack, knobs["graph_mode"], channels_last, shapes.get(name),
                                      plan.post_op if plan is not None else None)
             bn = folded.get(name)

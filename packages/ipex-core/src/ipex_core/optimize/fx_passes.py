@@ -458,13 +458,14 @@ def plan_concat_linear(region: Region, plans: dict[str, Plan], swappable) -> Non
             region.changed = True
 
 
-def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary: bool = True) -> None:
+def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary=None) -> None:
     """Fuse a following activation, residual add, or add then activation, into the layer.
 
     ``packable(qualified_name)`` says whether the layer will run on oneDNN
     (only those fuse). The residual add becomes the layer's second input.
-    ``conv_binary=False`` leaves a convolution's residual add in the graph (graph
-    mode: inductor fuses it, in place, itself).
+    ``conv_binary(qualified_name)`` False leaves that convolution's residual add in
+    the graph (graph mode: inductor fuses it into its oneDNN call, in place, itself);
+    None fuses every one.
     """
     modules = region.modules()
     counts = _call_counts(region.graph)
@@ -489,7 +490,8 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary:
         other = _add_other(user, node)
         if other is None or isinstance(layer, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
             continue
-        if not isinstance(layer, nn.Linear) and (layer.groups != 1 or not conv_binary):
+        if not isinstance(layer, nn.Linear) and (layer.groups != 1 or (conv_binary is not None
+                                                                       and not conv_binary(name))):
             continue  # oneDNN fuses the add into ungrouped convolutions only
         post = PostOp(binary="add")
         last = user

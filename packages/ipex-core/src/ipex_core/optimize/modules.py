@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipex_core.ops import onednn as _onednn
-from ipex_core.ops.conv import winograd_weight
+from ipex_core.ops.conv import conv1x1_weight, winograd_weight
 
 __all__ = [
     "FoldedBatchNorm",
@@ -47,8 +47,12 @@ _ipex = torch.ops.ipex
 # packed sgemm (fp32 Linear only; keeps the dense weight too); "dense" = stock
 # PyTorch kernel on the dense weight, post-ops unfused; "winograd" = ipex's
 # Winograd F(4x4, 3x3) kernel (fp32 or bf16 3x3 stride-1 Conv2d, computed in fp32, see
-# winograd_supported; keeps the dense weight and the transformed one, ReLU fused).
-KERNELS = ("onednn", "mkl", "dense", "winograd")
+# winograd_supported; keeps the dense weight and the transformed one, ReLU fused); "brgemm" = ipex's
+# 1x1 convolution as one GEMM (fp32 1x1 stride-1 Conv2d, see conv1x1_supported; keeps the dense
+# weight and a column-blocked copy, residual add and ReLU fused).
+KERNELS = ("onednn", "mkl", "dense", "winograd", "brgemm")
+# The weight copy each kernel runs on, kept beside the dense weight (rebuilt by _set_weight).
+_KERNEL_WEIGHTS = {"mkl": "_mkl_weight", "winograd": "_winograd_weight", "brgemm": "_brgemm_weight"}
 
 
 class PostOp:
@@ -197,6 +201,8 @@ class _PackedModule(nn.Module):
             self._mkl_weight = torch.ops.mkl._mkl_reorder_linear_weight(stored, self._mkl_batch)
         if self.kernel == "winograd":
             self._winograd_weight = winograd_weight(stored)
+        if self.kernel == "brgemm":
+            self._brgemm_weight = conv1x1_weight(stored)
 
     def dense_weight(self) -> torch.Tensor:
         """The effective (folded) weight in the plain layout, as a new dense tensor when packed."""
@@ -319,15 +325,16 @@ class _PackedModule(nn.Module):
         super()._apply(fn, recurse)
         dtype = self.weight.dtype
         if (not onednn_runs(dtype) or (self.kernel == "mkl" and dtype != torch.float32)
-                or (self.kernel == "winograd" and dtype not in WINOGRAD_DTYPES)):
+                or (self.kernel == "winograd" and dtype not in WINOGRAD_DTYPES)
+                or (self.kernel == "brgemm" and dtype != torch.float32)):
             # .double(), or .half() where oneDNN has no float16 kernels: packing raised. PyTorch's kernel on
             # the dense weight runs it (post-ops unfused), as it runs the module this one replaced.
             self.kernel = "dense"
             self.__dict__["_packed"] = False
-            self.__dict__.pop("_mkl_weight", None)
-            self.__dict__.pop("_winograd_weight", None)
+            for name in _KERNEL_WEIGHTS.values():
+                self.__dict__.pop(name, None)
             return self
-        if packed or self.kernel in ("mkl", "winograd"):
+        if packed or self.kernel in _KERNEL_WEIGHTS:
             self._set_weight(self.weight.detach())
         return self
 
@@ -343,7 +350,7 @@ class _PackedModule(nn.Module):
                     else:
                         params[name] = copy.deepcopy(p, memo)
                 new.__dict__[key] = params
-            elif key in ("_mkl_weight", "_winograd_weight"):
+            elif key in _KERNEL_WEIGHTS.values():
                 new.__dict__[key] = value.clone()
             else:
                 new.__dict__[key] = copy.deepcopy(value, memo)
@@ -471,6 +478,19 @@ def winograd_supported(conv: nn.Module, dtype: torch.dtype) -> bool:
             and _explicit_padding(conv) is not None)
 
 
+def conv1x1_fuses(post_op: PostOp) -> bool:
+    """Whether the 1x1 GEMM kernel runs ``post_op`` inside it: nothing, ReLU, a residual add, add then ReLU."""
+    return post_op.binary in (None, "add") and post_op.unary in ("none", "relu")
+
+
+def conv1x1_supported(conv: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether ipex's 1x1 GEMM kernel (``ipex::conv1x1``) computes ``conv`` in ``dtype``: a float32 ungrouped
+    1x1 Conv2d with stride 1, no padding and dilation 1."""
+    return (dtype == torch.float32 and isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (1, 1)
+            and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and _explicit_padding(conv) == [0, 0])
+
+
 def single_input_channel(module: nn.Module) -> bool:
     """A convolution (stock or swapped) over one input channel, whose input is NCHW and channels-last at once:
     inductor lays such convolutions' outputs out wrongly (see ipex.optimize's _default_kernel and graph mode's
@@ -571,6 +591,9 @@ class _PackedConvNd(_PackedModule):
         if kernel == "winograd" and not winograd_supported(conv, dtype or conv.weight.dtype):
             raise ValueError("the winograd kernel runs float32 or bfloat16 3x3 Conv2d layers with stride 1, dilation "
                              f"1 and groups 1 only; got {conv} in {dtype or conv.weight.dtype}")
+        if kernel == "brgemm" and not conv1x1_supported(conv, dtype or conv.weight.dtype):
+            raise ValueError("the brgemm kernel runs float32 1x1 Conv2d layers with stride 1, no padding, dilation 1 "
+                             f"and groups 1 only; got {conv} in {dtype or conv.weight.dtype}")
         self._init_common(kernel, post_op)
         self._init_weight(conv.weight, conv.bias, dtype, bn)
 
@@ -626,6 +649,8 @@ class _PackedConvNd(_PackedModule):
             if not keep_cl:
                 y = y.contiguous()
             return y if fused else self._unfused(y, other, post)
+        if self.kernel == "brgemm":
+            return self._run_conv1x1(input, other, post, b, fuse_binary, keep_cl)
         if self._nd == 1:
             input = input.unsqueeze(2)
         if fuse_binary and post.inplace and post.binary == "add" and self._nd != 1 and _keeps_channels_last(other) \
@@ -650,6 +675,19 @@ class _PackedConvNd(_PackedModule):
         if post.binary is not None and not fuse_binary:
             y = self._unfused(y, other, post)
         return y
+
+    def _run_conv1x1(self, input, other, post: PostOp, b, fuse_binary: bool, keep_cl: bool) -> torch.Tensor:
+        """The brgemm kernel: residual add and ReLU inside it where they fit, else after it."""
+        fused = conv1x1_fuses(post) and (post.binary is None or fuse_binary)
+        unary = post.unary if fused else "none"
+        if (fused and post.binary is not None and post.inplace and other is not input
+                and other.is_contiguous(memory_format=torch.channels_last)):
+            _ipex.conv1x1_add_(other, input, self._brgemm_weight, b, unary)
+            return other
+        y = _ipex.conv1x1(input, self._brgemm_weight, b, unary, other if fused and post.binary is not None else None)
+        if not keep_cl:
+            y = y.contiguous()
+        return y if fused else self._unfused(y, other, post)
 
     def _dense_forward(self, input, w, b):
         conv = (F.conv1d, F.conv2d, F.conv3d)[self._nd - 1]
