@@ -419,11 +419,7 @@ def _winograd_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None,
     28x28x128 layers, warm), but in the model it gained nothing (ResNet-50 bf16 batch 1: graph mode 1.58x ->
     1.53x, within noise): its fp32 transformed weight is 8x the bf16 weight's bytes, read cold at every call,
     and with wider layers it lost (1.35x). With AMX the bf16 kernel is several times faster again."""
-    if dtype != torch.float32 or shape is None or len(shape) != 4 or not winograd_supported(conv, dtype):
-        return False
-    if post_op is not None and not winograd_fuses(post_op):
-        return False
-    if min(conv.in_channels, conv.out_channels) < _GEMM_MIN_CHANNELS:
+    if not _ipex_conv_applies(conv, dtype, shape, post_op, winograd_supported, winograd_fuses):
         return False
     if conv.in_channels + conv.out_channels > _WINOGRAD_MAX_CHANNELS:
         return False
@@ -443,13 +439,16 @@ def _conv1x1_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None, 
     ungrouped Conv2d with channels-last input whose shape sample_input showed, at most 4096 rows
     (N*H*W: batch 1 up to 64x64 pixels), at least 16 channels in and out, and no post-op but ReLU and a
     residual add (the ones the kernel fuses). ResNet-50 at batch 1: 33 of its 53 convolutions."""
-    if dtype != torch.float32 or shape is None or len(shape) != 4 or not conv1x1_supported(conv, dtype):
-        return False
-    if post_op is not None and not conv1x1_fuses(post_op):
-        return False
-    if min(conv.in_channels, conv.out_channels) < _GEMM_MIN_CHANNELS:
-        return False
-    return shape[0] * shape[2] * shape[3] <= _CONV1X1_MAX_ROWS
+    return (_ipex_conv_applies(conv, dtype, shape, post_op, conv1x1_supported, conv1x1_fuses)
+            and shape[0] * shape[2] * shape[3] <= _CONV1X1_MAX_ROWS)
+
+
+def _ipex_conv_applies(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None, post_op: PostOp | None,
+                       supported, fuses) -> bool:
+    """What ipex's own convolution kernels' rules share: float32, an input shape sample_input showed, a layer
+    the kernel runs (``supported``), a post-op it fuses (``fuses``), 16+ channels in and out."""
+    return (dtype == torch.float32 and shape is not None and len(shape) == 4 and supported(conv, dtype)
+            and (post_op is None or fuses(post_op)) and min(conv.in_channels, conv.out_channels) >= _GEMM_MIN_CHANNELS)
 
 
 def _layer_channels_last(module: nn.Module, name: str, sample, model_channels_last: dict) -> bool:
