@@ -47,6 +47,17 @@ def test_linear_epilogues(isa, dtype, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 300])  # the decode kernel and the large-M paths
+def test_linear_no_input_features(isa, dtype, m):
+    """in_features = 0: every output is the bias through the epilogue (nn.Linear(0, n) gives the bias)."""
+    w, b = torch.randn(8, 0, dtype=dtype), torch.randn(8, dtype=dtype)
+    x, o1, o2 = torch.randn(m, 0, dtype=dtype), torch.randn(m, 8, dtype=dtype), torch.randn(m, 8, dtype=dtype)
+    p = L.pack_linear_weight(w)
+    for epilogue in L.EPILOGUES:
+        close(L.linear(x, p, b, 8, epilogue, o1, o2), reference.linear(x, w, b, epilogue, o1, o2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_deep_k_chunks(isa, dtype):
     """K past the brgemm path's 2048-deep chunks (two whole chunks and a padded tail), at an M that
     takes that path where the ISA has it (two row tiles), for the plain and the paired weights."""

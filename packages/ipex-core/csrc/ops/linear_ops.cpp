@@ -145,7 +145,7 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
               op, ": out_features ", out_features, " does not match the packed weight (",
               shape.blocks, " blocks of ", kBlockN, ")");
   const int64_t N = out_features;
-  auto x = input.reshape({-1, K});
+  auto x = input.reshape({leading_count(input, 1), K});  // not -1: K may be 0
   const int64_t M = x.size(0);
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
   out_shape.back() = N;
@@ -160,7 +160,7 @@ at::Tensor run_linear(const char* op, const at::Tensor& input, const at::Tensor&
     TORCH_CHECK(t.has_value() && t->defined(), op, ": epilogue needs '", name, "' but it was not given");
     TORCH_CHECK(t->sizes().vec() == out_shape, op, ": ", name, " must have the output's shape ",
                 at::IntArrayRef(out_shape), "; got ", t->sizes());
-    auto rows = t->to(dt).reshape({-1, N});
+    auto rows = t->to(dt).reshape({leading_count(*t, 1), N});
     return rows.stride(1) == 1 ? rows : rows.contiguous();
   };
   at::Tensor o1, o2;
