@@ -138,7 +138,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
 // of K) and ReLU over the block while it is in L1.
 // Tasks run group by group of kGroupTiles row tiles, column block by column block inside a group:
 // the group's input rows stay in L2 across the column blocks, each weight block across the rows
-// of the group, and the two threads' halves write disjoint pages of the output.
+// of the group, and threads given whole groups write disjoint pages of the output.
 constexpr int64_t kMRows = 64, kKSlice = 512, kGroupTiles = 8;
 
 struct Conv1x1Args {
@@ -210,9 +210,9 @@ void check_residual(const char* op, const at::Tensor& other, const at::Tensor& i
 
 // The GEMM over the input's channels-last rows into y ([M, K] rows), bias, the residual and ReLU fused:
 // `other` (channels-last, dense) is added in the epilogue; `accumulate` adds to what y holds.
-void run_conv1x1(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+// `x` is the input already channels-last and dense.
+void run_conv1x1(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  c10::string_view attr, const at::Tensor& other, bool accumulate, at::Tensor& y) {
-  auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t blocks = weight.size(0), nb = weight.size(2), k = blocks * nb;
   auto b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
@@ -249,7 +249,7 @@ at::Tensor conv1x1_cpu(const at::Tensor& input, const at::Tensor& weight, const 
   }
   auto y = empty_output({input.size(0), blocks * nb, input.size(2), input.size(3)},
                         input.options().memory_format(at::MemoryFormat::ChannelsLast));
-  run_conv1x1(input, weight, bias, attr, residual, false, y);
+  run_conv1x1(input.contiguous(at::MemoryFormat::ChannelsLast), weight, bias, attr, residual, false, y);
   return y;
 }
 
@@ -261,10 +261,11 @@ void conv1x1_add_cpu(at::Tensor& other, const at::Tensor& input, const at::Tenso
   TORCH_CHECK(other.is_contiguous(at::MemoryFormat::ChannelsLast), op,
               ": other is written in place and must be channels-last and dense; pass "
               "other.contiguous(memory_format=torch.channels_last), or use ipex::conv1x1 with other");
-  const auto overlap = at::get_overlap_status(other, input);
-  TORCH_CHECK(overlap == at::MemOverlapStatus::No, op, ": other is written in place while input is read, and "
-              "they share memory; pass other.clone() (or use ipex::conv1x1 with other)");
-  run_conv1x1(input, weight, bias, attr, at::Tensor(), true, other);
+  // The rows the GEMM reads must not be the ones it writes: an input sharing memory with other (other
+  // itself, or a view of it) is read from a copy. A dense channels-last x tells overlap exactly.
+  auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  if (at::get_overlap_status(other, x) != at::MemOverlapStatus::No) x = x.clone(at::MemoryFormat::ChannelsLast);
+  run_conv1x1(x, weight, bias, attr, at::Tensor(), true, other);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@ import copy
 import inspect
 import io
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -603,6 +604,9 @@ def test_conv1x1_kernel_rule(monkeypatch):
     assert kernels(ipex.optimize(model, dtype=torch.bfloat16, sample_input=x)) == ["onednn"] * 4
     narrow = M.randomize_bn(Bottleneck1x1(mid=8)).eval().to(memory_format=torch.channels_last)
     assert kernels(ipex.optimize(narrow, sample_input=x)) == ["onednn"] * 4  # 8 channels: too thin
+    for out, kernel in ((48, "brgemm"), (40, "onednn")):  # 40 output channels: one unmeasured 40-wide block
+        single = nn.Sequential(nn.Conv2d(32, out, 1), nn.ReLU()).eval().to(memory_format=torch.channels_last)
+        assert ipex.optimize(single, sample_input=x)[0].kernel == kernel
     # graph mode plans the residual adds into these layers (inductor cannot fuse into them), in place too
     torch._dynamo.reset()
     graph = ipex.optimize(model, sample_input=x, graph_mode=True)
@@ -651,7 +655,15 @@ def test_conv1x1_layer_protocols():
     with torch.no_grad():
         want = torch.relu(other(x) + residual)
         added = PackedConv2d(other, kernel="brgemm", post_op=PostOp("relu", binary="add", inplace=True))
-        close(api.run_fused(added, x, residual), want, 1e-5)
+        keep = residual.clone()
+        got = api.run_fused(added, x, residual)
+        assert got is not residual and torch.equal(residual, keep)
+        close(got, want, 1e-5)
+        residual = residual.contiguous(memory_format=torch.channels_last)  # written into, in place
+        assert api.run_fused(added, x[:, :, 1:], residual[:, :, 1:].contiguous(memory_format=torch.channels_last)
+                             ).shape == (2, 40, 6, 5)  # a cropped input: read as it is
+        assert api.run_fused(added, x, residual) is residual
+        close(residual, want, 1e-5)
         gelu = PackedConv2d(other, kernel="brgemm", post_op=PostOp("gelu"))
         close(api.run_fused(gelu, x, None), torch.nn.functional.gelu(other(x)), 1e-5)
     bn = M.randomize_bn(nn.BatchNorm2d(40)).eval()
@@ -668,6 +680,7 @@ def test_conv1x1_layer_protocols():
 def test_winograd_layer_protocols():
     """PackedConv2d(kernel='winograd'): state_dict both ways, BatchNorm folded, .to(float64) falls back to the
     stock kernel, deepcopy, a post-op it cannot fuse runs after it, and unsupported layers are refused."""
+    from ipex_core.ops.conv import winograd_weight_matrices
     from ipex_core.optimize.modules import PostOp
 
     torch.manual_seed(0)
@@ -683,6 +696,12 @@ def test_winograd_layer_protocols():
     twin = copy.deepcopy(layer)
     assert twin._winograd_weight.data_ptr() != layer._winograd_weight.data_ptr()
     close(run(twin, (x,)), run(other, (x,)), 2e-5)
+    # A layer pickled before the column-block layout ([36, in, out]) gets its Winograd weight rebuilt on load.
+    old = copy.deepcopy(layer)
+    old._winograd_weight = winograd_weight_matrices(old._winograd_weight)
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded._winograd_weight.shape == layer._winograd_weight.shape
+    close(run(loaded, (x,)), run(other, (x,)), 2e-5)
     wide = layer.double()
     assert wide.kernel == "dense" and "_winograd_weight" not in wide.__dict__
     close(run(wide, (x.double(),)), run(other.double(), (x.double(),)), 1e-12)

@@ -1,5 +1,5 @@
-// Winograd F(4x4, 3x3) transforms of ipex::conv3x3_winograd (defined in
-// conv_winograd.cpp, once per ISA level). The GEMMs between them are oneDNN's fp32 brgemm (conv_ops.cpp).
+// Winograd F(4x4, 3x3) transforms of ipex::conv3x3_winograd and the epilogue of ipex::conv1x1 (defined in
+// conv_winograd.cpp, once per ISA level). The GEMMs are oneDNN's fp32 brgemm (conv_ops.cpp).
 #pragma once
 
 #include "cpu/kernels/kernel_table.h"

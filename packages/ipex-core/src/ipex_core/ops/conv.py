@@ -101,8 +101,8 @@ def conv1x1(input, weight, bias=None, attr: str = "none", other=None):
 
 
 def conv1x1_add_(other, input, weight, bias=None, attr: str = "none"):
-    """In place: ``other = attr(conv2d(input, w, bias) + other)``; ``other`` channels-last and dense.
-    Returns ``other``."""
+    """In place: ``other = attr(conv2d(input, w, bias) + other)``; ``other`` channels-last and dense (an input
+    sharing memory with it is read from a copy). Returns ``other``."""
     torch.ops.ipex.conv1x1_add_(other, input, weight, bias, attr)
     return other
 
@@ -117,6 +117,10 @@ def _check_conv1x1_fake(op, input, weight, bias, attr, other):
                          f"(conv1x1_weight); got {tuple(weight.shape)}")
     torch._check(attr in ("none", "relu"), lambda: f"{op}: attr must be 'none' or 'relu'; got {attr!r}")
     shape = (input.shape[0], weight.shape[0] * weight.shape[2], input.shape[2], input.shape[3])
+    if bias is not None:
+        torch._check(tuple(bias.shape) == (shape[1],) and bias.dtype == torch.float32,
+                     lambda: f"{op}: bias must be float32 [out_channels = {shape[1]}]; got {bias.dtype} "
+                             f"{tuple(bias.shape)}")
     if other is not None:
         torch._check(tuple(other.shape) == shape and other.dtype == torch.float32,
                      lambda: f"{op}: other must be float32 of the output's shape {shape}; got {tuple(other.shape)}")
@@ -132,3 +136,5 @@ def _conv1x1_fake(input, weight, bias, attr, other):
 @torch.library.register_fake("ipex::conv1x1_add_")
 def _conv1x1_add_fake(other, input, weight, bias, attr):
     _check_conv1x1_fake("ipex::conv1x1_add_", input, weight, bias, attr, other)
+    torch._check(other.is_contiguous(memory_format=torch.channels_last),
+                 lambda: "ipex::conv1x1_add_: other is written in place and must be channels-last and dense")

@@ -446,9 +446,12 @@ def _conv1x1_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None, 
 def _ipex_conv_applies(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None, post_op: PostOp | None,
                        supported, fuses) -> bool:
     """What ipex's own convolution kernels' rules share: float32, an input shape sample_input showed, a layer
-    the kernel runs (``supported``), a post-op it fuses (``fuses``), 16+ channels in and out."""
+    the kernel runs (``supported``), a post-op it fuses (``fuses``), 16+ channels in and out, and output
+    channels a multiple of 16 (the weight's column blocks, ops.conv.column_block: otherwise one block of
+    all of them, as wide as the layer, which no measurement covered)."""
     return (dtype == torch.float32 and shape is not None and len(shape) == 4 and supported(conv, dtype)
-            and (post_op is None or fuses(post_op)) and min(conv.in_channels, conv.out_channels) >= _GEMM_MIN_CHANNELS)
+            and (post_op is None or fuses(post_op)) and min(conv.in_channels, conv.out_channels) >= _GEMM_MIN_CHANNELS
+            and conv.out_channels % 16 == 0)
 
 
 def _layer_channels_last(module: nn.Module, name: str, sample, model_channels_last: dict) -> bool:

@@ -461,8 +461,8 @@ def plan_concat_linear(region: Region, plans: dict[str, Plan], swappable) -> Non
 def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary=None) -> None:
     """Fuse a following activation, residual add, or add then activation, into the layer.
 
-    ``packable(qualified_name)`` says whether the layer will run on oneDNN
-    (only those fuse). The residual add becomes the layer's second input.
+    ``packable(qualified_name)`` says whether the layer will be swapped for a
+    packed module (only those fuse). The residual add becomes the layer's second input.
     ``conv_binary(qualified_name)`` False leaves that convolution's residual add in
     the graph (graph mode: inductor fuses it into its oneDNN call, in place, itself);
     None fuses every one.
@@ -492,7 +492,7 @@ def plan_post_ops(region: Region, plans: dict[str, Plan], packable, conv_binary=
             continue
         if not isinstance(layer, nn.Linear) and (layer.groups != 1 or (conv_binary is not None
                                                                        and not conv_binary(name))):
-            continue  # oneDNN fuses the add into ungrouped convolutions only
+            continue  # the kernels fuse the add into ungrouped convolutions only; graph mode: see conv_binary
         post = PostOp(binary="add")
         last = user
         # oneDNN applies the activation after the add for convolutions (conv + add + relu).

@@ -75,7 +75,7 @@ class PostOp:
         self.algorithm = algorithm
         self.binary = binary
         # The graph analysis found the second input dead after this layer: a convolution may
-        # accumulate into it (oneDNN's sum post-op) instead of writing a new tensor.
+        # accumulate into it (oneDNN's sum post-op, ipex::conv1x1_add_) instead of writing a new tensor.
         self.inplace = inplace
 
     def __repr__(self) -> str:
@@ -203,6 +203,13 @@ class _PackedModule(nn.Module):
             self._winograd_weight = winograd_weight(stored)
         if self.kernel == "brgemm":
             self._brgemm_weight = conv1x1_weight(stored)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # A layer pickled before the Winograd weight took column blocks held it as [36, in, out]: rebuilt.
+        u = self.__dict__.get("_winograd_weight")
+        if u is not None and u.dim() == 3:
+            self._winograd_weight = winograd_weight(self.weight.detach())
 
     def dense_weight(self) -> torch.Tensor:
         """The effective (folded) weight in the plain layout, as a new dense tensor when packed."""
