@@ -117,3 +117,30 @@ def test_two_models_of_one_class_keep_their_own_compiled_decode():
         assert torch.equal(got.sequences, want.sequences), kw
         for a, b in zip(got.scores, want.scores):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_decode_follows_casts_and_loaded_weights():
+    """The compiled step does not guard the model's own weights (deployment_guard_filter: 4% of a SmolLM2
+    decode step); a cast or a state_dict load of the model drops it and the next generate() compiles anew."""
+    import copy
+
+    model = build("llama", seed=0)
+    opt = ipex.llm.optimize(copy.deepcopy(model))
+    kw = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
+
+    def same(got, want, tol):  # tol: of the logits' scale
+        assert torch.equal(got.sequences, want.sequences)
+        for a, b in zip(got.scores, want.scores, strict=True):
+            assert (a.float() - b.float()).abs().max() <= tol * b.float().abs().max()
+
+    same(_generate(opt, **kw), _generate(model, **kw), 1e-4)
+    compiled = opt.__dict__["_ipex_compiled_calls"].calls
+    assert compiled
+    other = build("llama", seed=1)
+    opt.load_state_dict(other.state_dict())  # new weights, same shapes
+    assert not compiled  # dropped: the next step compiles for the new weights
+    same(_generate(opt, **kw), _generate(other, **kw), 1e-4)
+    assert compiled
+    opt.to(torch.bfloat16)  # another dtype
+    assert not compiled
+    same(_generate(opt, **kw), _generate(copy.deepcopy(other).to(torch.bfloat16), **kw), 3e-2)  # bf16 rounding

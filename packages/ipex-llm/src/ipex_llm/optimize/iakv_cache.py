@@ -465,7 +465,23 @@ def _compiled_calls(model: nn.Module) -> dict:
     holder = model.__dict__.get("_ipex_compiled_calls")
     if holder is None:
         holder = model.__dict__["_ipex_compiled_calls"] = _CompiledCalls()
+        # The compiled calls do not guard the model's own tensors (deployment_guard_filter): a cast, a move
+        # or a state_dict load of the model drops them, and the next step compiles for the new weights.
+        model.register_load_state_dict_post_hook(lambda module, incompatible: _forget_compiled_calls(module))
+        model._apply = functools.partial(_apply_then_forget, model)  # in front of nn.Module._apply
     return holder.calls
+
+
+def _forget_compiled_calls(model: nn.Module) -> None:
+    holder = model.__dict__.get("_ipex_compiled_calls")
+    if holder is not None:
+        holder.calls.clear()
+
+
+def _apply_then_forget(model: nn.Module, fn, recurse: bool = True) -> nn.Module:
+    type(model)._apply(model, fn, recurse)
+    _forget_compiled_calls(model)
+    return model
 
 
 def get_compiled_call(self, compile_config):
