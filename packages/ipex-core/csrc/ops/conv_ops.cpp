@@ -276,12 +276,16 @@ TORCH_LIBRARY_FRAGMENT(ipex, m) {
   // [36, out_channels / b, in_channels, b] weight (ipex_core.ops.conv.winograd_weight);
   // input float32, bfloat16 or float16, computed in float32, output in the
   // input's dtype, channels-last; attr 'none' or 'relu'.
-  m.def("conv3x3_winograd(Tensor input, Tensor weight, Tensor? bias, int[] padding, str attr) -> Tensor");
+  // flexible_layout (as onednn_conv_binary): any input layout gives a channels-last output, so under
+  // torch.compile the input comes in the layout it has.
+  m.def("conv3x3_winograd(Tensor input, Tensor weight, Tensor? bias, int[] padding, str attr) -> Tensor",
+        {at::Tag::flexible_layout});
   // attr(conv2d(input, W, bias) [+ other]) for a 1x1, stride-1 convolution, as a GEMM over the
   // channels-last rows; weight = the blocked float32 [out_channels / b, in_channels, b] weight
   // (ipex_core.ops.conv.conv1x1_weight); float32 only; output channels-last; attr 'none' or 'relu'.
   // conv1x1_add_ writes attr(conv + bias + other) into other (channels-last, dense).
-  m.def("conv1x1(Tensor input, Tensor weight, Tensor? bias, str attr, Tensor? other) -> Tensor");
+  m.def("conv1x1(Tensor input, Tensor weight, Tensor? bias, str attr, Tensor? other) -> Tensor",
+        {at::Tag::flexible_layout});
   m.def("conv1x1_add_(Tensor(a!) other, Tensor input, Tensor weight, Tensor? bias, str attr) -> ()");
 }
 

@@ -197,8 +197,12 @@ TORCH_LIBRARY_FRAGMENT(ipex, m) {
   // unary_attr(conv(input, W) + bias <binary_attr> other): binary_attr add, sub,
   // mul or div; unary_attr none or relu; other has the output's shape. W dense
   // or packed by mkldnn::_reorder_convolution_weight. Output channels-last.
+  // flexible_layout (here and on the other convolutions whose output is channels-last whatever the input's
+  // layout): under torch.compile inductor passes the input in the layout it has. With the default (the
+  // strides eager tracing saw) a channels-last activation was copied to NCHW, and the kernel copied it back.
   m.def("onednn_conv_binary(Tensor input, Tensor other, Tensor weight, Tensor? bias, int[] padding, "
-        "int[] stride, int[] dilation, int groups, str binary_attr, str unary_attr) -> Tensor");
+        "int[] stride, int[] dilation, int groups, str binary_attr, str unary_attr) -> Tensor",
+        {at::Tag::flexible_layout});
   // In place: other = unary_attr(conv(input, W) + bias + other), other
   // channels-last, W packed; unary_attr none or relu. Returns nothing (a
   // custom op may not return an alias; functionalization tracks the mutation).
@@ -208,7 +212,8 @@ TORCH_LIBRARY_FRAGMENT(ipex, m) {
   // mkldnn::_reorder_convolution_transpose_weight. Output channels-last.
   m.def("onednn_conv_transpose(Tensor input, Tensor weight, Tensor? bias, int[] padding, "
         "int[] output_padding, int[] stride, int[] dilation, int groups, str attr, Scalar?[] scalars, "
-        "str? algorithm) -> Tensor");
+        "str? algorithm) -> Tensor",
+        {at::Tag::flexible_layout});
   // attr(input @ W^T + bias). W: [out, in], dense or packed by
   // mkldnn::_reorder_linear_weight. attr: none, relu, gelu (algorithm 'none'
   // or 'tanh'), swish (= SiLU), sigmoid, tanh, hardswish, hardsigmoid,
