@@ -74,21 +74,25 @@ def main(argv=None) -> str:
             heavy = n * hw * hw * c * c >= 32 * 56 * 56 * 64 * 64 // 2
             t = time_interleaved({"stock": stock, "ours": ours, "prepacked": prepacked, "mm": lambda: a @ b},
                                  rounds=max(3, args.rounds // 3) if heavy else args.rounds)
-            flops = 2 * n * hw * hw * c * c * 9
-            rows.append(Row(f"3x3 conv batch {n} {hw}x{hw} {c}->{c} fp32", t["stock"] * 1e3, t["ours"] * 1e3, {
-                "prepacked ms": t["prepacked"] * 1e3,
-                "vs prepacked": t["prepacked"] / t["ours"],
-                "ipex GFLOP/s": flops / t["ours"] / 1e9,
-                "stock GFLOP/s": flops / t["stock"] / 1e9,
-                "mm GFLOP/s": 2 * 1024 ** 3 / t["mm"] / 1e9,
-                "rel err": f"{err:.1e}",
-            }))
+            rows.append(_row(f"3x3 conv batch {n} {hw}x{hw} {c}->{c} fp32", t, 2 * n * hw * hw * c * c * 9, err))
     if "1x1" in args.kinds:
         rows += _conv1x1_rows(args.rounds, a, b)
     table = report("conv", rows, machine_meta(), columns=["prepacked ms", "vs prepacked", "ipex GFLOP/s",
                                                           "stock GFLOP/s", "mm GFLOP/s", "rel err"])
     print(table)
     return table
+
+
+def _row(label: str, t: dict, flops: int, err: float) -> Row:
+    """A table row from the interleaved medians ``t`` (stock, ours, prepacked, and the 1024^3 mm probe)."""
+    return Row(label, t["stock"] * 1e3, t["ours"] * 1e3, {
+        "prepacked ms": t["prepacked"] * 1e3,
+        "vs prepacked": t["prepacked"] / t["ours"],
+        "ipex GFLOP/s": flops / t["ours"] / 1e9,
+        "stock GFLOP/s": flops / t["stock"] / 1e9,
+        "mm GFLOP/s": 2 * 1024 ** 3 / t["mm"] / 1e9,
+        "rel err": f"{err:.1e}",
+    })
 
 
 def _conv1x1_rows(rounds: int, a, b) -> list[Row]:
@@ -133,16 +137,8 @@ def _conv1x1_rows(rounds: int, a, b) -> list[Row]:
                 err = check_ours(f"conv1x1 {hw}x{hw} {c}->{k}", ours(), stock(), CONV1X1_TOLERANCE)
             t = time_interleaved({"stock": stock, "ours": ours, "prepacked": prepacked, "mm": lambda: a @ b},
                                  rounds=rounds)
-            flops = 2 * hw * hw * c * k
-            rows.append(Row(f"1x1 conv batch 1 {hw}x{hw} {c}->{k}{' +residual' if residual else ''} fp32",
-                            t["stock"] * 1e3, t["ours"] * 1e3, {
-                                "prepacked ms": t["prepacked"] * 1e3,
-                                "vs prepacked": t["prepacked"] / t["ours"],
-                                "ipex GFLOP/s": flops / t["ours"] / 1e9,
-                                "stock GFLOP/s": flops / t["stock"] / 1e9,
-                                "mm GFLOP/s": 2 * 1024 ** 3 / t["mm"] / 1e9,
-                                "rel err": f"{err:.1e}",
-                            }))
+            rows.append(_row(f"1x1 conv batch 1 {hw}x{hw} {c}->{k}{' +residual' if residual else ''} fp32", t,
+                             2 * hw * hw * c * k, err))
     return rows
 
 
