@@ -43,7 +43,13 @@ inputs to it, so a bf16 activation from a cast layer before them works.
 
 ``auto_kernel_selection``: ``False`` (the default) runs every Linear,
 transposed convolution and channels-last convolution on oneDNN with a
-prepacked weight. Convolutions whose input is channels-first (NCHW/NCDHW, as
+prepacked weight, except fp32 Conv2d layers whose input shape ``sample_input``
+showed, where ipex's own kernels pay (the rules, with their measurements, are
+``_winograd_pays`` and ``_conv1x1_pays``): 3x3 stride-1 layers run Winograd
+F(4x4, 3x3) (4x fewer multiplications, 1e-5 of the output's scale instead of
+1e-6), and 1x1 stride-1 layers of at most 4096 rows (N*H*W, channels-last) one
+GEMM with ReLU and the residual add fused (oneDNN's call costs 25-30 us each).
+Convolutions whose input is channels-first (NCHW/NCDHW, as
 ``sample_input`` shows, or without one, in a model not converted with
 ``model.to(memory_format=torch.channels_last)``) and every Conv1d keep the stock
 kernel on their (BatchNorm-folded, cast) dense weight: oneDNN's prepacked
@@ -60,8 +66,8 @@ plain ``torch.compile`` does (faster than oneDNN's fp32 GEMM at BERT shapes
 here, at the cost of the dense copy inductor keeps). ``True`` times, per layer, on
 the layer's input shape recorded from ``sample_input``, the oneDNN prepacked
 kernel against the stock PyTorch kernel on the dense weight (and, for fp32
-Linear, MKL's packed sgemm, which keeps the dense weight as well: more memory)
-and keeps the fastest; layers without a recorded shape keep the default.
+Linear, MKL's packed sgemm, which keeps the dense weight as well: more memory;
+for Conv2d layers they fit, the Winograd and 1x1 GEMM kernels) and keeps the fastest; layers without a recorded shape keep the default.
 
 Post-op fusion (``ipex.enable_onednn_fusion``, read when ``optimize`` runs):
 with it on (the default) a Linear/convolution followed by ReLU, GELU (erf or
