@@ -14,14 +14,13 @@ at::Tensor gated(const char* op, const at::Tensor& x, const at::Tensor& y, Gated
   check_float_input(op, "input", x);
   check_same_as(op, "other", x, y);
   TORCH_CHECK(x.dim() >= 1, op, ": inputs must have at least 1 dimension");
-  auto xr = as_rows(x), yr = as_rows(y);
-  auto out = empty_rows_like(x);
+  const auto xr = rows_of(x), yr = rows_of(y);
+  auto out = empty_output_like(x);
   if (out.numel() > 0) {
-    kernels::GatedArgs a{x.scalar_type(), xr.data_ptr(), xr.stride(0), yr.data_ptr(), yr.stride(0),
-                         out.data_ptr(), x.size(-1), act};
-    parallel_rows(IPEX_PICK_ISA_KERNEL(gated_rows), a, xr.size(0), x.size(-1));
+    kernels::GatedArgs a{x.scalar_type(), xr.data, xr.stride, yr.data, yr.stride, out.data_ptr(), x.size(-1), act};
+    parallel_rows(IPEX_PICK_ISA_KERNEL(gated_rows), a, xr.count, x.size(-1));
   }
-  return out.view(x.sizes());
+  return out;
 }
 
 at::Tensor silu_mul_cpu(const at::Tensor& x, const at::Tensor& y) {
@@ -137,28 +136,28 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_impl(const char* op, const at::Ten
   at::Tensor w, b;
   if (weight.has_value() && weight->defined()) w = weight->to(a.param_dtype).contiguous();
   if (bias.has_value() && bias->defined()) b = bias->to(a.param_dtype).contiguous();
-  auto x = as_rows(input);
-  auto out = empty_rows_like(input);
-  at::Tensor r, res_out;
+  const auto x = rows_of(input);
+  auto out = empty_output_like(input);
+  at::Tensor res_out;
   if (residual.has_value()) {
     check_same_as(op, "residual", input, *residual);
-    r = as_rows(*residual);
-    res_out = empty_rows_like(input);
+    res_out = empty_output_like(input);
   }
   if (out.numel() > 0) {
-    a.x = x.data_ptr();
-    a.x_row_stride = x.stride(0);
+    a.x = x.data;
+    a.x_row_stride = x.stride;
     a.weight = w.defined() ? w.data_ptr() : nullptr;
     a.bias = b.defined() ? b.data_ptr() : nullptr;
     a.out = out.data_ptr();
-    if (r.defined()) {
-      a.residual = r.data_ptr();
-      a.residual_row_stride = r.stride(0);
+    const auto r = residual.has_value() ? rows_of(*residual) : Rows{};
+    if (residual.has_value()) {
+      a.residual = r.data;
+      a.residual_row_stride = r.stride;
       a.residual_out = res_out.data_ptr();
     }
-    parallel_rows(IPEX_PICK_ISA_KERNEL(layer_norm_rows), a, x.size(0), a.n);
+    parallel_rows(IPEX_PICK_ISA_KERNEL(layer_norm_rows), a, x.count, a.n);
   }
-  return {out.view(input.sizes()), res_out.defined() ? res_out.view(input.sizes()) : res_out};
+  return {out, res_out};
 }
 
 at::Tensor layer_norm_cpu(const at::Tensor& input, at::IntArrayRef normalized_shape,

@@ -26,17 +26,16 @@ void check_norm_inputs(const char* op, const at::Tensor& input, const at::Tensor
               " but input is on ", input.device(), "; move them to the same device");
 }
 
-kernels::RmsNormArgs make_args(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
-                               double eps) {
+kernels::RmsNormArgs make_args(const Rows& x, const at::Tensor& w, const Rows& out, double eps) {
   kernels::RmsNormArgs a{};
-  a.dtype = x.scalar_type();
+  a.dtype = x.keep.scalar_type();
   a.weight_dtype = w.scalar_type();
-  a.x = x.data_ptr();
-  a.x_row_stride = x.stride(0);
+  a.x = x.data;
+  a.x_row_stride = x.stride;
   a.weight = w.data_ptr();
-  a.out = out.data_ptr();
-  a.out_row_stride = out.stride(0);
-  a.n = x.size(1);
+  a.out = out.data;
+  a.out_row_stride = out.stride;
+  a.n = w.size(0);
   a.eps = static_cast<float>(eps);
   a.bf16_insn = active_isa() >= IsaLevel::kAvx512Bf16;
   return a;
@@ -44,26 +43,26 @@ kernels::RmsNormArgs make_args(const at::Tensor& x, const at::Tensor& w, at::Ten
 
 at::Tensor rms_norm_cpu(const at::Tensor& input, const at::Tensor& weight, double eps) {
   check_norm_inputs("ipex::rms_norm", input, weight);
-  auto x = as_rows(input);
+  const auto x = rows_of(input);
   auto w = weight.contiguous();
-  auto out = empty_rows_like(input);
+  auto out = empty_output_like(input);
   if (out.numel() > 0) {
-    parallel_rows(IPEX_PICK_ISA_KERNEL(rms_norm_rows), make_args(x, w, out, eps), x.size(0), x.size(1));
+    parallel_rows(IPEX_PICK_ISA_KERNEL(rms_norm_rows), make_args(x, w, rows_of(out), eps), x.count, w.size(0));
   }
-  return out.view(input.sizes());
+  return out;
 }
 
 // Shared by the functional and in-place forms: residual_out = x + residual,
 // out = rms_norm(residual_out); out/residual_out may alias x/residual.
-void add_rms_norm_into(const at::Tensor& x, const at::Tensor& r, const at::Tensor& w,
-                       at::Tensor& out, at::Tensor& res_out, double eps) {
-  if (out.numel() == 0) return;
+void add_rms_norm_into(const Rows& x, const Rows& r, const at::Tensor& w, const Rows& out, const Rows& res_out,
+                       double eps) {
+  if (x.count == 0 || w.size(0) == 0) return;
   auto args = make_args(x, w, out, eps);
-  args.residual = r.data_ptr();
-  args.residual_row_stride = r.stride(0);
-  args.residual_out = res_out.data_ptr();
-  args.residual_out_row_stride = res_out.stride(0);
-  parallel_rows(IPEX_PICK_ISA_KERNEL(add_rms_norm_rows), args, x.size(0), x.size(1));
+  args.residual = r.data;
+  args.residual_row_stride = r.stride;
+  args.residual_out = res_out.data;
+  args.residual_out_row_stride = res_out.stride;
+  parallel_rows(IPEX_PICK_ISA_KERNEL(add_rms_norm_rows), args, x.count, w.size(0));
 }
 
 std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& input,
@@ -71,12 +70,10 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& input,
                                                     const at::Tensor& weight, double eps) {
   check_norm_inputs("ipex::add_rms_norm", input, weight);
   check_same_as("ipex::add_rms_norm", "residual", input, residual);
-  auto x = as_rows(input);
-  auto r = as_rows(residual);
-  auto out = empty_rows_like(input);
-  auto res_out = empty_rows_like(input);
-  add_rms_norm_into(x, r, weight.contiguous(), out, res_out, eps);
-  return {out.view(input.sizes()), res_out.view(input.sizes())};
+  auto out = empty_output_like(input);
+  auto res_out = empty_output_like(input);
+  add_rms_norm_into(rows_of(input), rows_of(residual), weight.contiguous(), rows_of(out), rows_of(res_out), eps);
+  return {out, res_out};
 }
 
 void add_rms_norm_inplace_cpu(const at::Tensor& input, const at::Tensor& residual,
@@ -89,13 +86,13 @@ void add_rms_norm_inplace_cpu(const at::Tensor& input, const at::Tensor& residua
   auto r = as_rows(residual);
   auto w = weight.contiguous();
   if (is_view_of(x, input) && is_view_of(r, residual)) {
-    add_rms_norm_into(x, r, w, x, r, eps);
+    add_rms_norm_into(rows_of_2d(x), rows_of_2d(r), w, rows_of_2d(x), rows_of_2d(r), eps);
     return;
   }
   // Layouts a row view cannot express: compute into fresh rows, then copy back.
   auto out = empty_rows_like(input);
   auto res_out = empty_rows_like(input);
-  add_rms_norm_into(x, r, w, out, res_out, eps);
+  add_rms_norm_into(rows_of_2d(x), rows_of_2d(r), w, rows_of_2d(out), rows_of_2d(res_out), eps);
   const_cast<at::Tensor&>(residual).copy_(res_out.view(input.sizes()));
   const_cast<at::Tensor&>(input).copy_(out.view(input.sizes()));
 }
