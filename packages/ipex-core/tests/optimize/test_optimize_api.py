@@ -618,6 +618,11 @@ def test_conv1x1_kernel_rule(monkeypatch):
     assert kernels(graph) == ["brgemm"] * 4 and graph.conv4.post_op.inplace
     close(run(graph, (x,)), run(model, (x,)), 1e-5)
     assert torch.equal(x, keep)
+    # plain torch.compile of the eager-optimized model: one graph, the in-place op inside it
+    torch._dynamo.reset()
+    compiled = torch.compile(opt, fullgraph=True)
+    close(run(compiled, (x,)), run(model, (x,)), 1e-5)
+    assert torch.equal(x, keep)
     # auto_kernel_selection times it as a candidate (the timer rigged so that it wins)
     timed = []
 
