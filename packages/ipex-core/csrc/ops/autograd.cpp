@@ -9,9 +9,9 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_IMPL(ipex, Autograd, m) {
-  for (const char* op : {"add_layer_norm", "add_rms_norm", "add_rms_norm_", "conv1x1", "conv1x1_add_", "conv3x3_winograd",
-                         "gelu_mul",
-                         "iakv_attention", "iakv_attention.offset_tensor", "layer_norm", "linear", "linear_pair_silu_mul",
+  for (const char* op : {"add_layer_norm", "add_rms_norm", "add_rms_norm_", "conv1x1", "conv1x1_add_",
+                         "conv3x3_winograd", "gelu_mul", "iakv_attention", "iakv_attention.offset_tensor",
+                         "layer_norm", "linear", "linear_pair_silu_mul",
                          "onednn_conv_add_", "onednn_conv_binary", "onednn_conv_transpose", "onednn_linear",
                          "onednn_linear_binary", "paged_attention_decode", "reshape_and_cache", "rms_norm",
                          "rotary_embedding", "silu_mul", "varlen_attention"}) {

@@ -73,9 +73,6 @@ inline Rows rows_of(const at::Tensor& t) {
   return rows_of_2d(as_rows(t));
 }
 
-// A new contiguous output shaped like t (see empty_output); its rows are t.size(-1) apart.
-inline at::Tensor empty_output_like(const at::Tensor& t);
-
 // k-grouping factor V of ipex's packed linear weight layout for a dtype: 2 where oneDNN's brgemm
 // reads k-pairs (VNNI: bf16, and fp16 where brgemm packs it), 1 for plain rows.
 inline int64_t linear_vnni_factor(c10::ScalarType dt) {
@@ -133,6 +130,7 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
   return t;
 }
 
+// A new contiguous output shaped like t (see empty_output); its rows are t.size(-1) apart.
 inline at::Tensor empty_output_like(const at::Tensor& t) {
   return empty_output(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous));
 }

@@ -107,7 +107,6 @@ def conv1x1_add_(other, input, weight, bias=None, attr: str = "none"):
     return other
 
 
-
 def _check_conv1x1_fake(op, input, weight, bias, attr, other):
     torch._check(input.dim() == 4, lambda: f"{op}: input must be 4-D [N, C, H, W]; got {tuple(input.shape)}")
     torch._check(input.dtype == torch.float32 and weight.dtype == torch.float32,

@@ -67,7 +67,8 @@ here, at the cost of the dense copy inductor keeps). ``True`` times, per layer, 
 the layer's input shape recorded from ``sample_input``, the oneDNN prepacked
 kernel against the stock PyTorch kernel on the dense weight (and, for fp32
 Linear, MKL's packed sgemm, which keeps the dense weight as well: more memory;
-for Conv2d layers they fit, the Winograd and 1x1 GEMM kernels) and keeps the fastest; layers without a recorded shape keep the default.
+for Conv2d layers they fit, the Winograd and 1x1 GEMM kernels) and keeps the
+fastest; layers without a recorded shape keep the default.
 
 Post-op fusion (``ipex.enable_onednn_fusion``, read when ``optimize`` runs):
 with it on (the default) a Linear/convolution followed by ReLU, GELU (erf or
@@ -470,14 +471,16 @@ def _layer_channels_last(module: nn.Module, name: str, sample, model_channels_la
     return model_channels_last.get(module.weight.dim(), False) if channels_last is None else channels_last
 
 
-def _conv1x1_by_default(module: nn.Module, dtype, shape, sample, model_channels_last: dict, name: str,
-                        auto_kernel_selection: bool) -> bool:
-    """Whether the default rule will give ``module`` the 1x1 GEMM kernel with a residual add fused (graph mode
-    plans the add into such layers; auto_kernel_selection decides later, by timing, so not there)."""
+def _conv1x1_by_default(module: nn.Module, dtype, prepack: bool, shape, sample, model_channels_last: dict,
+                        name: str, auto_kernel_selection: bool) -> bool:
+    """Whether the default rule (_default_kernel, as the swap will ask it) gives ``module`` the 1x1 GEMM kernel
+    with a residual add fused: graph mode plans the add into such layers. auto_kernel_selection decides later,
+    by timing, so not there."""
     if auto_kernel_selection or not isinstance(module, nn.Conv2d):
         return False
     cast = dtype if type(module) in _CAST_TYPES else None
-    return _layer_channels_last(module, name, sample, model_channels_last) and _conv1x1_pays(module, cast or module.weight.dtype, shape, PostOp("relu", binary="add"))
+    channels_last = _layer_channels_last(module, name, sample, model_channels_last)
+    return _default_kernel(module, cast, prepack, True, channels_last, shape, PostOp("relu", binary="add")) == "brgemm"
 
 
 def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None) -> bool:
@@ -701,8 +704,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                 graph_binary = None
                 if knobs["graph_mode"]:
                     def graph_binary(name: str) -> bool:
-                        return _conv1x1_by_default(modules[name], dtype, shapes.get(name), sample, model_channels_last,
-                                                   name, knobs["auto_kernel_selection"])
+                        return _conv1x1_by_default(modules[name], dtype, prepack, shapes.get(name), sample,
+                                                   model_channels_last, name, knobs["auto_kernel_selection"])
                 fx_passes.plan_post_ops(region, plans, swappable, conv_binary=graph_binary)
     shared_groups = _plan_shared_input_groups(model, plans, sample) if knobs["concat_linear"] else []
     if need_graph:
