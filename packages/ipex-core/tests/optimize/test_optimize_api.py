@@ -533,7 +533,7 @@ def test_winograd_kernel_rule():
     close(run(opt, (x,)), run(model, (x,)), 2e-5)
     close(run(opt, (x.contiguous(),)), run(model, (x.contiguous(),)), 2e-5)  # fed NCHW after all: still right
     assert run(opt, (x.contiguous(),)).is_contiguous()
-    assert kernels(ipex.optimize(model)) == ("onednn", "onednn")  # no sample: the tile count is unknown
+    assert kernels(ipex.optimize(model)) == ("onednn", "onednn")  # no sample: unknown until the first call
     assert kernels(ipex.optimize(model, sample_input=x[:1, :, :7, :7])) == ("onednn", "onednn")  # 4 tiles
     # Fed channels-first: converted to channels-last and back around the kernel, still faster than stock's.
     nchw = ipex.optimize(model, sample_input=x.contiguous())
@@ -563,6 +563,74 @@ def test_winograd_kernel_rule():
     graph = ipex.optimize(model, sample_input=x, graph_mode=True)
     assert kernels(graph) == ("winograd", "winograd")
     close(run(graph, (x,)), run(model, (x,)), 2e-5)
+
+
+def test_convolutions_pack_for_the_shapes_of_their_calls():
+    """oneDNN's blocked weight format depends on the input shape it was packed for, and a weight packed for
+    another shape (or, without sample_input, for none) ran a slow kernel instead of being reordered: ResNet-50
+    without sample_input was 2.7x slower than stock. So without sample_input a convolution packs at its first
+    call, for that call's shape, and takes the kernel the default rule gives that shape (as sample_input would
+    have); a call with another shape packs again. Not while torch.compile traces (the traced module must not
+    change); graph mode makes one eager call before it compiles."""
+    torch.manual_seed(0)
+    model = M.randomize_bn(ThreeByThree()).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 16, 16).to(memory_format=torch.channels_last)  # 32 Winograd tiles
+
+    def kernels(m):
+        return m.conv1.kernel, m.conv2.kernel
+
+    opt = ipex.optimize(model)
+    assert kernels(opt) == ("onednn", "onednn")  # no shape known yet
+    close(run(opt, (x,)), run(model, (x,)), 2e-5)
+    assert kernels(opt) == kernels(ipex.optimize(model, sample_input=x)) == ("winograd", "winograd")
+
+    # Layers the rule keeps on oneDNN: packed for the shape of each call's input.
+    strided = ipex.optimize(M.randomize_bn(ThreeByThree(stride=2)).eval().to(memory_format=torch.channels_last))
+    for shape in [(2, 32, 16, 16), (1, 32, 7, 9), (2, 32, 16, 16)]:
+        xs = torch.randn(shape).to(memory_format=torch.channels_last)
+        close(run(strided, (xs,)), run(_stock_three_by_three(strided), (xs,)))
+        assert strided.conv2.kernel == "onednn" and strided.conv2._packed_for == shape
+    small = ipex.optimize(model)
+    close(run(small, (x[:1, :, :7, :7],)), run(model, (x[:1, :, :7, :7],)))  # 4 tiles: the rule keeps oneDNN
+    assert kernels(small) == ("onednn", "onednn") and small.conv1._packed_for == (1, 32, 7, 7)
+    stock_up = nn.Sequential(nn.ConvTranspose2d(8, 4, 2, 2)).eval()
+    up, z = ipex.optimize(stock_up), torch.randn(1, 8, 5, 5)
+    close(run(up, (z,)), run(stock_up, (z,)))
+    assert up[0].kernel == "onednn" and up[0]._packed_for == (1, 8, 5, 5)  # transposed ones too
+    bf16 = ipex.optimize(model, dtype=torch.bfloat16)
+    close(run(bf16, (x,)).float(), run(model, (x,)), 3e-2)
+    assert kernels(bf16) == ("onednn", "onednn") and bf16.conv2._packed_for == tuple(x.shape)
+
+    # Two threads' first calls at once (ipex.cpu.runtime tasks): one packs, both get the right answer.
+    import threading
+
+    shared, outs = ipex.optimize(model), {}
+    threads = [threading.Thread(target=lambda i=i: outs.__setitem__(i, run(shared, (x,)))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        close(outs[i], run(model, (x,)), 2e-5)
+
+    # torch.compile of an optimized model that never ran: traced as it is, unchanged (correct, packed for no
+    # shape); ipex's graph mode calls it eagerly once first and compiles the settled layers.
+    torch._dynamo.reset()
+    traced = ipex.optimize(model)
+    close(torch.compile(traced)(x), run(model, (x,)), 2e-5)
+    assert kernels(traced) == ("onednn", "onednn") and traced.conv1._packed_for is None
+    torch._dynamo.reset()
+    graph = ipex.optimize(model, graph_mode=True)
+    close(run(graph, (x,)), run(model, (x,)), 2e-5)
+    assert kernels(graph) == ("winograd", "winograd")
+
+
+def _stock_three_by_three(opt):
+    """The stock model an optimized ThreeByThree stands for: its state_dict loaded into a fresh one."""
+    conv2 = opt.conv2
+    stock = ThreeByThree(c=conv2.in_channels, stride=conv2.stride).eval().to(memory_format=torch.channels_last)
+    stock.load_state_dict(opt.state_dict())
+    return stock
 
 
 class Bottleneck1x1(nn.Module):

@@ -10,7 +10,18 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
 1. ``inplace=False`` deep-copies the model; the caller's model is untouched.
 2. ``sample_input`` is run once to record each layer's input shape and layout
    (block formats, the default convolution kernel, kernel measurements,
-   Linear+BatchNorm1d checks).
+   Linear+BatchNorm1d checks). Without it, each prepacked convolution packs
+   its weight at its first call, for that input's shape, and takes the kernel
+   the default rule below gives that shape; with or without it, a call with
+   another input shape packs again (oneDNN's block format depends on the
+   shape, and a weight packed for another one ran a slow kernel, not a
+   reorder: ResNet-50 without sample_input was 2.7x slower than stock). The
+   first call must be an eager one: ``torch.compile`` of an optimized model
+   that never ran keeps the weights packed for no shape (call it once first),
+   and graph mode's compiled graph keeps them packed for the shape it was
+   compiled at (a later input size ran as slowly as plain ``torch.compile``
+   with freezing does: ResNet-50 at 160x160 after 224x224, 37.6 ms against
+   24.0 eager; ``optimize`` again for another size).
 3. ``torch.fx`` traces the model region by region (fx_passes.py) to find
    BatchNorms to fold, activations / residual adds to fuse and Linears sharing
    an input; a region FX cannot trace is optimized module by module and named
@@ -147,6 +158,7 @@ from ipex_core.optimize.modules import (
     _keeps_channels_last,
     _PackedConvTransposeNd,
     _row_major_strides,
+    awaits_first_call,
     channels_last_strides,
     conv1x1_fuses,
     conv1x1_supported,
@@ -483,6 +495,18 @@ def _conv1x1_by_default(module: nn.Module, dtype, prepack: bool, shape, sample, 
     return _default_kernel(module, cast, prepack, True, channels_last, shape, PostOp("relu", binary="add")) == "brgemm"
 
 
+_STOCK_CONV = {PackedConv1d: nn.Conv1d, PackedConv2d: nn.Conv2d, PackedConv3d: nn.Conv3d}
+
+
+def _settled_kernel(layer: nn.Module, shape: list[int], channels_last: bool) -> str:
+    """The kernel _default_kernel gives a convolution that optimize built without an input shape (no
+    sample_input: oneDNN, prepacked), now that its first call shows one (_PackedConvNd._repack_for)."""
+    stand_in = _STOCK_CONV[type(layer)](layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                        layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None,
+                                        padding_mode=layer.padding_mode, device="meta")
+    return _default_kernel(stand_in, layer.dtype, True, False, channels_last, shape, layer.post_op)
+
+
 def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None) -> bool:
     """Whether ATen runs this fp32 convolution on its own (slow) kernel instead of oneDNN for an input of
     ``shape``: the size clause of its use_mkldnn condition (ATen's ConvUtils.h)."""
@@ -637,7 +661,8 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
     sample = _SampleRun(model, sample_input) if sample_input is not None else _SampleRun()
     if knobs["auto_kernel_selection"] and sample_input is None:
         warnings.warn("ipex.optimize: auto_kernel_selection=True measures kernels on the input shapes of "
-                      "sample_input; none was given, so every layer keeps the default (oneDNN, prepacked).",
+                      "sample_input; none was given, so every layer keeps the default kernel rule (applied to the "
+                      "input shape of its first call).",
                       stacklevel=2)
     if type(model) in (*_SWAPS, nn.LSTM, *_DROPOUT):
         # The model is itself one swappable layer: swap it inside a holder, return the new layer.
@@ -767,6 +792,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                     link_folded(new, bn)
             else:
                 new = _build(module, kernel, plan, bn, cast, shapes.get(name))
+                if awaits_first_call(new) and type(new) in _STOCK_CONV:  # (transposed ones stay on oneDNN)
+                    new.__dict__["_settle_kernel"] = _settled_kernel
             replaced[id(module)] = new
             _set_submodule(model, name, new)
         elif dtype is not None and type(module) in _CAST_TYPES:

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from ipex_core.optimize.modules import single_input_channel
+from ipex_core.optimize.modules import awaits_first_call, single_input_channel
 
 __all__ = ["GRAPH_MODE_OUTPUT_ASSERTS", "NO_OUTPUT_ASSERTS", "ROOT_ARG", "compile_model", "deployed_step",
            "deployment_guard_filter", "inductor_freezing_backend"]
@@ -127,14 +127,21 @@ class _InferenceCall:
     The patch is entered only when it changes something: entering it cost every call 28 us.
     """
 
-    def __init__(self, compiled, trace_lstm: bool = False):
+    def __init__(self, compiled, trace_lstm: bool = False, eager_first=None):
         self.compiled = compiled
         self.trace_lstm = trace_lstm
+        self.eager_first = eager_first
 
     def __call__(self, *args, **kwargs):
         from torch._dynamo import config as dynamo_config
         from torch._inductor import config
 
+        if self.eager_first is not None:
+            # Layers built without an input shape (no sample_input) pack for the shape of their first call,
+            # which must be an eager one (modules._PackedConvNd._repack_for): run it so before dynamo traces.
+            eager_first, self.eager_first = self.eager_first, None
+            with torch.no_grad():
+                eager_first(*args, **kwargs)
         with torch.no_grad(), config.patch(freezing=True):
             if not self.trace_lstm:
                 return self.compiled(*args, **kwargs)
@@ -194,4 +201,6 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
     rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
     trace_lstm = trace_lstm and bool(rnns) and all(type(m) is nn.LSTM and m.proj_size == 0 for m in rnns)
     # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
-    model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model), trace_lstm)
+    unsettled = any(awaits_first_call(m) for m in model.modules())
+    model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model), trace_lstm,
+                                               functools.partial(type(model)._call_impl, model) if unsettled else None)

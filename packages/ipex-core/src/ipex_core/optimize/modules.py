@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,7 @@ _ipex = torch.ops.ipex
 # weight and a column-blocked copy, residual add and ReLU fused).
 KERNELS = ("onednn", "mkl", "dense", "winograd", "brgemm")
 # The weight copy each kernel runs on, kept beside the dense weight (rebuilt by _set_weight).
+_REPACK_LOCK = threading.Lock()  # see _PackedConvNd._repack_for
 _KERNEL_WEIGHTS = {"mkl": "_mkl_weight", "winograd": "_winograd_weight", "brgemm": "_brgemm_weight"}
 
 
@@ -190,18 +192,19 @@ class _PackedModule(nn.Module):
         # conv_transpose (output_size=) or linear (Linear + BatchNorm1d on 3-D input) as if it were plain.
         return self.__dict__.get("_packed", False)
 
-    def _set_weight(self, dense: torch.Tensor) -> None:
-        """Store ``dense`` (the effective, folded weight) in this module's kernel layout."""
+    def _set_weight(self, dense: torch.Tensor, kernel: str | None = None) -> None:
+        """Store ``dense`` (the effective, folded weight) in the layout of ``kernel`` (default: this module's)."""
+        kernel = kernel or self.kernel
         dense = dense.detach()
-        stored = self._pack(dense) if self.kernel == "onednn" else _dense_layout(dense)
-        self.__dict__["_packed"] = self.kernel == "onednn"
+        stored = self._pack(dense) if kernel == "onednn" else _dense_layout(dense)
+        self.__dict__["_packed"] = kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
         self._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
-        if self.kernel == "mkl":
+        if kernel == "mkl":
             self._mkl_weight = torch.ops.mkl._mkl_reorder_linear_weight(stored, self._mkl_batch)
-        if self.kernel == "winograd":
+        if kernel == "winograd":
             self._winograd_weight = winograd_weight(stored)
-        if self.kernel == "brgemm":
+        if kernel == "brgemm":
             self._brgemm_weight = conv1x1_weight(stored)
 
     def __setstate__(self, state):
@@ -210,6 +213,49 @@ class _PackedModule(nn.Module):
         u = self.__dict__.get("_winograd_weight")
         if u is not None and u.dim() == 3:
             self._winograd_weight = winograd_weight(self.weight.detach())
+
+    def _weight_for(self, input: torch.Tensor) -> torch.Tensor:
+        """A convolution's weight for ``input``: repacked first if ``input`` has another shape than the one the
+        oneDNN weight is packed for (_repack_for). Returned, not re-read from the module, so that a concurrent
+        call with another shape cannot hand this one a weight packed for that shape."""
+        # (is_compiling first: comparing a traced input's symbolic shape would specialize the graph to it.)
+        if self.kernel == "onednn" and not torch.compiler.is_compiling() \
+                and input.shape != self.__dict__.get("_packed_for"):
+            return self._repack_for(input)
+        return self.weight
+
+    def _repack_for(self, input: torch.Tensor) -> torch.Tensor:
+        """Pack the oneDNN weight for ``input``'s shape. oneDNN's blocked weight format depends on the input
+        shape it was packed for, and a weight packed for another shape does not get reordered but runs a slow
+        kernel: ResNet-50's 1024->2048 1x1 stride-2 layer at 14x14, packed for 56x56, took 51 ms against 1.2;
+        packed for no shape (no sample_input), its 256->1024 1x1 at 14x14 took 6.6 ms against 0.58 and the
+        model ran 2.7x slower than stock (AMD EPYC Zen 4, batch 1); transposed convolutions lost 10-25%. So
+        the layer packs for the shape of its first call when none was known, and again whenever a call brings
+        another input shape (one weight reorder, what stock's own oneDNN call pays at every call).
+
+        At the first call of a layer ``ipex.optimize`` built without a shape (``_settle_kernel``, its default
+        kernel rule), the kernel is chosen too, as sample_input would have chosen it: Winograd, the 1x1 GEMM,
+        or the stock one for a channels-first input. Not while torch.compile traces (a traced call must not
+        change the module): the compiled graph keeps the weight packed for the shape of the last eager call,
+        so call the model once eagerly before compiling it, or pass sample_input (ipex's graph mode makes
+        that eager call itself)."""
+        with _REPACK_LOCK:  # two threads' calls (ipex.cpu.runtime tasks): one packs at a time
+            shape = tuple(input.shape)
+            packed_for = self.__dict__.get("_packed_for")
+            if packed_for == shape:
+                return self.weight
+            kernel = self.kernel
+            rule = self.__dict__.get("_settle_kernel")
+            if packed_for is None and rule is not None:
+                kernel = rule(self, list(shape), _keeps_channels_last(input))
+            dense = self.dense_weight()
+            self._input_size = [shape[0], shape[1], 1, shape[2]] if self._nd == 1 else list(shape)  # Conv1d: 2-D
+            # The new kernel's weights first, then the kernel, then the shape: a concurrent call that skips the
+            # lock (another kernel than oneDNN, or this very shape) finds everything it reads in place.
+            self._set_weight(dense, kernel)
+            self.kernel = kernel
+            self.__dict__["_packed_for"] = shape
+            return self.weight
 
     def dense_weight(self) -> torch.Tensor:
         """The effective (folded) weight in the plain layout, as a new dense tensor when packed."""
@@ -590,6 +636,8 @@ class _PackedConvNd(_PackedModule):
         self._padding = padding
         self._stride = list(conv.stride)
         self._dilation = list(conv.dilation)
+        # The input shape the oneDNN weight is packed for (see _PackedModule._repack_for); None: none known yet.
+        self.__dict__["_packed_for"] = None if input_size is None else tuple(input_size)
         if self._nd == 1:  # oneDNN's packing has no 1-D form: H=1 2-D convolution
             self._padding, self._stride, self._dilation = [0, *padding], [1, *self._stride], [1, *self._dilation]
             if input_size is not None:
@@ -638,7 +686,7 @@ class _PackedConvNd(_PackedModule):
         self._check_folded_inference()
         if input.dim() == self._nd + 1:  # unbatched, as nn.Conv accepts: a batch of one
             return self._run(input.unsqueeze(0), None if other is None else other.unsqueeze(0), post).squeeze(0)
-        w = self.weight
+        w = self._weight_for(input)
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
         fuse_binary = (post.binary is not None and other is not None and other.dtype == w.dtype
@@ -716,6 +764,13 @@ class PackedConv3d(_PackedConvNd):
     _nd = 3
 
 
+def awaits_first_call(module: nn.Module) -> bool:
+    """Whether ``module`` is a convolution on a oneDNN weight not yet packed for any input shape: its first
+    eager call packs it (and may choose its kernel); see _PackedModule._repack_for."""
+    return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd)) and module.kernel == "onednn"
+            and module.__dict__.get("_packed_for") is None)
+
+
 class _PackedConvTransposeNd(_PackedModule):
     """Transposed convolution on a prepacked weight, post-ops fused (unary only)."""
 
@@ -734,6 +789,7 @@ class _PackedConvTransposeNd(_PackedModule):
         self._stride = list(conv.stride)
         self._dilation = list(conv.dilation)
         self._input_size = input_size
+        self.__dict__["_packed_for"] = None if input_size is None else tuple(input_size)  # see _repack_for
         self._init_common(kernel, post_op)
         self._init_weight(conv.weight, conv.bias, dtype, None)
 
@@ -777,7 +833,7 @@ class _PackedConvTransposeNd(_PackedModule):
             if output_size is not None and len(output_size) == self._nd + 1:
                 output_size = list(output_size)[1:]
             return self._run(input.unsqueeze(0), output_size, post).squeeze(0)
-        w = self.weight
+        w = self._weight_for(input)
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
         b = self.bias
