@@ -170,7 +170,7 @@ def main(argv=None) -> str:
     for i, (name, batch, dtype) in enumerate(cases):
         progress(i, len(cases), f"{name} bs={batch} {dtype}")
         rows.append(run_case(name, batch, dtype, _rounds(name, batch, args.rounds)))
-    columns = ["compile ms", "ipex graph ms", "compile x", "ipex graph x", "graph/compile", "compile s",
+    columns = ["no-sample x", "compile ms", "ipex graph ms", "compile x", "ipex graph x", "graph/compile", "compile s",
                "graph compile s", "graph rel err", "eager rel err", "compile rel err"]
     table = report("optimize", rows, machine_meta(), columns=columns)
     print(table)
