@@ -138,7 +138,7 @@ class _InferenceCall:
 
         if self.eager_first is not None:
             # Layers built without an input shape (no sample_input) pack for the shape of their first call,
-            # which must be an eager one (modules._PackedConvNd._repack_for): run it so before dynamo traces.
+            # which must be an eager one (modules._PackedModule._repack_for): run it so before dynamo traces.
             eager_first, self.eager_first = self.eager_first, None
             with torch.no_grad():
                 eager_first(*args, **kwargs)
