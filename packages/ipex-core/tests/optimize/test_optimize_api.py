@@ -625,6 +625,75 @@ def test_convolutions_pack_for_the_shapes_of_their_calls():
     assert kernels(graph) == ("winograd", "winograd")
 
 
+class AutocastNet(nn.Module):
+    """Conv + BatchNorm + ReLU, a 1x1 conv with a residual add, and a Linear head whose output adds a float32
+    tensor (as a transformer's residual stream does)."""
+
+    def __init__(self, c=32):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 1)
+        self.head = nn.Linear(c, c)
+
+    def forward(self, x):
+        y = torch.relu(self.conv2(torch.relu(self.bn1(self.conv1(x)))) + x)
+        pooled = y.mean((2, 3))
+        return self.head(pooled) + pooled.float()
+
+
+@pytest.mark.skipif(not api.cpu_supports(torch.bfloat16), reason="needs a CPU with bfloat16 kernels")
+def test_autocast_computes_float32_layers_in_its_dtype():
+    """Under torch.autocast (the retired extension's usual recipe), a model optimized in float32 computes its
+    convolutions, Linears and LSTMs in autocast's dtype, as the stock model does: autocast does not reach
+    oneDNN's prepacked ops, so they ran in float32 (ResNet-50 1.06x stock autocast, against 1.50x now), and an
+    optimized LSTM failed outright (autocast cast its opaque oneDNN weights). Each layer keeps a low-precision
+    copy, made at its first call under autocast and dropped when its weights change. Residual adds promote as
+    in stock (bf16 layer output + fp32 tensor = fp32). Outside autocast nothing changes."""
+    torch.manual_seed(0)
+    model = M.randomize_bn(AutocastNet()).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 16, 16).to(memory_format=torch.channels_last)
+    opt = ipex.optimize(model, sample_input=x)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    with torch.no_grad():
+        fp32_before = opt(x)
+        with autocast:
+            want, got = model(x), opt(x)
+        assert got.dtype == want.dtype == torch.float32  # the promoting residual add, as in stock
+        close(got, want, 3e-2)
+        assert (got - model(x)).abs().max() > 1e-4  # computed in bf16 indeed, not in float32
+        for layer in (opt.conv1, opt.conv2, opt.head):
+            assert layer.__dict__["_autocast_copy"].dtype == torch.bfloat16 and layer.dtype == torch.float32
+        close(opt(x), model(x))
+        assert torch.equal(opt(x), fp32_before)  # outside autocast: the float32 layers, unchanged
+        with autocast:  # a layer alone: its output in bf16, as nn.Conv2d's under autocast
+            assert opt.conv2(x).dtype == torch.bfloat16
+
+        # New weights: the copies are dropped and made again from them.
+        other = M.randomize_bn(AutocastNet()).eval().to(memory_format=torch.channels_last)
+        opt.load_state_dict(other.state_dict())
+        assert "_autocast_copy" not in opt.conv1.__dict__
+        with autocast:
+            close(opt(x), other(x), 3e-2)
+        assert set(opt.state_dict()) == set(model.state_dict())  # the copies are not state
+        with autocast:
+            close(copy.deepcopy(opt)(x), other(x), 3e-2)
+
+        # The LSTM: it raised under autocast before ("Could not run 'aten::empty_strided' ... 'MkldnnCPU'").
+        lstm_model = M.LSTMNet().eval()
+        ids = torch.randint(0, 50, (3, 7))
+        lstm_opt = ipex.optimize(lstm_model)
+        with autocast:
+            want, got = lstm_model(ids), lstm_opt(ids)
+        assert got.dtype == want.dtype
+        close(got.float(), want.float(), 3e-2)
+        close(lstm_opt(ids), lstm_model(ids))
+
+        # Compiled (plain torch.compile of the optimized model): computed in float32 there, still right.
+        torch._dynamo.reset()
+        with autocast:
+            close(torch.compile(ipex.optimize(model, sample_input=x))(x).float(), model(x).float(), 3e-2)
+
+
 def _stock_three_by_three(opt):
     """The stock model an optimized ThreeByThree stands for: its state_dict loaded into a fresh one."""
     conv2 = opt.conv2

@@ -46,9 +46,9 @@ class ConcatLinear(PackedLinear):
         return super().forward(input).split(self.sizes, dim=-1)
 
     # New weights (load_state_dict, .to()) make cached outputs stale.
-    def _set_weight(self, dense: torch.Tensor) -> None:
+    def _set_weight(self, dense: torch.Tensor, kernel: str | None = None) -> None:
         self._shared = None
-        super()._set_weight(dense)
+        super()._set_weight(dense, kernel)
 
     def _apply(self, fn, recurse=True):
         self._shared = None

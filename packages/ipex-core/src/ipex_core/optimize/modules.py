@@ -196,6 +196,7 @@ class _PackedModule(nn.Module):
         """Store ``dense`` (the effective, folded weight) in the layout of ``kernel`` (default: this module's)."""
         kernel = kernel or self.kernel
         dense = dense.detach()
+        self.__dict__.pop("_autocast_copy", None)  # made from the old weights (see _autocast_twin)
         stored = self._pack(dense) if kernel == "onednn" else _dense_layout(dense)
         self.__dict__["_packed"] = kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
@@ -252,10 +253,68 @@ class _PackedModule(nn.Module):
             self._input_size = [shape[0], shape[1], 1, shape[2]] if self._nd == 1 else list(shape)  # Conv1d: 2-D
             # The new kernel's weights first, then the kernel, then the shape: a concurrent call that skips the
             # lock (another kernel than oneDNN, or this very shape) finds everything it reads in place.
+            twin = self.__dict__.get("_autocast_copy")  # the same values: still valid
             self._set_weight(dense, kernel)
+            if twin is not None:
+                self.__dict__["_autocast_copy"] = twin
             self.kernel = kernel
             self.__dict__["_packed_for"] = shape
             return self.weight
+
+    def _autocast_twin(self, input: torch.Tensor) -> _PackedModule | None:
+        """Under CPU autocast (eager), the copy of this float32 layer in autocast's dtype that computes it, as
+        the stock layer it replaced would have been computed: autocast casts the inputs of aten's convolutions
+        and linear, not those of the oneDNN prepacked ops these layers call, so they ran in float32 (ResNet-50
+        optimized in fp32, under bf16 autocast: 1.06x stock under autocast, against 1.52x for the model
+        optimized with dtype=torch.bfloat16). The copy is made at the first such call (oneDNN's kernel, or the
+        stock one where this layer has it) and dropped when the weights change (_set_weight, .to(),
+        load_state_dict). None: compute in this layer, as without autocast: not under autocast, while
+        torch.compile traces (it must not change the module; a compiled graph stays in float32), for a layer
+        that is not float32, for a dtype oneDNN does not run here (float16 without AVX512-FP16), and for a
+        Linear with a BatchNorm1d folded in fed a 3-D input (_forward_bn_unfolded)."""
+        if not torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+            return None
+        dtype = torch.get_autocast_dtype("cpu")
+        if (self.weight.dtype != torch.float32 or dtype == torch.float32 or not onednn_runs(dtype)
+                or (self._folded_bn is not None and isinstance(self, PackedLinear) and input.dim() != 2)):
+            return None
+        twin = self.__dict__.get("_autocast_copy")
+        if twin is None or twin.dtype != dtype:
+            with _REPACK_LOCK:
+                twin = self.__dict__.get("_autocast_copy")
+                if twin is None or twin.dtype != dtype:
+                    twin = self._low_precision_copy(dtype, input)
+                    twin.train(self.training)
+                    self.__dict__["_autocast_copy"] = twin
+        return twin
+
+    def _rebuild(self, stock: nn.Module, kernel: str, dtype: torch.dtype) -> _PackedModule:
+        """A layer of this kind made from ``stock`` (a convolution's; PackedLinear has its own), packed for the
+        same input shape."""
+        packed_for = self.__dict__.get("_packed_for")
+        return type(self)(stock, kernel=kernel, post_op=self.post_op, dtype=dtype,
+                          input_size=None if packed_for is None else list(packed_for))
+
+    def _run_under_autocast(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
+        """This (low-precision) copy's ``_run`` for its float32 layer under autocast. A residual in another
+        dtype is added after the layer, by PyTorch's ops, so that the sum promotes as it does after the stock
+        layer under autocast (bf16 output + fp32 residual = fp32); a fused add keeps the layer's dtype."""
+        if other is not None and post.binary is not None and other.dtype != self.dtype:
+            return post.apply_unfused(self._run(input, None, NO_POST_OP), other)
+        return self._run(input, other, post)
+
+    def _low_precision_copy(self, dtype: torch.dtype, input: torch.Tensor) -> _PackedModule:
+        """This layer in ``dtype``, BatchNorm folded in: a new layer of this kind built from a stock one holding
+        the effective weight and bias. On oneDNN's kernel, but where the default rule gives a low-precision
+        layer the stock kernel (api._default_kernel): a Conv1d, or a convolution fed channels-first (a float32
+        one may be on oneDNN there only because ATen runs small float32 convolutions on a slow kernel)."""
+        stock = self._stock_stand_in()
+        stock.weight = nn.Parameter(self.dense_weight(), requires_grad=False)
+        bias = self._kernel_bias()
+        stock.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        stock_kernel = self.kernel == "dense" or (isinstance(self, _PackedConvNd) and (
+            self._nd == 1 or not _keeps_channels_last(input)))
+        return self._rebuild(stock, "dense" if stock_kernel else "onednn", dtype)
 
     def dense_weight(self) -> torch.Tensor:
         """The effective (folded) weight in the plain layout, as a new dense tensor when packed."""
@@ -339,6 +398,7 @@ class _PackedModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         key = prefix + "weight"
+        self.__dict__.pop("_autocast_copy", None)  # a bias alone may change too
         # The stock loader sees every parameter but the (packed) weight, which is loaded below. The weight is
         # hidden in a copy of the dict, not popped and put back: that moved it after the bias, and state_dict()
         # then listed bias before weight, unlike the original model's.
@@ -372,6 +432,7 @@ class _PackedModule(nn.Module):
     # -- .to() / .float() / deepcopy ------------------------------------------------------------
 
     def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_autocast_copy", None)
         packed = self._weight_is_packed()
         if packed:
             self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
@@ -405,6 +466,8 @@ class _PackedModule(nn.Module):
                 new.__dict__[key] = params
             elif key in _KERNEL_WEIGHTS.values():
                 new.__dict__[key] = value.clone()
+            elif key == "_autocast_copy":
+                continue  # made again when needed
             else:
                 new.__dict__[key] = copy.deepcopy(value, memo)
         return new
@@ -455,8 +518,17 @@ class PackedLinear(_PackedModule):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return _inference_only(self, input, self._run(input, None, NO_POST_OP))
 
+    def _stock_stand_in(self) -> nn.Module:
+        return nn.Linear(self.in_features, self.out_features, device="meta")
+
+    def _rebuild(self, stock: nn.Module, kernel: str, dtype: torch.dtype) -> PackedLinear:
+        return PackedLinear(stock, kernel=kernel, post_op=self.post_op, batch_size=self._batch_size, dtype=dtype)
+
     def _run(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
         self._check_folded_inference()
+        twin = self._autocast_twin(input)
+        if twin is not None:
+            return twin._run_under_autocast(input, other, post)
         w = self.weight
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
@@ -682,8 +754,16 @@ class _PackedConvNd(_PackedModule):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return _inference_only(self, input, self._run(input, None, NO_POST_OP))
 
+    def _stock_stand_in(self) -> nn.Module:
+        return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self._nd - 1](
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, padding_mode=self.padding_mode, device="meta")
+
     def _run(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
         self._check_folded_inference()
+        twin = self._autocast_twin(input)
+        if twin is not None:
+            return twin._run_under_autocast(input, other, post)
         if input.dim() == self._nd + 1:  # unbatched, as nn.Conv accepts: a batch of one
             return self._run(input.unsqueeze(0), None if other is None else other.unsqueeze(0), post).squeeze(0)
         w = self._weight_for(input)
@@ -828,7 +908,15 @@ class _PackedConvTransposeNd(_PackedModule):
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         return _inference_only(self, input, self._run(input, output_size, NO_POST_OP))
 
+    def _stock_stand_in(self) -> nn.Module:
+        return (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[self._nd - 1](
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.output_padding,
+            self.groups, dilation=self.dilation, device="meta")
+
     def _run(self, input: torch.Tensor, output_size: list[int] | None, post: PostOp) -> torch.Tensor:
+        twin = self._autocast_twin(input)
+        if twin is not None:
+            return twin._run(input, output_size, post)
         if input.dim() == self._nd + 1:  # unbatched, as nn.ConvTranspose accepts: a batch of one
             if output_size is not None and len(output_size) == self._nd + 1:
                 output_size = list(output_size)[1:]
