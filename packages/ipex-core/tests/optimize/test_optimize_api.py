@@ -590,6 +590,7 @@ def test_convolutions_pack_for_the_shapes_of_their_calls():
         xs = torch.randn(shape).to(memory_format=torch.channels_last)
         close(run(strided, (xs,)), run(_stock_three_by_three(strided), (xs,)))
         assert strided.conv2.kernel == "onednn" and strided.conv2._packed_for == shape
+        assert strided.conv2._input_size == list(shape)  # what the packing was told: packed anew indeed
     small = ipex.optimize(model)
     close(run(small, (x[:1, :, :7, :7],)), run(model, (x[:1, :, :7, :7],)))  # 4 tiles: the rule keeps oneDNN
     assert kernels(small) == ("onednn", "onednn") and small.conv1._packed_for == (1, 32, 7, 7)
@@ -597,6 +598,28 @@ def test_convolutions_pack_for_the_shapes_of_their_calls():
     up, z = ipex.optimize(stock_up), torch.randn(1, 8, 5, 5)
     close(run(up, (z,)), run(stock_up, (z,)))
     assert up[0].kernel == "onednn" and up[0]._packed_for == (1, 8, 5, 5)  # transposed ones too
+    # A channels-last model fed NCHW: stock's kernel on the first layer, whose output stays channels-last (the
+    # weight's layout), as stock's and as with sample_input; the layers after it pack for that.
+    stem = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1)).eval()
+    stem = stem.to(memory_format=torch.channels_last)
+    image = torch.randn(1, 3, 96, 96)  # (above the size ATen runs on its own slow kernel)
+    first_call, sampled = ipex.optimize(stem), ipex.optimize(stem, sample_input=image)
+    out = run(first_call, (image,))
+    assert [first_call[i].kernel for i in (0, 2)] == [sampled[i].kernel for i in (0, 2)] == ["dense", "onednn"]
+    assert out.is_contiguous(memory_format=torch.channels_last) == stem(image).is_contiguous(
+        memory_format=torch.channels_last) == run(sampled, (image,)).is_contiguous(memory_format=torch.channels_last)
+    close(out, stem(image))
+    # padding_mode='reflect': the kernel sees the pre-padded input, and is packed for its shape.
+    reflect = nn.Sequential(nn.Conv2d(32, 16, 3, padding=2, padding_mode="reflect")).eval().to(
+        memory_format=torch.channels_last)
+    reflect_opt = ipex.optimize(reflect)
+    close(run(reflect_opt, (x,)), reflect(x))
+    assert reflect_opt[0]._input_size == [2, 32, 20, 20]
+    # A first call under autocast settles the float32 layer too (its low-precision copy is made from it).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = ipex.optimize(model)
+        run(under_autocast, (x,))
+    assert kernels(under_autocast) == ("winograd", "winograd")
     bf16 = ipex.optimize(model, dtype=torch.bfloat16)
     close(run(bf16, (x,)).float(), run(model, (x,)), 3e-2)
     assert kernels(bf16) == ("onednn", "onednn") and bf16.conv2._packed_for == tuple(x.shape)
@@ -623,6 +646,11 @@ def test_convolutions_pack_for_the_shapes_of_their_calls():
     graph = ipex.optimize(model, graph_mode=True)
     close(run(graph, (x,)), run(model, (x,)), 2e-5)
     assert kernels(graph) == ("winograd", "winograd")
+    torch._dynamo.reset()
+    graph = ipex.optimize(model, graph_mode=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the eager first call runs in float32: settles, no copies
+        run(graph, (x,))
+    assert kernels(graph) == ("winograd", "winograd") and "_autocast_copy" not in graph.conv1.__dict__
 
 
 class AutocastNet(nn.Module):
@@ -685,6 +713,9 @@ def test_autocast_computes_float32_layers_in_its_dtype():
         with autocast:
             want, got = lstm_model(ids), lstm_opt(ids)
         assert got.dtype == want.dtype
+        assert lstm_opt.lstm.__dict__["_autocast_copy_"]._packed[0][2].dtype == torch.bfloat16
+        lstm_opt.float()  # .to() & co. drop the copies (made from the old weights)
+        assert "_autocast_copy_" not in lstm_opt.lstm.__dict__ and "_autocast_copy" not in lstm_opt.head.__dict__
         close(got.float(), want.float(), 3e-2)
         close(lstm_opt(ids), lstm_model(ids))
 

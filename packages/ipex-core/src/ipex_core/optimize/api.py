@@ -66,13 +66,14 @@ computes them in float32. ResNet-50 optimized in fp32, under bf16 autocast:
 ``auto_kernel_selection``: ``False`` (the default) runs every Linear,
 transposed convolution and channels-last convolution on oneDNN with a
 prepacked weight, except fp32 Conv2d layers whose input shape ``sample_input``
-showed, where ipex's own kernels pay (the rules, with their measurements, are
+(or, without one, the layer's first call) showed, where ipex's own kernels pay (the rules, with their measurements, are
 ``_winograd_pays`` and ``_conv1x1_pays``): 3x3 stride-1 layers run Winograd
 F(4x4, 3x3) (4x fewer multiplications, 1e-5 of the output's scale instead of
 1e-6), and 1x1 stride-1 layers of at most 4096 rows (N*H*W, channels-last) one
 GEMM with ReLU and the residual add fused (oneDNN's call costs 25-30 us each).
 Convolutions whose input is channels-first (NCHW/NCDHW, as
-``sample_input`` shows, or without one, in a model not converted with
+``sample_input`` or the first call shows; ``optimize`` itself, without a
+sample, goes by whether the model was converted with
 ``model.to(memory_format=torch.channels_last)``) and every Conv1d keep the stock
 kernel on their (BatchNorm-folded, cast) dense weight: oneDNN's prepacked
 kernels reorder such inputs and outputs to and from channels-last at each call,

@@ -139,9 +139,11 @@ class _InferenceCall:
         if self.eager_first is not None:
             # Layers built without an input shape (no sample_input) pack for the shape of their first call,
             # which must be an eager one (modules._PackedModule._repack_for): run it so before dynamo traces.
-            eager_first, self.eager_first = self.eager_first, None
-            with torch.no_grad():
-                eager_first(*args, **kwargs)
+            # (Autocast off: in float32 the layers settle without making low-precision copies that the
+            # compiled graph, which computes them in float32, would never use.)
+            with torch.no_grad(), torch.autocast("cpu", enabled=False):
+                self.eager_first(*args, **kwargs)
+            self.eager_first = None  # after it ran: a first call that raised leaves the next one to settle
         with torch.no_grad(), config.patch(freezing=True):
             if not self.trace_lstm:
                 return self.compiled(*args, **kwargs)

@@ -3,6 +3,8 @@
 Each one holds its weight once, in the layout its kernel reads (oneDNN's blocked
 layout as an opaque mkldnn tensor, or the dense weight for the stock kernel),
 and runs its post-ops (activation, residual add) inside the same oneDNN call.
+(Under torch.autocast a float32 layer also keeps a low-precision copy of
+itself: _PackedModule._autocast_twin.)
 
 What stays as in the module it replaced: the ``state_dict()`` keys, shapes and
 dtypes (the blocked weight is converted back to the plain layout on save, and
@@ -52,8 +54,8 @@ _ipex = torch.ops.ipex
 # 1x1 convolution as one GEMM (fp32 1x1 stride-1 Conv2d, see conv1x1_supported; keeps the dense
 # weight and a column-blocked copy, residual add and ReLU fused).
 KERNELS = ("onednn", "mkl", "dense", "winograd", "brgemm")
+_REPACK_LOCK = threading.Lock()  # see _PackedModule._repack_for
 # The weight copy each kernel runs on, kept beside the dense weight (rebuilt by _set_weight).
-_REPACK_LOCK = threading.Lock()  # see _PackedConvNd._repack_for
 _KERNEL_WEIGHTS = {"mkl": "_mkl_weight", "winograd": "_winograd_weight", "brgemm": "_brgemm_weight"}
 
 
@@ -217,8 +219,8 @@ class _PackedModule(nn.Module):
 
     def _weight_for(self, input: torch.Tensor) -> torch.Tensor:
         """A convolution's weight for ``input``: repacked first if ``input`` has another shape than the one the
-        oneDNN weight is packed for (_repack_for). Returned, not re-read from the module, so that a concurrent
-        call with another shape cannot hand this one a weight packed for that shape."""
+        oneDNN weight is packed for (_repack_for). (Calls of several threads with different shapes may each
+        run on the weight packed for another one's shape: right, only slower.)"""
         # (is_compiling first: comparing a traced input's symbolic shape would specialize the graph to it.)
         if self.kernel == "onednn" and not torch.compiler.is_compiling() \
                 and input.shape != self.__dict__.get("_packed_for"):
@@ -249,8 +251,8 @@ class _PackedModule(nn.Module):
             rule = self.__dict__.get("_settle_kernel")
             if packed_for is None and rule is not None:
                 kernel = rule(self, list(shape), _keeps_channels_last(input))
-            dense = self.dense_weight()
-            self._input_size = [shape[0], shape[1], 1, shape[2]] if self._nd == 1 else list(shape)  # Conv1d: 2-D
+            dense = self._plain_weight()
+            self._input_size = self._pack_size(list(shape))
             # The new kernel's weights first, then the kernel, then the shape: a concurrent call that skips the
             # lock (another kernel than oneDNN, or this very shape) finds everything it reads in place.
             twin = self.__dict__.get("_autocast_copy")  # the same values: still valid
@@ -260,6 +262,20 @@ class _PackedModule(nn.Module):
             self.kernel = kernel
             self.__dict__["_packed_for"] = shape
             return self.weight
+
+    def _pack_size(self, shape: list[int]) -> list[int]:
+        """The input shape oneDNN's packing is told for an input of ``shape`` (the convolutions adapt it)."""
+        return shape
+
+    def _plain_weight(self) -> torch.Tensor:
+        """dense_weight() in the memory format the replaced module's weight had: a stock kernel given a
+        channels-last weight returns a channels-last output, as the stock module did, and the layers after it
+        are packed for that layout (a weight unpacked from oneDNN comes back row-major)."""
+        dense = self.dense_weight()
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(dense.dim())
+        if fmt is not None and self.__dict__.get("_weight_channels_last"):
+            return dense.contiguous(memory_format=fmt)
+        return dense
 
     def _autocast_twin(self, input: torch.Tensor) -> _PackedModule | None:
         """Under CPU autocast (eager), the copy of this float32 layer in autocast's dtype that computes it, as
@@ -309,7 +325,7 @@ class _PackedModule(nn.Module):
         layer the stock kernel (api._default_kernel): a Conv1d, or a convolution fed channels-first (a float32
         one may be on oneDNN there only because ATen runs small float32 convolutions on a slow kernel)."""
         stock = self._stock_stand_in()
-        stock.weight = nn.Parameter(self.dense_weight(), requires_grad=False)
+        stock.weight = nn.Parameter(self._plain_weight(), requires_grad=False)
         bias = self._kernel_bias()
         stock.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         stock_kernel = self.kernel == "dense" or (isinstance(self, _PackedConvNd) and (
@@ -334,6 +350,9 @@ class _PackedModule(nn.Module):
         """Store ``weight``/``bias`` (of the module replaced) in ``dtype``, with ``bn`` folded in (fp32 math)."""
         dtype = dtype or weight.dtype
         weight, bias = weight.detach(), None if bias is None else bias.detach()
+        # (Exact strides: 1x1 and depthwise weights are is_contiguous in both layouts.)
+        self.__dict__["_weight_channels_last"] = (weight.dim() in (4, 5) and weight.stride() == channels_last_strides(
+            weight.shape) != _row_major_strides(weight.shape))
         # The checkpoint's weight shape: the packed parameter's differs (Conv1d is packed as a
         # 2-D conv, a transposed conv as [out, in, ...]), so load_state_dict checks against this.
         self._plain_weight_shape = tuple(weight.shape)
@@ -712,9 +731,7 @@ class _PackedConvNd(_PackedModule):
         self.__dict__["_packed_for"] = None if input_size is None else tuple(input_size)
         if self._nd == 1:  # oneDNN's packing has no 1-D form: H=1 2-D convolution
             self._padding, self._stride, self._dilation = [0, *padding], [1, *self._stride], [1, *self._dilation]
-            if input_size is not None:
-                input_size = [input_size[0], input_size[1], 1, input_size[2]]
-        self._input_size = input_size
+        self._input_size = None if input_size is None else self._pack_size(list(input_size))
         if kernel == "winograd" and not winograd_supported(conv, dtype or conv.weight.dtype):
             raise ValueError("the winograd kernel runs float32 or bfloat16 3x3 Conv2d layers with stride 1, dilation "
                              f"1 and groups 1 only; got {conv} in {dtype or conv.weight.dtype}")
@@ -754,6 +771,15 @@ class _PackedConvNd(_PackedModule):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return _inference_only(self, input, self._run(input, None, NO_POST_OP))
 
+    def _pack_size(self, shape: list[int]) -> list[int]:
+        """What the kernel sees of an input of ``shape``: the pre-padded input (padding_mode other than
+        zeros), as a 2-D one with H=1 for Conv1d."""
+        if self._pre_pad is not None and len(shape) == self._nd + 2:
+            shape = shape[:2] + [s + 2 * p for s, p in zip(shape[2:], self.padding)]
+        if self._nd == 1 and len(shape) == 3:
+            shape = [shape[0], shape[1], 1, shape[2]]
+        return shape
+
     def _stock_stand_in(self) -> nn.Module:
         return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self._nd - 1](
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -761,12 +787,12 @@ class _PackedConvNd(_PackedModule):
 
     def _run(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
         self._check_folded_inference()
+        if input.dim() == self._nd + 1:  # unbatched, as nn.Conv accepts: a batch of one
+            return self._run(input.unsqueeze(0), None if other is None else other.unsqueeze(0), post).squeeze(0)
+        w = self._weight_for(input)  # first: a first call under autocast settles the layer too
         twin = self._autocast_twin(input)
         if twin is not None:
             return twin._run_under_autocast(input, other, post)
-        if input.dim() == self._nd + 1:  # unbatched, as nn.Conv accepts: a batch of one
-            return self._run(input.unsqueeze(0), None if other is None else other.unsqueeze(0), post).squeeze(0)
-        w = self._weight_for(input)
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
         fuse_binary = (post.binary is not None and other is not None and other.dtype == w.dtype
@@ -914,14 +940,14 @@ class _PackedConvTransposeNd(_PackedModule):
             self.groups, dilation=self.dilation, device="meta")
 
     def _run(self, input: torch.Tensor, output_size: list[int] | None, post: PostOp) -> torch.Tensor:
-        twin = self._autocast_twin(input)
-        if twin is not None:
-            return twin._run(input, output_size, post)
         if input.dim() == self._nd + 1:  # unbatched, as nn.ConvTranspose accepts: a batch of one
             if output_size is not None and len(output_size) == self._nd + 1:
                 output_size = list(output_size)[1:]
             return self._run(input.unsqueeze(0), output_size, post).squeeze(0)
-        w = self._weight_for(input)
+        w = self._weight_for(input)  # first: a first call under autocast settles the layer too
+        twin = self._autocast_twin(input)
+        if twin is not None:
+            return twin._run(input, output_size, post)
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
         b = self.bias
