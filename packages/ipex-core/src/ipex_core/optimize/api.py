@@ -171,7 +171,6 @@ from ipex_core.optimize.modules import (
     _PackedConvNd,
     _PackedConvTransposeNd,
     _row_major_strides,
-    awaits_first_call,
     channels_last_strides,
     conv1x1_fuses,
     conv1x1_supported,
@@ -799,8 +798,9 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                     link_folded(new, bn)
             else:
                 new = _build(module, kernel, plan, bn, cast, shapes.get(name))
-                if awaits_first_call(new) and isinstance(new, _PackedConvNd):  # (transposed ones stay on oneDNN)
-                    new.__dict__["_settle_kernel"] = _settled_kernel
+                if prepack and shapes.get(name) is None and isinstance(new, _PackedConvNd) \
+                        and new.kernel in ("onednn", "dense"):  # (transposed ones stay on oneDNN)
+                    new.__dict__["_settle_kernel"] = _settled_kernel  # applied at the first call
             replaced[id(module)] = new
             _set_submodule(model, name, new)
         elif dtype is not None and type(module) in _CAST_TYPES:

@@ -222,7 +222,7 @@ class _PackedModule(nn.Module):
         oneDNN weight is packed for (_repack_for). (Calls of several threads with different shapes may each
         run on the weight packed for another one's shape: right, only slower.)"""
         # (is_compiling first: comparing a traced input's symbolic shape would specialize the graph to it.)
-        if self.kernel == "onednn" and not torch.compiler.is_compiling() \
+        if not torch.compiler.is_compiling() and (self.kernel == "onednn" or "_settle_kernel" in self.__dict__) \
                 and input.shape != self.__dict__.get("_packed_for"):
             return self._repack_for(input)
         return self.weight
@@ -237,8 +237,9 @@ class _PackedModule(nn.Module):
         another input shape (one weight reorder, what stock's own oneDNN call pays at every call).
 
         At the first call of a layer ``ipex.optimize`` built without a shape (``_settle_kernel``, its default
-        kernel rule), the kernel is chosen too, as sample_input would have chosen it: Winograd, the 1x1 GEMM,
-        or the stock one for a channels-first input. Not while torch.compile traces (a traced call must not
+        kernel rule; such a layer may also start on the stock kernel, in a model not converted to channels-last),
+        the kernel is chosen too, as sample_input would have chosen it: Winograd (in either layout), the 1x1
+        GEMM, oneDNN, or the stock one for a channels-first input. Not while torch.compile traces (a traced call must not
         change the module): the compiled graph keeps the weight packed for the shape of the last eager call,
         so call the model once eagerly before compiling it, or pass sample_input (ipex's graph mode makes
         that eager call itself)."""
@@ -248,8 +249,8 @@ class _PackedModule(nn.Module):
             if packed_for == shape:
                 return self.weight
             kernel = self.kernel
-            rule = self.__dict__.get("_settle_kernel")
-            if packed_for is None and rule is not None:
+            rule = self.__dict__.pop("_settle_kernel", None)  # applied once, at the first call
+            if rule is not None:
                 kernel = rule(self, list(shape), _keeps_channels_last(input))
             dense = self._plain_weight()
             self._input_size = self._pack_size(list(shape))
@@ -873,8 +874,8 @@ class PackedConv3d(_PackedConvNd):
 def awaits_first_call(module: nn.Module) -> bool:
     """Whether ``module`` is a convolution on a oneDNN weight not yet packed for any input shape: its first
     eager call packs it (and may choose its kernel); see _PackedModule._repack_for."""
-    return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd)) and module.kernel == "onednn"
-            and module.__dict__.get("_packed_for") is None)
+    return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd)) and module.__dict__.get("_packed_for") is None
+            and (module.kernel == "onednn" or "_settle_kernel" in module.__dict__))
 
 
 class _PackedConvTransposeNd(_PackedModule):
