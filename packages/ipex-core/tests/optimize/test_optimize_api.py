@@ -616,6 +616,32 @@ def test_convolutions_pack_for_the_shapes_of_their_calls():
     assert out.is_contiguous(memory_format=torch.channels_last) == stem(image).is_contiguous(
         memory_format=torch.channels_last) == run(sampled, (image,)).is_contiguous(memory_format=torch.channels_last)
     close(out, stem(image))
+    state = stem.state_dict()  # loading a row-major checkpoint keeps the stock-kernel layer's weight layout
+    first_call.load_state_dict({k: v.contiguous() for k, v in state.items()})
+    assert run(first_call, (image,)).is_contiguous(memory_format=torch.channels_last)
+    # Review findings. (1) A dtype oneDNN does not run, set before the first call: the rule does not pick
+    # oneDNN for it. (2) A layer that starts on the stock kernel keeps a plain weight, which the model's own
+    # code may read in a region FX cannot trace.
+    as_double = ipex.optimize(model).double()
+    close(run(as_double, (x.double(),)), run(copy.deepcopy(model).double(), (x.double(),)))
+    assert kernels(as_double) == ("dense", "dense")
+
+    class ReadsItsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent: FX cannot trace this module
+                x = x * 2
+            return torch.nn.functional.conv2d(self.conv(x), self.conv.weight, self.conv.bias, padding=1)
+
+    reads = ReadsItsWeight().eval()
+    with pytest.warns(UserWarning, match="cannot trace"):
+        reads_opt = ipex.optimize(reads)
+    small = torch.randn(1, 8, 16, 16)  # small enough that the rule would have picked oneDNN over ATen's kernel
+    close(run(reads_opt, (small,)), reads(small))
+    assert reads_opt.conv.kernel == "dense"
     # padding_mode='reflect': the kernel sees the pre-padded input, and is packed for its shape.
     reflect = nn.Sequential(nn.Conv2d(32, 16, 3, padding=2, padding_mode="reflect")).eval().to(
         memory_format=torch.channels_last)

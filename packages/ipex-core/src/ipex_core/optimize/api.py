@@ -510,6 +510,8 @@ def _conv1x1_by_default(module: nn.Module, dtype, prepack: bool, shape, sample, 
 def _settled_kernel(layer: nn.Module, shape: list[int], channels_last: bool) -> str:
     """The kernel _default_kernel gives a convolution that optimize built without an input shape (no
     sample_input: oneDNN, prepacked), now that its first call shows one (_PackedModule._repack_for)."""
+    if not onednn_runs(layer.dtype):  # (.double(), or .half() without float16 kernels, after optimize)
+        return "dense"
     return _default_kernel(layer._stock_stand_in(), layer.dtype, True, False, channels_last, shape, layer.post_op)
 
 

@@ -199,7 +199,7 @@ class _PackedModule(nn.Module):
         kernel = kernel or self.kernel
         dense = dense.detach()
         self.__dict__.pop("_autocast_copy", None)  # made from the old weights (see _autocast_twin)
-        stored = self._pack(dense) if kernel == "onednn" else _dense_layout(dense)
+        stored = self._pack(dense) if kernel == "onednn" else _dense_layout(self._in_weight_layout(dense))
         self.__dict__["_packed"] = kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
         self._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
@@ -239,19 +239,23 @@ class _PackedModule(nn.Module):
         At the first call of a layer ``ipex.optimize`` built without a shape (``_settle_kernel``, its default
         kernel rule; such a layer may also start on the stock kernel, in a model not converted to channels-last),
         the kernel is chosen too, as sample_input would have chosen it: Winograd (in either layout), the 1x1
-        GEMM, oneDNN, or the stock one for a channels-first input. Not while torch.compile traces (a traced call must not
-        change the module): the compiled graph keeps the weight packed for the shape of the last eager call,
-        so call the model once eagerly before compiling it, or pass sample_input (ipex's graph mode makes
-        that eager call itself)."""
+        GEMM, oneDNN, or the stock one for a channels-first input. A layer that started on the stock kernel
+        takes only kernels that keep its ``weight`` a plain tensor (the model's own code may read it, in a
+        region FX could not trace, where that is not known). Not while torch.compile traces (a traced call
+        must not change the module): the compiled graph keeps the weight packed for the shape of the last
+        eager call, so call the model once eagerly before compiling it, or pass sample_input (ipex's graph
+        mode makes that eager call itself)."""
         with _REPACK_LOCK:  # two threads' calls (ipex.cpu.runtime tasks): one packs at a time
             shape = tuple(input.shape)
             packed_for = self.__dict__.get("_packed_for")
             if packed_for == shape:
                 return self.weight
             kernel = self.kernel
-            rule = self.__dict__.pop("_settle_kernel", None)  # applied once, at the first call
+            rule = self.__dict__.get("_settle_kernel")  # applied once, at the first call
             if rule is not None:
                 kernel = rule(self, list(shape), _keeps_channels_last(input))
+                if self.kernel == "dense" and kernel == "onednn":
+                    kernel = "dense"
             dense = self._plain_weight()
             self._input_size = self._pack_size(list(shape))
             # The new kernel's weights first, then the kernel, then the shape: a concurrent call that skips the
@@ -262,21 +266,25 @@ class _PackedModule(nn.Module):
                 self.__dict__["_autocast_copy"] = twin
             self.kernel = kernel
             self.__dict__["_packed_for"] = shape
+            self.__dict__.pop("_settle_kernel", None)  # last: until now a concurrent call waits on the lock
             return self.weight
 
     def _pack_size(self, shape: list[int]) -> list[int]:
         """The input shape oneDNN's packing is told for an input of ``shape`` (the convolutions adapt it)."""
         return shape
 
-    def _plain_weight(self) -> torch.Tensor:
-        """dense_weight() in the memory format the replaced module's weight had: a stock kernel given a
-        channels-last weight returns a channels-last output, as the stock module did, and the layers after it
-        are packed for that layout (a weight unpacked from oneDNN comes back row-major)."""
-        dense = self.dense_weight()
+    def _in_weight_layout(self, dense: torch.Tensor) -> torch.Tensor:
+        """``dense`` in the memory format the replaced module's weight had: a stock kernel given a channels-last
+        weight returns a channels-last output, as the stock module did, and the layers after it are packed for
+        that layout. (A weight unpacked from oneDNN, or loaded from a checkpoint, may come row-major.)"""
         fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(dense.dim())
         if fmt is not None and self.__dict__.get("_weight_channels_last"):
             return dense.contiguous(memory_format=fmt)
         return dense
+
+    def _plain_weight(self) -> torch.Tensor:
+        """dense_weight() in the replaced module's memory format (_in_weight_layout)."""
+        return self._in_weight_layout(self.dense_weight())
 
     def _autocast_twin(self, input: torch.Tensor) -> _PackedModule | None:
         """Under CPU autocast (eager), the copy of this float32 layer in autocast's dtype that computes it, as
@@ -464,6 +472,7 @@ class _PackedModule(nn.Module):
             # .double(), or .half() where oneDNN has no float16 kernels: packing raised. PyTorch's kernel on
             # the dense weight runs it (post-ops unfused), as it runs the module this one replaced.
             self.kernel = "dense"
+            self.__dict__.pop("_settle_kernel", None)  # the rule would pick a kernel this dtype cannot run
             self.__dict__["_packed"] = False
             for name in _KERNEL_WEIGHTS.values():
                 self.__dict__.pop(name, None)
