@@ -519,6 +519,19 @@ def test_graph_mode_checks_output_strides(monkeypatch):
     assert raised
 
 
+def test_graph_mode_strided_conv3d_across_shapes():
+    """A strided Conv3d: inductor's dynamic-shape recompile under freezing failed to lower it after an input shape
+    change ("ValueRangeError: Invalid ranges [0:-1]"; stock torch.compile with freezing fails the same way), so
+    graph mode compiles such models with static shapes (it says so)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv3d(2, 16, 3, stride=2, padding=1), nn.BatchNorm3d(16), nn.GELU()).eval()
+    with pytest.warns(UserWarning, match="a strided Conv3d"):
+        graph = ipex.optimize(model, graph_mode=True)
+    for shape in ((1, 2, 8, 16, 16), (1, 2, 6, 12, 12), (2, 2, 6, 12, 12)):
+        x = torch.randn(shape)
+        assert_close(graph(x), run(model, x))
+
+
 @pytest.mark.parametrize("relu", [True, False])
 def test_graph_mode_one_channel_bottleneck_across_shapes(relu):
     """A 1-channel convolution inside a channels-first model: inductor's dynamic-shape recompile under freezing

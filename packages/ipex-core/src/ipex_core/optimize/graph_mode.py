@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from ipex_core.optimize.modules import awaits_first_call, single_input_channel
+from ipex_core.optimize.modules import PackedConv3d, awaits_first_call, single_input_channel
 
 __all__ = ["GRAPH_MODE_OUTPUT_ASSERTS", "NO_OUTPUT_ASSERTS", "ROOT_ARG", "compile_model", "deployed_step",
            "deployment_guard_filter", "inductor_freezing_backend"]
@@ -184,19 +184,28 @@ def _has_single_channel_conv(model: nn.Module) -> bool:
     return any(single_input_channel(m) for m in model.modules())
 
 
+def _has_strided_conv3d(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Conv3d, PackedConv3d)) and any(s > 1 for s in m.stride) for m in model.modules())
+
+
 def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> None:
-    # A convolution over 1 channel (a grayscale/audio front end, or a 1-channel bottleneck inside) meets an
-    # inductor bug under freezing: after a shape change, the dynamic-shape recompile lays the convolution's
-    # output out with the wrong strides (an error with the output checks, 1.35 off without). Such models
-    # recompile per input shape with static shapes instead (stock torch.compile with freezing fails the same way).
+    # Two inductor bugs under freezing, both in the dynamic-shape recompile after an input shape change
+    # (stock torch.compile with freezing fails the same way), make a model recompile per input shape with
+    # static shapes instead:
+    # * a convolution over 1 channel (a grayscale/audio front end, or a 1-channel bottleneck inside): its
+    #   output laid out with the wrong strides (an error with the output checks, 1.35 off without);
+    # * a strided Conv3d: lowering fails ("ValueRangeError: Invalid ranges [0:-1]" at
+    #   inductor_force_stride_order; nn.Conv3d(2, 16, 3, stride=2, padding=1) alone, 8x16x16 then 6x12x12).
     dynamic = None
-    if _has_single_channel_conv(model):
+    hazard = ("a convolution over 1 input channel" if _has_single_channel_conv(model)
+              else "a strided Conv3d" if _has_strided_conv3d(model) else None)
+    if hazard is not None:
         dynamic = False
-        warnings.warn("ipex.optimize(graph_mode=True): the model has a convolution over 1 input channel, so it is "
-                      "compiled for each input shape (static shapes; with dynamic ones inductor lays such a "
-                      "convolution's output out wrongly). Past torch._dynamo.config.recompile_limit distinct "
-                      "shapes (8 by default) further shapes run eagerly: raise the limit, or pad inputs to a few "
-                      "sizes.", UserWarning, stacklevel=3)
+        warnings.warn(f"ipex.optimize(graph_mode=True): the model has {hazard}, so it is compiled for each input "
+                      "shape (static shapes; inductor's dynamic-shape recompile under freezing mishandles such "
+                      "a convolution). Past torch._dynamo.config.recompile_limit distinct shapes (8 by default) "
+                      "further shapes run eagerly: raise the limit, or pad inputs to a few sizes.",
+                      UserWarning, stacklevel=3)
     compiled = torch.compile(deployed_step(type(model)._call_impl),
                              backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
                              dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter})
