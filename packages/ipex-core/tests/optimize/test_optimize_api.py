@@ -681,9 +681,9 @@ def test_convolutions_pack_for_the_shapes_of_their_calls():
     assert kernels(graph) == ("winograd", "winograd")
     torch._dynamo.reset()
     graph = ipex.optimize(model, graph_mode=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the eager first call runs in float32: settles, no copies
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the eager first call settles, then makes the copies
         run(graph, (x,))
-    assert kernels(graph) == ("winograd", "winograd") and "_autocast_copy" not in graph.conv1.__dict__
+    assert kernels(graph) == ("winograd", "winograd") and "_autocast_copy" in graph.conv1.__dict__
 
 
 class AutocastNet(nn.Module):
@@ -752,10 +752,24 @@ def test_autocast_computes_float32_layers_in_its_dtype():
         close(got.float(), want.float(), 3e-2)
         close(lstm_opt(ids), lstm_model(ids))
 
-        # Compiled (plain torch.compile of the optimized model): computed in float32 there, still right.
+        # Compiled (plain torch.compile of an optimized model that never ran under autocast): no copy can be
+        # made while dynamo traces, so float32 there, still right.
         torch._dynamo.reset()
         with autocast:
             close(torch.compile(ipex.optimize(model, sample_input=x))(x).float(), model(x).float(), 3e-2)
+        # Graph mode makes the copies in an eager call before dynamo traces: bf16 in the compiled graph too,
+        # also when it was compiled without autocast first (autocast state recompiles).
+        for first_without in (False, True):
+            torch._dynamo.reset()
+            graph = ipex.optimize(model, sample_input=x, graph_mode=True)
+            if first_without:
+                close(graph(x), model(x))
+            with autocast:
+                want, got = model(x), graph(x)
+            assert got.dtype == want.dtype
+            close(got, want, 3e-2)
+            assert (got - model(x)).abs().max() > 1e-4  # bf16 indeed
+            close(graph(x), model(x))  # and float32 again without autocast
 
 
 def _stock_three_by_three(opt):

@@ -58,10 +58,14 @@ convolution, transposed convolution, LSTM) computes in autocast's dtype, as
 the stock layer would: autocast does not reach oneDNN's prepacked ops, so each
 such layer keeps a low-precision copy of itself, made at its first call under
 autocast (memory: the layer's weights again, in half the bytes) and dropped
-when its weights change. Eager only: a compiled graph computes such layers in
-float32. float16 autocast on a CPU whose oneDNN has no float16 kernels also
-computes them in float32. ResNet-50 optimized in fp32, under bf16 autocast:
-1.06x -> 1.41-1.50x stock under autocast; an optimized LSTM raised there before.
+when its weights change. No copy can be made while dynamo traces: graph mode
+makes them in one eager call before it compiles under an autocast dtype (a
+change of autocast state recompiles), while plain ``torch.compile`` of an
+optimized model computes such layers in float32 unless an eager call under
+autocast made the copies before. float16 autocast on a CPU whose oneDNN has no
+float16 kernels computes them in float32. ResNet-50 optimized in fp32, under
+bf16 autocast: eager 1.06x -> 1.41-1.50x stock under autocast, graph mode
+1.78x; an optimized LSTM raised there before.
 
 ``auto_kernel_selection``: ``False`` (the default) runs every Linear,
 transposed convolution and channels-last convolution on oneDNN with a

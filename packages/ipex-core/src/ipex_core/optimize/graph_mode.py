@@ -127,23 +127,30 @@ class _InferenceCall:
     The patch is entered only when it changes something: entering it cost every call 28 us.
     """
 
-    def __init__(self, compiled, trace_lstm: bool = False, eager_first=None):
+    def __init__(self, compiled, trace_lstm: bool = False, eager=None, settle_first: bool = False):
         self.compiled = compiled
         self.trace_lstm = trace_lstm
-        self.eager_first = eager_first
+        self.eager = eager  # the model's eager call
+        self.settle_first = settle_first
+        self.autocast_ready: set[torch.dtype] = set()
 
     def __call__(self, *args, **kwargs):
         from torch._dynamo import config as dynamo_config
         from torch._inductor import config
 
-        if self.eager_first is not None:
-            # Layers built without an input shape (no sample_input) pack for the shape of their first call,
-            # which must be an eager one (modules._PackedModule._repack_for): run it so before dynamo traces.
-            # (Autocast off: in float32 the layers settle without making low-precision copies that the
-            # compiled graph, which computes them in float32, would never use.)
-            with torch.no_grad(), torch.autocast("cpu", enabled=False):
-                self.eager_first(*args, **kwargs)
-            self.eager_first = None  # after it ran: a first call that raised leaves the next one to settle
+        # One eager call before dynamo traces, where the model must change first: layers built without an input
+        # shape (no sample_input) pack for the shape of their first call (modules._PackedModule._repack_for),
+        # and under CPU autocast float32 layers make the low-precision copies the traced graph then computes
+        # them with (modules._PackedModule._autocast_twin: none can be made while dynamo traces). Autocast state
+        # is part of dynamo's guards: a call under another autocast dtype recompiles, after its own eager call.
+        autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        if self.eager is not None and (self.settle_first or (autocast is not None
+                                                             and autocast not in self.autocast_ready)):
+            with torch.no_grad():
+                self.eager(*args, **kwargs)
+            self.settle_first = False  # after it ran: a first call that raised leaves the next one to settle
+            if autocast is not None:
+                self.autocast_ready.add(autocast)
         with torch.no_grad(), config.patch(freezing=True):
             if not self.trace_lstm:
                 return self.compiled(*args, **kwargs)
@@ -212,6 +219,6 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
     rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
     trace_lstm = trace_lstm and bool(rnns) and all(type(m) is nn.LSTM and m.proj_size == 0 for m in rnns)
     # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
-    unsettled = any(awaits_first_call(m) for m in model.modules())
     model._compiled_call_impl = _InferenceCall(functools.partial(compiled, model), trace_lstm,
-                                               functools.partial(type(model)._call_impl, model) if unsettled else None)
+                                               functools.partial(type(model)._call_impl, model),
+                                               any(awaits_first_call(m) for m in model.modules()))

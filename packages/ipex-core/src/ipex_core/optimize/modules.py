@@ -293,12 +293,19 @@ class _PackedModule(nn.Module):
         optimized in fp32, under bf16 autocast: 1.06x stock under autocast, against 1.52x for the model
         optimized with dtype=torch.bfloat16). The copy is made at the first such call (oneDNN's kernel, or the
         stock one where this layer has it) and dropped when the weights change (_set_weight, .to(),
-        load_state_dict). None: compute in this layer, as without autocast: not under autocast, while
-        torch.compile traces (it must not change the module; a compiled graph stays in float32), for a layer
-        that is not float32, for a dtype oneDNN does not run here (float16 without AVX512-FP16), and for a
-        Linear with a BatchNorm1d folded in fed a 3-D input (_forward_bn_unfolded)."""
-        if not torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+        load_state_dict). While torch.compile traces, a copy an eager call made is used and none is made (the
+        module must not change; graph mode makes that eager call itself). None: compute in this layer, as
+        without autocast: not under autocast, no copy while tracing, for a layer that is not float32, for a
+        dtype oneDNN does not run here (float16 without AVX512-FP16), and for a Linear with a BatchNorm1d
+        folded in fed a 3-D input (_forward_bn_unfolded)."""
+        if not torch.is_autocast_enabled("cpu"):
             return None
+        if torch.compiler.is_compiling():  # a copy an eager call made is traced; none is made here
+            twin = self.__dict__.get("_autocast_copy")
+            if twin is None or twin.dtype != torch.get_autocast_dtype("cpu") or (
+                    self._folded_bn is not None and isinstance(self, PackedLinear) and input.dim() != 2):
+                return None
+            return twin
         dtype = torch.get_autocast_dtype("cpu")
         if (self.weight.dtype != torch.float32 or dtype == torch.float32 or not onednn_runs(dtype)
                 or (self._folded_bn is not None and isinstance(self, PackedLinear) and input.dim() != 2)):
@@ -324,7 +331,10 @@ class _PackedModule(nn.Module):
         """This (low-precision) copy's ``_run`` for its float32 layer under autocast. A residual in another
         dtype is added after the layer, by PyTorch's ops, so that the sum promotes as it does after the stock
         layer under autocast (bf16 output + fp32 residual = fp32); a fused add keeps the layer's dtype."""
-        if other is not None and post.binary is not None and other.dtype != self.dtype:
+        if other is not None and post.binary is not None and (other.dtype != self.dtype
+                                                               or torch.compiler.is_compiling()):
+            # (Traced: the add stays in the graph, as graph mode plans it for oneDNN layers; the in-place
+            # oneDNN add on the copy's opaque weight failed inductor's freezing pass.)
             return post.apply_unfused(self._run(input, None, NO_POST_OP), other)
         return self._run(input, other, post)
 
