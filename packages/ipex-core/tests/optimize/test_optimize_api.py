@@ -746,9 +746,9 @@ def test_autocast_computes_float32_layers_in_its_dtype():
         with autocast:
             want, got = lstm_model(ids), lstm_opt(ids)
         assert got.dtype == want.dtype
-        assert lstm_opt.lstm.__dict__["_autocast_copy_"]._packed[0][2].dtype == torch.bfloat16
+        assert lstm_opt.lstm.__dict__["_autocast_copy"]._packed[0][2].dtype == torch.bfloat16
         lstm_opt.float()  # .to() & co. drop the copies (made from the old weights)
-        assert "_autocast_copy_" not in lstm_opt.lstm.__dict__ and "_autocast_copy" not in lstm_opt.head.__dict__
+        assert "_autocast_copy" not in lstm_opt.lstm.__dict__ and "_autocast_copy" not in lstm_opt.head.__dict__
         close(got.float(), want.float(), 3e-2)
         close(lstm_opt(ids), lstm_model(ids))
 

@@ -174,10 +174,9 @@ from ipex_core.optimize.modules import (
     _keeps_channels_last,
     _PackedConvNd,
     _PackedConvTransposeNd,
-    _row_major_strides,
-    channels_last_strides,
     conv1x1_fuses,
     conv1x1_supported,
+    exactly_channels_last,
     link_folded,
     onednn_runs,
     run_fused,
@@ -546,7 +545,7 @@ def _model_channels_last(model: nn.Module) -> dict[int, bool]:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Conv3d)) and isinstance(m.weight, torch.Tensor) and not m.weight.is_mkldnn:
             w = m.weight
-            cl = w.stride() == channels_last_strides(w.shape) != _row_major_strides(w.shape)
+            cl = exactly_channels_last(w)
             found[w.dim()] = found.get(w.dim(), False) or cl
     return found
 

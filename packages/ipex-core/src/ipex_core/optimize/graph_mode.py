@@ -127,7 +127,7 @@ class _InferenceCall:
     The patch is entered only when it changes something: entering it cost every call 28 us.
     """
 
-    def __init__(self, compiled, trace_lstm: bool = False, eager=None, settle_first: bool = False):
+    def __init__(self, compiled, trace_lstm: bool, eager, settle_first: bool):
         self.compiled = compiled
         self.trace_lstm = trace_lstm
         self.eager = eager  # the model's eager call
@@ -144,8 +144,7 @@ class _InferenceCall:
         # them with (modules._PackedModule._autocast_twin: none can be made while dynamo traces). Autocast state
         # is part of dynamo's guards: a call under another autocast dtype recompiles, after its own eager call.
         autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-        if self.eager is not None and (self.settle_first or (autocast is not None
-                                                             and autocast not in self.autocast_ready)):
+        if self.settle_first or (autocast is not None and autocast not in self.autocast_ready):
             with torch.no_grad():
                 self.eager(*args, **kwargs)
             self.settle_first = False  # after it ran: a first call that raised leaves the next one to settle

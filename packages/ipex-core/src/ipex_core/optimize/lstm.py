@@ -65,13 +65,13 @@ class PackedLSTM(nn.Module):
         self._packed = packed
 
     def _apply(self, fn, recurse=True):
-        self.__dict__.pop("_autocast_copy_", None)  # made from the old weights
+        self.__dict__.pop("_autocast_copy", None)  # made from the old weights
         super()._apply(fn, recurse)
         self._repack()
         return self
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self.__dict__.pop("_autocast_copy_", None)
+        self.__dict__.pop("_autocast_copy", None)
         super()._load_from_state_dict(*args, **kwargs)
         self._repack()
 
@@ -79,7 +79,7 @@ class PackedLSTM(nn.Module):
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key not in ("_packed", "_autocast_copy_"):  # opaque oneDNN tensors: rebuilt from the copied weights
+            if key not in ("_packed", "_autocast_copy"):  # opaque oneDNN tensors: rebuilt from the copied weights
                 new.__dict__[key] = copy.deepcopy(value, memo)
         new._repack()
         return new
@@ -98,16 +98,16 @@ class PackedLSTM(nn.Module):
 
     def forward(self, input, hx=None):
         if torch.is_autocast_enabled("cpu"):
-            copy_ = self._autocast_copy()
-            if copy_ is not None:
-                return copy_._forward(input, hx)
+            twin = self._autocast_twin()
+            if twin is not None:
+                return twin._forward(input, hx)
             # Autocast casts mkldnn_rnn_layer's arguments, and casting the opaque oneDNN weights failed
             # ("Could not run 'aten::empty_strided' with arguments from the 'MkldnnCPU' backend"): float32 then.
             with torch.autocast("cpu", enabled=False):
                 return self._forward(input, hx)
         return self._forward(input, hx)
 
-    def _autocast_copy(self) -> PackedLSTM | None:
+    def _autocast_twin(self) -> PackedLSTM | None:
         """Under CPU autocast (eager), this float32 LSTM's copy in autocast's dtype, which computes it as
         autocast computes the stock LSTM (mkldnn_rnn in bfloat16): made at the first such call, dropped by
         ``.to()`` and ``load_state_dict``. None (float32, autocast off around the call) while torch.compile
@@ -118,10 +118,10 @@ class PackedLSTM(nn.Module):
         if (torch.compiler.is_compiling() or self._packed[0][2].dtype != torch.float32 or dtype == torch.float32
                 or not onednn_runs(dtype)):
             return None
-        made = self.__dict__.get("_autocast_copy_")
+        made = self.__dict__.get("_autocast_copy")
         if made is None or made._packed[0][2].dtype != dtype:
             made = copy.deepcopy(self).to(dtype)
-            self.__dict__["_autocast_copy_"] = made
+            self.__dict__["_autocast_copy"] = made
         return made
 
     def _forward(self, input, hx=None):

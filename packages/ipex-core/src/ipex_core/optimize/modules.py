@@ -298,19 +298,15 @@ class _PackedModule(nn.Module):
         without autocast: not under autocast, no copy while tracing, for a layer that is not float32, for a
         dtype oneDNN does not run here (float16 without AVX512-FP16), and for a Linear with a BatchNorm1d
         folded in fed a 3-D input (_forward_bn_unfolded)."""
-        if not torch.is_autocast_enabled("cpu"):
+        if not torch.is_autocast_enabled("cpu") or (
+                self._folded_bn is not None and isinstance(self, PackedLinear) and input.dim() != 2):
             return None
-        if torch.compiler.is_compiling():  # a copy an eager call made is traced; none is made here
-            twin = self.__dict__.get("_autocast_copy")
-            if twin is None or twin.dtype != torch.get_autocast_dtype("cpu") or (
-                    self._folded_bn is not None and isinstance(self, PackedLinear) and input.dim() != 2):
-                return None
-            return twin
         dtype = torch.get_autocast_dtype("cpu")
-        if (self.weight.dtype != torch.float32 or dtype == torch.float32 or not onednn_runs(dtype)
-                or (self._folded_bn is not None and isinstance(self, PackedLinear) and input.dim() != 2)):
-            return None
         twin = self.__dict__.get("_autocast_copy")
+        if torch.compiler.is_compiling():  # a copy an eager call made is traced; none is made here
+            return twin if twin is not None and twin.dtype == dtype else None
+        if self.weight.dtype != torch.float32 or dtype == torch.float32 or not onednn_runs(dtype):
+            return None
         if twin is None or twin.dtype != dtype:
             with _REPACK_LOCK:
                 twin = self.__dict__.get("_autocast_copy")
@@ -369,9 +365,7 @@ class _PackedModule(nn.Module):
         """Store ``weight``/``bias`` (of the module replaced) in ``dtype``, with ``bn`` folded in (fp32 math)."""
         dtype = dtype or weight.dtype
         weight, bias = weight.detach(), None if bias is None else bias.detach()
-        # (Exact strides: 1x1 and depthwise weights are is_contiguous in both layouts.)
-        self.__dict__["_weight_channels_last"] = (weight.dim() in (4, 5) and weight.stride() == channels_last_strides(
-            weight.shape) != _row_major_strides(weight.shape))
+        self.__dict__["_weight_channels_last"] = exactly_channels_last(weight)
         # The checkpoint's weight shape: the packed parameter's differs (Conv1d is packed as a
         # 2-D conv, a transposed conv as [out, in, ...]), so load_state_dict checks against this.
         self._plain_weight_shape = tuple(weight.shape)
@@ -680,16 +674,21 @@ def channels_last_strides(shape) -> tuple[int, ...]:
     return (step, 1, *strides)
 
 
+def exactly_channels_last(t: torch.Tensor) -> bool:
+    """Whether a rank-4/5 tensor has channels-last strides and not row-major ones. Exact strides: a 1x1 or
+    depthwise kernel is ``is_contiguous`` in both layouts, its strides tell them apart."""
+    return t.dim() in (4, 5) and t.stride() == channels_last_strides(t.shape) != _row_major_strides(t.shape)
+
+
 def _dense_layout(t: torch.Tensor) -> torch.Tensor:
     """The dense weight as the stock layer would hold it: channels-last when it is so without doubt (a
     converted model's conv weight: its output stays channels-last, as stock's), else with row-major strides.
     ``contiguous()`` kept the strides of a weight contiguous in both layouts (a [8, 1, 3, 3] weight of a
     channels-last model): the stock convolution took it for channels-last, and inductor's conv + ReLU fusion
     laid that output out as contiguous after a dynamic-shape recompile (graph mode 1.46 off)."""
-    row_major = _row_major_strides(t.shape)
-    if t.dim() in (4, 5) and t.shape[1] > 1 and t.stride() == channels_last_strides(t.shape) != row_major:
-        return t  # exact strides: a 1x1 kernel is contiguous in both layouts, its strides tell them apart
-    return t if t.stride() == row_major else t.clone(memory_format=torch.contiguous_format)
+    if t.dim() in (4, 5) and t.shape[1] > 1 and exactly_channels_last(t):
+        return t
+    return t if t.stride() == _row_major_strides(t.shape) else t.clone(memory_format=torch.contiguous_format)
 
 
 def _keeps_channels_last(input: torch.Tensor) -> bool:
