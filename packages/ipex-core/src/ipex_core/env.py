@@ -60,6 +60,14 @@ VARIABLES: dict[str, EnvVar] = {
             "more, which glibc maps afresh on every call; with it, their first writes fault 2 MiB at a time.",
         ),
         EnvVar(
+            "IPEX_CONV_PACKINGS",
+            "4",
+            "How many input shapes each convolution ipex.optimize prepacked keeps a oneDNN weight packed for "
+            "(oneDNN's blocked weight depends on the input shape; a call with a shape not among them packs one, "
+            "dropping the least recently used). Each costs the layer's weight bytes again; 1 keeps one packing, "
+            "repacked whenever the input shape changes.",
+        ),
+        EnvVar(
             "IPEX_VERBOSE",
             "",
             "The oneDNN verbose level ipex.verbose restores outside its scopes: 0 off, 1 on, 2 on with "

@@ -565,7 +565,25 @@ def test_winograd_kernel_rule():
     close(run(graph, (x,)), run(model, (x,)), 2e-5)
 
 
-def test_convolutions_pack_for_the_shapes_of_their_calls():
+def _spy_on_packing(monkeypatch) -> list:
+    """The input sizes oneDNN convolution weights get packed for from now on (appended as they are)."""
+    from ipex_core.optimize import modules
+
+    calls, real = [], torch.ops.mkldnn
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def _reorder_convolution_weight(self, *args):
+            calls.append(None if args[-1] is None else list(args[-1]))
+            return real._reorder_convolution_weight(*args)
+
+    monkeypatch.setattr(modules, "_mkldnn", Spy())
+    return calls
+
+
+def test_convolutions_pack_for_the_shapes_of_their_calls(monkeypatch):
     """oneDNN's blocked weight format depends on the input shape it was packed for, and a weight packed for
     another shape (or, without sample_input, for none) ran a slow kernel instead of being reordered: ResNet-50
     without sample_input was 2.7x slower than stock. So without sample_input a convolution packs at its first
@@ -584,13 +602,16 @@ def test_convolutions_pack_for_the_shapes_of_their_calls():
     close(run(opt, (x,)), run(model, (x,)), 2e-5)
     assert kernels(opt) == kernels(ipex.optimize(model, sample_input=x)) == ("winograd", "winograd")
 
-    # Layers the rule keeps on oneDNN: packed for the shape of each call's input.
+    # Layers the rule keeps on oneDNN: a weight packed for the shape of each call's input, kept per shape.
     strided = ipex.optimize(M.randomize_bn(ThreeByThree(stride=2)).eval().to(memory_format=torch.channels_last))
-    for shape in [(2, 32, 16, 16), (1, 32, 7, 9), (2, 32, 16, 16)]:
+    packed_for = _spy_on_packing(monkeypatch)
+    first, second = (2, 32, 16, 16), (1, 32, 7, 9)
+    for shape in [first, second, first, second]:
         xs = torch.randn(shape).to(memory_format=torch.channels_last)
         close(run(strided, (xs,)), run(_stock_three_by_three(strided), (xs,)))
-        assert strided.conv2.kernel == "onednn" and strided.conv2._packed_for == shape
-        assert strided.conv2._input_size == list(shape)  # what the packing was told: packed anew indeed
+        assert strided.conv2.kernel == "onednn" and strided.conv2._packed_for == first  # the parameter's packing
+    assert list(strided.conv2._other_packings) == [second]
+    assert packed_for == [list(first), list(second)]  # once per shape, told that shape (conv1 took Winograd)
     small = ipex.optimize(model)
     close(run(small, (x[:1, :, :7, :7],)), run(model, (x[:1, :, :7, :7],)))  # 4 tiles: the rule keeps oneDNN
     assert kernels(small) == ("onednn", "onednn") and small.conv1._packed_for == (1, 32, 7, 7)
@@ -684,6 +705,76 @@ def test_convolutions_pack_for_the_shapes_of_their_calls():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the eager first call settles, then makes the copies
         run(graph, (x,))
     assert kernels(graph) == ("winograd", "winograd") and "_autocast_copy" in graph.conv1.__dict__
+
+
+def test_convolutions_keep_a_packing_per_input_shape(monkeypatch):
+    """A convolution keeps its oneDNN weight packed for each of the last IPEX_CONV_PACKINGS input shapes (4 by
+    default): calls alternating between shapes (a server's batch sizes, images of a few sizes) reorder no weight
+    once each shape has been seen; they used to repack at every change of shape (ResNet-50 alternating 224 and
+    160 pixels: 78 and 62 ms a call, against 48 and 31 with the kept packings). Least recently used out past the
+    count; 1 repacks the one weight whenever the shape changes. Graph mode compiles a static graph per shape on
+    those packings."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()).eval().to(
+        memory_format=torch.channels_last)
+    shapes = [(1, 8, 12, 12), (2, 8, 12, 12), (1, 8, 20, 16), (1, 8, 12, 12), (3, 8, 10, 10)]
+    images = {s: torch.randn(s).to(memory_format=torch.channels_last) for s in shapes}
+
+    monkeypatch.setenv("IPEX_CONV_PACKINGS", "3")  # the parameter's packing and two others
+    opt = ipex.optimize(model)
+    packed_for = _spy_on_packing(monkeypatch)
+    for s in shapes:
+        close(run(opt, (images[s],)), model(images[s]))
+    conv = opt[0]
+    assert conv._packed_for == shapes[0]  # the parameter keeps the first call's packing
+    # (1, 8, 12, 12) was the parameter's own; (2, 8, 12, 12) was dropped as least recently used by (3, 8, 10, 10)
+    assert list(conv._other_packings) == [(1, 8, 20, 16), (3, 8, 10, 10)]
+    assert packed_for == [[1, 8, 12, 12], [2, 8, 12, 12], [1, 8, 20, 16], [3, 8, 10, 10]]
+    close(run(opt, (images[shapes[1]],)), model(images[shapes[1]]))  # packed again
+    assert packed_for[-1] == [2, 8, 12, 12] and list(conv._other_packings) == [(3, 8, 10, 10), (2, 8, 12, 12)]
+    # Copies, new weights and casts drop the other packings (they would hold the old weights).
+    assert "_other_packings" not in copy.deepcopy(opt)[0].__dict__
+    close(run(copy.deepcopy(opt), (images[shapes[2]],)), model(images[shapes[2]]))
+    opt.load_state_dict(model.state_dict())
+    assert "_other_packings" not in conv.__dict__
+    run(opt, (images[shapes[2]],))
+    opt.bfloat16()
+    assert "_other_packings" not in conv.__dict__
+    close(run(opt, (images[shapes[2]],)).float(), model(images[shapes[2]]), 3e-2)
+
+    monkeypatch.setenv("IPEX_CONV_PACKINGS", "1")  # one packing, repacked at each change of shape
+    one = ipex.optimize(model)
+    for s in shapes[:3]:
+        close(run(one, (images[s],)), model(images[s]))
+        assert one[0]._packed_for == s and "_other_packings" not in one[0].__dict__
+    monkeypatch.setenv("IPEX_CONV_PACKINGS", "none")
+    with pytest.raises(ValueError, match="IPEX_CONV_PACKINGS='none': expected a whole number of at least 1"):
+        run(one, (images[shapes[3]],))
+
+    # Graph mode: a static graph per shape, frozen on that shape's packing; past the count one graph with
+    # dynamic shapes on the parameter's packing.
+    from ipex_core.optimize import modules
+
+    monkeypatch.setenv("IPEX_CONV_PACKINGS", "2")
+    traced_weights = []
+    real_weight_for = modules._PackedModule._weight_for
+
+    def weight_for(layer, input):
+        w = real_weight_for(layer, input)
+        if torch.compiler.is_compiling():
+            traced_weights.append((tuple(input.shape) if all(type(d) is int for d in input.shape) else None, w))
+        return w
+
+    monkeypatch.setattr(modules._PackedModule, "_weight_for", weight_for)
+    torch._dynamo.reset()
+    graph = ipex.optimize(model, graph_mode=True)
+    for s in shapes[:3] + shapes[:3]:
+        close(run(graph, (images[s],)), model(images[s]))
+    conv = graph[0]
+    assert graph._compiled_call_impl.shapes == {(shapes[0],), (shapes[1],)}
+    packings = {shapes[0]: conv.weight, **conv._other_packings}
+    assert [(s, w is packings[s]) for s, w in traced_weights[:2]] == [(shapes[0], True), (shapes[1], True)]
+    assert all(w is conv.weight for _, w in traced_weights[2:])  # the third shape on: the parameter's packing
 
 
 class AutocastNet(nn.Module):

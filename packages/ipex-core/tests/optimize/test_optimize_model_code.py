@@ -503,6 +503,7 @@ def test_graph_mode_checks_output_strides(monkeypatch):
 
     monkeypatch.setattr(modules, "_dense_layout", lambda t: t.contiguous())
     monkeypatch.setattr(graph_mode, "_has_single_channel_conv", lambda model: False)
+    monkeypatch.setenv("IPEX_CONV_PACKINGS", "1")  # shapes past the first: the graph with dynamic shapes
     torch.manual_seed(1)  # not test_single_input_channel_convolution_under_compile's graph (inductor's cache)
     model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1)).eval()
     graph = ipex.optimize(model.to(memory_format=torch.channels_last), graph_mode=True)

@@ -13,15 +13,22 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
    Linear+BatchNorm1d checks). Without it, each prepacked convolution packs
    its weight at its first call, for that input's shape, and takes the kernel
    the default rule below gives that shape; with or without it, a call with
-   another input shape packs again (oneDNN's block format depends on the
-   shape, and a weight packed for another one ran a slow kernel, not a
-   reorder: ResNet-50 without sample_input was 2.7x slower than stock). The
-   first call must be an eager one: ``torch.compile`` of an optimized model
-   that never ran keeps the weights packed for no shape (call it once first),
-   and graph mode's compiled graph keeps them packed for the shape it was
-   compiled at (a later input size ran as slowly as plain ``torch.compile``
-   with freezing does: ResNet-50 at 160x160 after 224x224, 37.6 ms against
-   24.0 eager; ``optimize`` again for another size).
+   another input shape packs a weight for that shape too (oneDNN's block
+   format depends on the shape, and a weight packed for another one ran a
+   slow kernel, not a reorder: ResNet-50 without sample_input was 2.7x slower
+   than stock). Each convolution keeps packings for its last
+   ``IPEX_CONV_PACKINGS`` input shapes (default 4; each costs its weight bytes
+   again), so calls alternating between a few batch sizes or image sizes
+   reorder nothing (ResNet-50 alternating 224 and 160 pixels: 48 / 31 ms,
+   against 78 / 62 when each change of shape repacked). The first call must
+   be an eager one: ``torch.compile`` of an optimized model that never ran
+   keeps the weights packed for no shape (call it once first). Graph mode
+   makes that call itself, and compiles a model with such convolutions with
+   static shapes for each of its first ``IPEX_CONV_PACKINGS`` input shapes,
+   each graph frozen on its own shape's packing (one graph with dynamic
+   shapes for all ran ResNet-50 at 160x160 after 224x224 in 37.6 ms against
+   24.0 eager); further shapes share one graph with dynamic shapes, on the
+   first shape's packing.
 3. ``torch.fx`` traces the model region by region (fx_passes.py) to find
    BatchNorms to fold, activations / residual adds to fuse and Linears sharing
    an input; a region FX cannot trace is optimized module by module and named

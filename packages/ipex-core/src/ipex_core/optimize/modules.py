@@ -20,6 +20,7 @@ output comes out in the module's dtype.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import threading
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ipex_core import env as _env
 from ipex_core.ops import onednn as _onednn
 from ipex_core.ops.conv import conv1x1_weight, winograd_weight
 
@@ -57,6 +59,20 @@ KERNELS = ("onednn", "mkl", "dense", "winograd", "brgemm")
 _REPACK_LOCK = threading.Lock()  # see _PackedModule._repack_for
 # The weight copy each kernel runs on, kept beside the dense weight (rebuilt by _set_weight).
 _KERNEL_WEIGHTS = {"mkl": "_mkl_weight", "winograd": "_winograd_weight", "brgemm": "_brgemm_weight"}
+
+
+def packings_per_layer() -> int:
+    """IPEX_CONV_PACKINGS: for how many input shapes a prepacked convolution keeps a packed weight (see
+    _PackedModule._weight_for)."""
+    value = _env.get("IPEX_CONV_PACKINGS")
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"IPEX_CONV_PACKINGS={value!r}: expected a whole number of at least 1 (the input shapes "
+                         "each prepacked convolution keeps a packed weight for; default 4)")
+    return count
 
 
 class PostOp:
@@ -199,6 +215,7 @@ class _PackedModule(nn.Module):
         kernel = kernel or self.kernel
         dense = dense.detach()
         self.__dict__.pop("_autocast_copy", None)  # made from the old weights (see _autocast_twin)
+        self.__dict__.pop("_other_packings", None)  # likewise (see _weight_for)
         stored = self._pack(dense) if kernel == "onednn" else _dense_layout(self._in_weight_layout(dense))
         self.__dict__["_packed"] = kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
@@ -218,14 +235,35 @@ class _PackedModule(nn.Module):
             self._winograd_weight = winograd_weight(self.weight.detach())
 
     def _weight_for(self, input: torch.Tensor) -> torch.Tensor:
-        """A convolution's weight for ``input``: repacked first if ``input`` has another shape than the one the
-        oneDNN weight is packed for (_repack_for). (Calls of several threads with different shapes may each
-        run on the weight packed for another one's shape: right, only slower.)"""
-        # (is_compiling first: comparing a traced input's symbolic shape would specialize the graph to it.)
-        if not torch.compiler.is_compiling() and (self.kernel == "onednn" or "_settle_kernel" in self.__dict__) \
-                and input.shape != self.__dict__.get("_packed_for"):
+        """A convolution's oneDNN weight packed for ``input``'s shape (see _repack_for): the ``weight`` parameter
+        when it is packed for that shape, else one of the packings kept for other shapes (``_other_packings``,
+        least recently used last out; IPEX_CONV_PACKINGS in all), else a new one. Calls alternating between shapes
+        (batch sizes of a server, image sizes) then reorder no weight once each shape has been seen. (Calls of
+        several threads with shapes new to the layer may each run a weight packed for another one's shape: right,
+        only slower.)"""
+        if self.kernel != "onednn" and "_settle_kernel" not in self.__dict__:
+            return self.weight
+        if torch.compiler.is_compiling():
+            # A traced call must not change the module. Traced with static shapes (graph mode compiles a model
+            # with such layers per input shape, after an eager call at that shape: graph_mode._InferenceCall),
+            # the packing that call made goes into the graph; with symbolic shapes, comparing them would
+            # specialize the graph, and the parameter goes in.
+            other = self.__dict__.get("_other_packings")
+            if other and all(type(s) is int for s in input.shape):
+                return other.get(tuple(input.shape), self.weight)
+            return self.weight
+        shape = tuple(input.shape)
+        if shape == self.__dict__.get("_packed_for"):
+            return self.weight
+        other = self.__dict__.get("_other_packings")
+        weight = None if other is None else other.get(shape)
+        if weight is None:
             return self._repack_for(input)
-        return self.weight
+        try:
+            other.move_to_end(shape)
+        except KeyError:  # another thread's repack dropped it meanwhile: this call still has it
+            pass
+        return weight
 
     def _repack_for(self, input: torch.Tensor) -> torch.Tensor:
         """Pack the oneDNN weight for ``input``'s shape. oneDNN's blocked weight format depends on the input
@@ -241,17 +279,32 @@ class _PackedModule(nn.Module):
         the kernel is chosen too, as sample_input would have chosen it: Winograd (in either layout), the 1x1
         GEMM, oneDNN, or the stock one for a channels-first input. A layer that started on the stock kernel
         takes only kernels that keep its ``weight`` a plain tensor (the model's own code may read it, in a
-        region FX could not trace, where that is not known). Not while torch.compile traces (a traced call
-        must not change the module): the compiled graph keeps the weight packed for the shape of the last
-        eager call, so call the model once eagerly before compiling it, or pass sample_input (ipex's graph
-        mode makes that eager call itself)."""
+        region FX could not trace, where that is not known). Later shapes get packings of their own beside the
+        parameter's (_weight_for); with IPEX_CONV_PACKINGS=1 the parameter is packed again instead. Not while
+        torch.compile traces (a traced call must not change the module): the compiled graph takes the packing
+        an eager call made for its shape, if any (graph mode makes that call, _weight_for), else the
+        parameter's, so call the model once eagerly before compiling it, or pass sample_input."""
         with _REPACK_LOCK:  # two threads' calls (ipex.cpu.runtime tasks): one packs at a time
             shape = tuple(input.shape)
             packed_for = self.__dict__.get("_packed_for")
             if packed_for == shape:
                 return self.weight
+            other = self.__dict__.get("_other_packings")
+            if other is not None and shape in other:
+                return other[shape]
             kernel = self.kernel
             rule = self.__dict__.get("_settle_kernel")  # applied once, at the first call
+            count = packings_per_layer()
+            if rule is None and packed_for is not None and count > 1:
+                # Another shape: a packing of its own beside the parameter's (kept: state_dict, .to() and the
+                # autocast copy read that one), the least recently used other one dropped past the count.
+                weight = nn.Parameter(self._pack(self.dense_weight(), self._pack_size(list(shape))),
+                                      requires_grad=False)
+                other = self.__dict__.setdefault("_other_packings", collections.OrderedDict())
+                other[shape] = weight
+                while len(other) >= count:
+                    other.popitem(last=False)
+                return weight
             if rule is not None:
                 kernel = rule(self, list(shape), _keeps_channels_last(input))
                 if self.kernel == "dense" and kernel == "onednn":
@@ -465,6 +518,7 @@ class _PackedModule(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self.__dict__.pop("_autocast_copy", None)
+        self.__dict__.pop("_other_packings", None)
         packed = self._weight_is_packed()
         if packed:
             self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
@@ -499,7 +553,7 @@ class _PackedModule(nn.Module):
                 new.__dict__[key] = params
             elif key in _KERNEL_WEIGHTS.values():
                 new.__dict__[key] = value.clone()
-            elif key == "_autocast_copy":
+            elif key in ("_autocast_copy", "_other_packings"):
                 continue  # made again when needed
             else:
                 new.__dict__[key] = copy.deepcopy(value, memo)
@@ -760,11 +814,13 @@ class _PackedConvNd(_PackedModule):
         self._init_common(kernel, post_op)
         self._init_weight(conv.weight, conv.bias, dtype, bn)
 
-    def _pack(self, dense):
+    def _pack(self, dense, input_size: list[int] | None = None):
+        """``dense`` in oneDNN's blocked layout for an input of ``input_size`` (as _pack_size gives it; default
+        the one this layer is packed for)."""
         if self._nd == 1:
             dense = dense.unsqueeze(2)
         return _mkldnn._reorder_convolution_weight(dense.contiguous(), self._padding, self._stride, self._dilation,
-                                                   self.groups, self._input_size)
+                                                   self.groups, input_size or self._input_size)
 
     def _unpack(self, stored):
         dense = stored.to_dense()
@@ -889,11 +945,17 @@ class PackedConv3d(_PackedConvNd):
     _nd = 3
 
 
+def packs_per_shape(module: nn.Module) -> bool:
+    """Whether ``module`` is a convolution whose oneDNN weight is packed for an input shape (or may be, once its
+    first call chose the kernel): see _PackedModule._weight_for."""
+    return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd))
+            and (module.kernel == "onednn" or "_settle_kernel" in module.__dict__))
+
+
 def awaits_first_call(module: nn.Module) -> bool:
     """Whether ``module`` is a convolution on a oneDNN weight not yet packed for any input shape: its first
     eager call packs it (and may choose its kernel); see _PackedModule._repack_for."""
-    return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd)) and module.__dict__.get("_packed_for") is None
-            and (module.kernel == "onednn" or "_settle_kernel" in module.__dict__))
+    return packs_per_shape(module) and module.__dict__.get("_packed_for") is None
 
 
 class _PackedConvTransposeNd(_PackedModule):
@@ -928,10 +990,11 @@ class _PackedConvTransposeNd(_PackedModule):
             return False
         return all(op < max(s, d) for op, s, d in zip(conv.output_padding, conv.stride, conv.dilation))
 
-    def _pack(self, dense):
+    def _pack(self, dense, input_size: list[int] | None = None):
+        """As _PackedConvNd._pack."""
         return _mkldnn._reorder_convolution_transpose_weight(dense.contiguous(), self._padding, self._output_padding,
                                                              self._stride, self._dilation, self.groups,
-                                                             self._input_size)
+                                                             input_size or self._input_size)
 
     def _unpack(self, stored):
         # oneDNN stores [out, in, k...]; nn.ConvTranspose keeps [in, out, k...] (groups == 1, see supports).
