@@ -1,7 +1,8 @@
 """ipex.optimize on every path: stock eager, torch.compile (freezing), ipex eager (with and without
 sample_input), ipex graph mode.
 
-ResNet-50 topology (random weights, 224x224, channels_last) at batch 1 and 32;
+ResNet-50 topology (random weights, 224x224, channels_last) at batch 1 and 32, and
+"resnet50-shapes": each timed call calls it at 224 and 160 pixels and one image more, in turn;
 BERT-base from a transformers config (random weights, seq 128) at batch 1 and 8;
 and one model per remaining path of ipex.optimize (the test models at working sizes):
 a ConvTranspose2d/3d decoder (folded BatchNorm, grouped transpose), a Conv1d/Conv3d
@@ -48,13 +49,21 @@ def _resnet50():
     return models.resnet50().to(memory_format=torch.channels_last)
 
 
-def _channels_last_image(batch, dtype):
-    return (torch.randn(batch, 3, 224, 224).to(dtype).to(memory_format=torch.channels_last),)
+def _channels_last_image(batch, dtype, size=224):
+    return (torch.randn(batch, 3, size, size).to(dtype).to(memory_format=torch.channels_last),)
+
+
+def _mixed_images(batch, dtype):
+    """Calls in turn at three input shapes (a server's mixed traffic): 224 pixels, 160 pixels, one image more."""
+    return [_channels_last_image(batch, dtype), _channels_last_image(batch, dtype, 160),
+            _channels_last_image(batch + 1, dtype)]
 
 
 # name: (model factory, inputs(batch, dtype), default batches)
 MODELS = {
     "resnet50": (_resnet50, _channels_last_image, [1, 32]),
+    # One timed call = one call at each of _mixed_images' shapes (sample_input: the first).
+    "resnet50-shapes": (_resnet50, _mixed_images, [1]),
     "bert": (models.bert, lambda b, dt: (torch.randint(0, 30522, (b, 128)),), [1, 8]),
     "decoder": (lambda: models.randomize_bn(models.Decoder(c=64)).eval(),
                 lambda b, dt: (torch.randn(b, 3, 256, 256, dtype=dt), torch.randn(b, 2, 16, 64, 64, dtype=dt)), [1]),
@@ -103,13 +112,15 @@ def run_case(name: str, batch: int, dtype: torch.dtype, rounds: int) -> Row:
     # batch dimension, a slower stock torch.compile column than a fresh process would give.
     torch._dynamo.reset()
     base = _model(name)
-    inputs = _inputs(name, batch, dtype)
+    calls = _inputs(name, batch, dtype)
+    calls = calls if isinstance(calls, list) else [calls]  # the inputs of each call a timed call makes
+    inputs = calls[0]
     stock = copy.deepcopy(base).to(dtype)
     with torch.no_grad():
         t0 = time.perf_counter()
         with torch._inductor.config.patch(freezing=True):
             compiled = torch.compile(copy.deepcopy(stock))
-            ref = compiled(*inputs)
+            refs = [compiled(*args) for args in calls]
         compile_s = time.perf_counter() - t0
         opt_dtype = None if dtype == torch.float32 else dtype
         eager = ipex.optimize(base, dtype=opt_dtype, sample_input=inputs)
@@ -117,23 +128,24 @@ def run_case(name: str, batch: int, dtype: torch.dtype, rounds: int) -> Row:
         plain = ipex.optimize(base, dtype=opt_dtype)
         t0 = time.perf_counter()
         graph = ipex.optimize(base, dtype=opt_dtype, sample_input=inputs, graph_mode=True)
-        out = graph(*inputs)
+        outs = [graph(*args) for args in calls]
         graph_s = time.perf_counter() - t0
         # Each against stock eager (a fast wrong model must not pass for a speedup). torch.compile is checked
         # too: with freezing it was 1.3e-2 off on the ConvTranspose decoder in fp32, where ipex was 1.7e-7.
-        want = stock(*inputs)
-        err, err_eager, err_compile = _rel_err(out, want), _rel_err(eager(*inputs), want), _rel_err(ref, want)
-        err_eager = max(err_eager, _rel_err(plain(*inputs), want))
+        err = err_eager = err_compile = 0.0
+        for args, out, ref in zip(calls, outs, refs, strict=True):
+            want = stock(*args)
+            err, err_compile = max(err, _rel_err(out, want)), max(err_compile, _rel_err(ref, want))
+            err_eager = max(err_eager, _rel_err(eager(*args), want), _rel_err(plain(*args), want))
         if max(err, err_eager) > MODEL_TOLERANCE[dtype]:  # torch.compile's own error is reported, not ours to fail
             raise AssertionError(f"{name} bs={batch} {dtype}: ipex differs from stock eager by {max(err, err_eager):.3g} "
                                  f"of the largest output (graph {err:.3g}, eager {err_eager:.3g})")
-        fns = {
-            "stock": lambda: stock(*inputs),
-            "compile": lambda: compiled(*inputs),
-            "ipex": lambda: eager(*inputs),
-            "plain": lambda: plain(*inputs),
-            "graph": lambda: graph(*inputs),
-        }
+
+        def each_call(model):
+            return lambda: [model(*args) for args in calls]
+
+        fns = {"stock": each_call(stock), "compile": each_call(compiled), "ipex": each_call(eager),
+               "plain": each_call(plain), "graph": each_call(graph)}
         t = time_interleaved(fns, rounds=rounds, warmup=2, target_s=0.05)
     ms = {k: v * 1e3 for k, v in t.items()}
     return Row(f"{name} bs={batch} {str(dtype).replace('torch.', '')}", ms["stock"], ms["ipex"], {
