@@ -62,10 +62,11 @@ VARIABLES: dict[str, EnvVar] = {
         EnvVar(
             "IPEX_CONV_PACKINGS",
             "4",
-            "How many input shapes each convolution ipex.optimize prepacked keeps a oneDNN weight packed for "
-            "(oneDNN's blocked weight depends on the input shape; a call with a shape not among them packs one, "
-            "dropping the least recently used). Each costs the layer's weight bytes again; 1 keeps one packing, "
-            "repacked whenever the input shape changes.",
+            "For how many of the input shapes it was last called with each convolution ipex.optimize prepacked "
+            "keeps a oneDNN weight packed (oneDNN's blocked weight depends on the input shape; a call with a shape "
+            "not among them packs one, dropping the least recently used), and for how many input shapes graph "
+            "mode compiles a graph of its own. Each costs the layer's weight bytes again (for a model of several "
+            "GB called at varying shapes, lower it); 1 keeps one packing, repacked whenever the shape changes.",
         ),
         EnvVar(
             "IPEX_VERBOSE",

@@ -16,19 +16,21 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
    another input shape packs a weight for that shape too (oneDNN's block
    format depends on the shape, and a weight packed for another one ran a
    slow kernel, not a reorder: ResNet-50 without sample_input was 2.7x slower
-   than stock). Each convolution keeps packings for its last
-   ``IPEX_CONV_PACKINGS`` input shapes (default 4; each costs its weight bytes
-   again), so calls alternating between a few batch sizes or image sizes
-   reorder nothing (ResNet-50 alternating 224 and 160 pixels: 48 / 31 ms,
-   against 78 / 62 when each change of shape repacked). The first call must
-   be an eager one: ``torch.compile`` of an optimized model that never ran
-   keeps the weights packed for no shape (call it once first). Graph mode
-   makes that call itself, and compiles a model with such convolutions with
-   static shapes for each of its first ``IPEX_CONV_PACKINGS`` input shapes,
-   each graph frozen on its own shape's packing (one graph with dynamic
-   shapes for all ran ResNet-50 at 160x160 after 224x224 in 37.6 ms against
-   24.0 eager); further shapes share one graph with dynamic shapes, on the
-   first shape's packing.
+   than stock). Each convolution keeps packings for the last
+   ``IPEX_CONV_PACKINGS`` input shapes it was called with (default 4, least
+   recently used out; each costs its weight bytes again), so calls
+   alternating between a few batch sizes or image sizes reorder nothing
+   (ResNet-50 alternating 224 and 160 pixels: 48 / 31 ms, against 78 / 62
+   when each change of shape repacked). The first call must be an eager one:
+   ``torch.compile`` of an optimized model that never ran keeps the weights
+   packed for no shape (call it once first). Graph mode makes that call
+   itself, and compiles a model with such convolutions once for each of its
+   first ``IPEX_CONV_PACKINGS`` input shapes, each graph frozen on its own
+   shape's packing (one graph with dynamic shapes for all ran ResNet-50 at
+   160x160 after 224x224 in 37.4 ms, against 27.7 with a graph of its own);
+   further shapes share one graph with dynamic shapes. A graph holds the
+   packings it froze: graph mode's memory is up to one packing per compiled
+   shape, on top of the eager ones.
 3. ``torch.fx`` traces the model region by region (fx_passes.py) to find
    BatchNorms to fold, activations / residual adds to fuse and Linears sharing
    an input; a region FX cannot trace is optimized module by module and named
@@ -186,6 +188,7 @@ from ipex_core.optimize.modules import (
     exactly_channels_last,
     link_folded,
     onednn_runs,
+    packings_per_layer,
     run_fused,
     single_input_channel,
     winograd_fuses,
@@ -675,6 +678,8 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
         raise ValueError(f"ipex.optimize: the model has tensors on {sorted(devices - {'cpu'})}; ipex.optimize "
                          "optimizes CPU models. Move it with model.to('cpu') first.")
 
+    if knobs["weights_prepack"]:
+        packings_per_layer()  # a bad IPEX_CONV_PACKINGS fails here, not at some later call
     model = model if inplace else copy.deepcopy(model)
     sample = _SampleRun(model, sample_input) if sample_input is not None else _SampleRun()
     if knobs["auto_kernel_selection"] and sample_input is None:

@@ -10,6 +10,7 @@ weights and applies its own oneDNN pattern fusions on top of ipex's.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 
 import torch
@@ -132,56 +133,82 @@ class _InferenceCall:
     sequence length, 10-24 s of compilation each (with the graph break: 0.2 s, then reused).
     The patch is entered only when it changes something: entering it cost every call 28 us.
 
-    ``static`` / ``static_shapes``: a model with convolutions on oneDNN weights, whose blocked format depends on
-    the input shape (modules._PackedModule._weight_for), is compiled with static shapes (``static``) for each of
-    its first ``static_shapes`` input shapes, after an eager call at that shape packs the weights for it; the
-    graph freezes those packings. Further shapes share one graph of ``compiled`` (dynamic shapes after the first
-    of them), on the packing of the shape the model was first called with. One graph with dynamic shapes for
-    all (what dynamo does by itself) ran every shape but the first on weights packed for that one: ResNet-50
-    compiled at 224x224 and called at 160x160 took 37.6 ms, against 24.0 eager (AMD EPYC Zen 4, batch 1).
+    ``compile_for_shape`` / ``shape_graphs``: a model with convolutions on oneDNN weights, whose blocked format
+    depends on the input shape (modules._PackedModule._weight_for), gets a compiled function of its own
+    (``compile_for_shape()``, its own dynamo cache) for each of the first ``shape_graphs`` input shapes (tensor
+    shapes, under each autocast dtype), after an eager call at that shape packs the weights for it: its graph
+    freezes those packings. Further shapes share ``compiled`` (dynamic shapes after the first of them), on the
+    weight parameter's packing (that of sample_input's shape, or of the first call's). One graph with dynamic
+    shapes for all (what dynamo does by itself) ran every shape but the first on weights packed for that one:
+    ResNet-50 compiled at 224x224 and called at 160x160 took 37.4 ms, against 27.7 with a graph of its own
+    (AMD EPYC Zen 4, batch 1). A function per shape rather than one with static shapes for all: that one
+    recompiled for every new value of a Python number argument (dynamo specializes them under static shapes)
+    and, past dynamo's recompile_limit (8), ran every call eagerly; each per-shape function keeps dynamo's
+    usual handling of them (automatic dynamic after a second value).
     """
 
-    def __init__(self, compiled, trace_lstm: bool, eager, settle_first: bool, static=None, static_shapes: int = 0):
+    def __init__(self, compiled, trace_lstm: bool, eager, settle_first: bool, compile_for_shape=None,
+                 shape_graphs: int = 0, packs_per_shape=None):
         self.compiled = compiled
         self.trace_lstm = trace_lstm
         self.eager = eager  # the model's eager call
         self.settle_first = settle_first
-        self.static = static
-        self.static_shapes = static_shapes
-        self.shapes: set[tuple] = set()  # the input shapes ``static`` compiles for
-        self.ready: set[tuple] = set()  # (autocast dtype, input shapes or None) an eager call ran for
+        self.compile_for_shape = compile_for_shape
+        self.shape_graphs = shape_graphs
+        self.packs_per_shape = packs_per_shape  # () -> whether any layer still packs per shape (after settling)
+        self.per_shape: dict[tuple, object] = {}  # (autocast dtype, input shapes) -> its compiled function
+        self.ready: set[tuple] = set()  # (autocast dtype, None) an eager call ran for
+        self.lock = threading.Lock()  # one thread prepares a new shape (eager call, compiled function) at a time
 
     def __call__(self, *args, **kwargs):
         from torch._dynamo import config as dynamo_config
         from torch._inductor import config
 
-        compiled, shapes = self.compiled, None
-        if self.static is not None:
-            shapes = _tensor_shapes(args, kwargs)
-            if shapes in self.shapes or len(self.shapes) < self.static_shapes:
-                compiled = self.static
-            else:
-                shapes = None
-        # One eager call before dynamo traces, where the model must change first: layers built without an input
-        # shape (no sample_input) pack for the shape of their first call (modules._PackedModule._repack_for), a
-        # model compiled per input shape packs for each new one, and under CPU autocast float32 layers make the
-        # low-precision copies the traced graph then computes them with (modules._PackedModule._autocast_twin:
-        # none can be made while dynamo traces). Autocast state is part of dynamo's guards: a call under another
-        # autocast dtype recompiles, after its own eager call.
         autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-        key = (autocast, shapes)
-        if self.settle_first or (key not in self.ready and (shapes is not None or autocast is not None)):
-            with torch.no_grad():
-                self.eager(*args, **kwargs)
-            self.settle_first = False  # after it ran: a first call that raised leaves the next one to settle
-            self.ready.add(key)
-            if shapes is not None:
-                self.shapes.add(shapes)
+        compiled = None
+        if self.compile_for_shape is not None:
+            key = (autocast, _tensor_shapes(args, kwargs))
+            compiled = self.per_shape.get(key)
+            if compiled is None and len(self.per_shape) < self.shape_graphs:
+                with self.lock:
+                    compiled = self._prepare_shape(key, args, kwargs)
+        if compiled is None:
+            key = (autocast, None)
+            if self.settle_first or (autocast is not None and key not in self.ready):
+                with self.lock:
+                    self._eager_call(key, args, kwargs)
+            compiled = self.compiled
         with torch.no_grad(), config.patch(freezing=True):
             if not self.trace_lstm:
                 return compiled(*args, **kwargs)
             with dynamo_config.patch(allow_rnn=True):
                 return compiled(*args, **kwargs)
+
+    def _eager_call(self, key, args, kwargs) -> None:
+        """One eager call before dynamo traces, where the model must change first: layers built without an input
+        shape (no sample_input) pack for the shape of their first call (modules._PackedModule._repack_for), a
+        model compiled per input shape packs for each new one, and under CPU autocast float32 layers make the
+        low-precision copies the traced graph then computes them with (modules._PackedModule._autocast_twin:
+        none can be made while dynamo traces). Autocast state is part of dynamo's guards: a call under another
+        autocast dtype recompiles, after its own eager call. (Under self.lock.)"""
+        if key in self.ready and not self.settle_first:
+            return
+        with torch.no_grad():
+            self.eager(*args, **kwargs)
+        if self.settle_first and self.compile_for_shape is not None and not self.packs_per_shape():
+            self.compile_for_shape = None  # every layer settled on a kernel whose weight is not shape-packed
+        self.settle_first = False  # after it ran: a first call that raised leaves the next one to settle
+        self.ready.add(key)
+
+    def _prepare_shape(self, key, args, kwargs):
+        """The compiled function for a new input shape (None: past shape_graphs, or no layer packs per shape after
+        all), made after an eager call at that shape. (Under self.lock.)"""
+        compiled = self.per_shape.get(key)
+        if compiled is None and len(self.per_shape) < self.shape_graphs:
+            self._eager_call(key, args, kwargs)
+            if self.compile_for_shape is not None:
+                compiled = self.per_shape[key] = self.compile_for_shape()
+        return compiled
 
 
 def _tensor_shapes(args, kwargs) -> tuple:
@@ -246,20 +273,24 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
                       "further shapes run eagerly: raise the limit, or pad inputs to a few sizes.",
                       UserWarning, stacklevel=3)
 
-    def compile_step(dynamic):
+    def compile_step():
         return functools.partial(torch.compile(
             deployed_step(type(model)._call_impl),
             backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
             dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter}), model)
 
-    # Convolutions on oneDNN weights packed per input shape: a static graph for each of the first shapes (as
-    # many as each layer keeps packings for), see _InferenceCall.
-    per_shape = any(packs_per_shape(m) for m in model.modules())
+    def packs_now() -> bool:
+        return any(packs_per_shape(m) for m in model.modules())
+
+    # Convolutions on oneDNN weights packed per input shape: a compiled function for each of the first shapes
+    # (as many as each layer keeps packings for), see _InferenceCall.
+    per_shape = packs_now()
     rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
     trace_lstm = trace_lstm and bool(rnns) and all(type(m) is nn.LSTM and m.proj_size == 0 for m in rnns)
     # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
-    model._compiled_call_impl = _InferenceCall(compile_step(dynamic), trace_lstm,
+    model._compiled_call_impl = _InferenceCall(compile_step(), trace_lstm,
                                                functools.partial(type(model)._call_impl, model),
                                                any(awaits_first_call(m) for m in model.modules()),
-                                               static=compile_step(False) if per_shape else None,
-                                               static_shapes=packings_per_layer() if per_shape else 0)
+                                               compile_for_shape=compile_step if per_shape else None,
+                                               shape_graphs=packings_per_layer() if per_shape else 0,
+                                               packs_per_shape=packs_now)

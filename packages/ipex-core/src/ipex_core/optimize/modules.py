@@ -215,7 +215,7 @@ class _PackedModule(nn.Module):
         kernel = kernel or self.kernel
         dense = dense.detach()
         self.__dict__.pop("_autocast_copy", None)  # made from the old weights (see _autocast_twin)
-        self.__dict__.pop("_other_packings", None)  # likewise (see _weight_for)
+        self.__dict__.pop("_packings", None)  # likewise (see _weight_for)
         stored = self._pack(dense) if kernel == "onednn" else _dense_layout(self._in_weight_layout(dense))
         self.__dict__["_packed"] = kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
@@ -235,32 +235,32 @@ class _PackedModule(nn.Module):
             self._winograd_weight = winograd_weight(self.weight.detach())
 
     def _weight_for(self, input: torch.Tensor) -> torch.Tensor:
-        """A convolution's oneDNN weight packed for ``input``'s shape (see _repack_for): the ``weight`` parameter
-        when it is packed for that shape, else one of the packings kept for other shapes (``_other_packings``,
-        least recently used last out; IPEX_CONV_PACKINGS in all), else a new one. Calls alternating between shapes
-        (batch sizes of a server, image sizes) then reorder no weight once each shape has been seen. (Calls of
-        several threads with shapes new to the layer may each run a weight packed for another one's shape: right,
-        only slower.)"""
+        """A convolution's oneDNN weight packed for ``input``'s shape (see _repack_for). Once a layer has seen a
+        second shape it keeps a packing for each of the last IPEX_CONV_PACKINGS shapes it was called with
+        (``_packings``, least recently used out; the ``weight`` parameter is one of them, that of ``_packed_for``),
+        so calls alternating between a few shapes (a server's batch sizes, images of a few sizes, the uneven
+        batch slices of ipex.cpu.runtime's streams) reorder no weight once each shape has been seen. (Calls of
+        several threads with shapes new to the layer may each run a weight packed for another one's shape:
+        right, only slower.)"""
         if self.kernel != "onednn" and "_settle_kernel" not in self.__dict__:
             return self.weight
+        packings = self.__dict__.get("_packings")
         if torch.compiler.is_compiling():
             # A traced call must not change the module. Traced with static shapes (graph mode compiles a model
             # with such layers per input shape, after an eager call at that shape: graph_mode._InferenceCall),
             # the packing that call made goes into the graph; with symbolic shapes, comparing them would
             # specialize the graph, and the parameter goes in.
-            other = self.__dict__.get("_other_packings")
-            if other and all(type(s) is int for s in input.shape):
-                return other.get(tuple(input.shape), self.weight)
+            if packings and all(type(s) is int for s in input.shape):
+                return packings.get(tuple(input.shape), self.weight)
             return self.weight
         shape = tuple(input.shape)
-        if shape == self.__dict__.get("_packed_for"):
-            return self.weight
-        other = self.__dict__.get("_other_packings")
-        weight = None if other is None else other.get(shape)
+        if packings is None:  # one shape so far: the parameter's
+            return self.weight if shape == self.__dict__.get("_packed_for") else self._repack_for(input)
+        weight = packings.get(shape)
         if weight is None:
             return self._repack_for(input)
         try:
-            other.move_to_end(shape)
+            packings.move_to_end(shape)
         except KeyError:  # another thread's repack dropped it meanwhile: this call still has it
             pass
         return weight
@@ -287,24 +287,16 @@ class _PackedModule(nn.Module):
         with _REPACK_LOCK:  # two threads' calls (ipex.cpu.runtime tasks): one packs at a time
             shape = tuple(input.shape)
             packed_for = self.__dict__.get("_packed_for")
-            if packed_for == shape:
+            packings = self.__dict__.get("_packings")
+            if packings is not None and shape in packings:
+                return packings[shape]
+            if packings is None and packed_for == shape:
                 return self.weight
-            other = self.__dict__.get("_other_packings")
-            if other is not None and shape in other:
-                return other[shape]
             kernel = self.kernel
             rule = self.__dict__.get("_settle_kernel")  # applied once, at the first call
             count = packings_per_layer()
             if rule is None and packed_for is not None and count > 1:
-                # Another shape: a packing of its own beside the parameter's (kept: state_dict, .to() and the
-                # autocast copy read that one), the least recently used other one dropped past the count.
-                weight = nn.Parameter(self._pack(self.dense_weight(), self._pack_size(list(shape))),
-                                      requires_grad=False)
-                other = self.__dict__.setdefault("_other_packings", collections.OrderedDict())
-                other[shape] = weight
-                while len(other) >= count:
-                    other.popitem(last=False)
-                return weight
+                return self._add_packing(shape, packings, count)
             if rule is not None:
                 kernel = rule(self, list(shape), _keeps_channels_last(input))
                 if self.kernel == "dense" and kernel == "onednn":
@@ -321,6 +313,23 @@ class _PackedModule(nn.Module):
             self.__dict__["_packed_for"] = shape
             self.__dict__.pop("_settle_kernel", None)  # last: until now a concurrent call waits on the lock
             return self.weight
+
+    def _add_packing(self, shape: tuple, packings: collections.OrderedDict | None, count: int) -> nn.Parameter:
+        """A packing for ``shape`` added to ``_packings`` (made at the second shape, holding the parameter's
+        first), the least recently used one dropped past ``count``. Dropping the parameter's own packing moves
+        the parameter to the new one. (Under _REPACK_LOCK.)"""
+        weight = nn.Parameter(self._pack(self.dense_weight(), self._pack_size(list(shape))), requires_grad=False)
+        if packings is None:
+            packings = collections.OrderedDict({self.__dict__["_packed_for"]: self._parameters["weight"]})
+        packings[shape] = weight
+        while len(packings) > count:
+            dropped, _ = packings.popitem(last=False)
+            if dropped == self.__dict__["_packed_for"]:
+                self._parameters["weight"] = weight
+                self._input_size = self._pack_size(list(shape))
+                self.__dict__["_packed_for"] = shape
+        self.__dict__["_packings"] = packings  # last: a concurrent call finds it whole
+        return weight
 
     def _pack_size(self, shape: list[int]) -> list[int]:
         """The input shape oneDNN's packing is told for an input of ``shape`` (the convolutions adapt it)."""
@@ -518,7 +527,7 @@ class _PackedModule(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self.__dict__.pop("_autocast_copy", None)
-        self.__dict__.pop("_other_packings", None)
+        self.__dict__.pop("_packings", None)
         packed = self._weight_is_packed()
         if packed:
             self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
@@ -553,7 +562,7 @@ class _PackedModule(nn.Module):
                 new.__dict__[key] = params
             elif key in _KERNEL_WEIGHTS.values():
                 new.__dict__[key] = value.clone()
-            elif key in ("_autocast_copy", "_other_packings"):
+            elif key in ("_autocast_copy", "_packings"):
                 continue  # made again when needed
             else:
                 new.__dict__[key] = copy.deepcopy(value, memo)
@@ -864,10 +873,12 @@ class _PackedConvNd(_PackedModule):
         self._check_folded_inference()
         if input.dim() == self._nd + 1:  # unbatched, as nn.Conv accepts: a batch of one
             return self._run(input.unsqueeze(0), None if other is None else other.unsqueeze(0), post).squeeze(0)
-        w = self._weight_for(input)  # first: a first call under autocast settles the layer too
+        if awaits_first_call(self):  # first: a first call under autocast settles the layer too
+            self._weight_for(input)
         twin = self._autocast_twin(input)
-        if twin is not None:
+        if twin is not None:  # (which packs its own weight for this shape: this layer's would go unused)
             return twin._run_under_autocast(input, other, post)
+        w = self._weight_for(input)
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
         fuse_binary = (post.binary is not None and other is not None and other.dtype == w.dtype
@@ -1026,10 +1037,12 @@ class _PackedConvTransposeNd(_PackedModule):
             if output_size is not None and len(output_size) == self._nd + 1:
                 output_size = list(output_size)[1:]
             return self._run(input.unsqueeze(0), output_size, post).squeeze(0)
-        w = self._weight_for(input)  # first: a first call under autocast settles the layer too
+        if awaits_first_call(self):  # as in _PackedConvNd._run
+            self._weight_for(input)
         twin = self._autocast_twin(input)
         if twin is not None:
             return twin._run(input, output_size, post)
+        w = self._weight_for(input)
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
         b = self.bias
