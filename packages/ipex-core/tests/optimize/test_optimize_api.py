@@ -778,6 +778,27 @@ def test_convolutions_keep_a_packing_per_input_shape(monkeypatch):
         ipex.optimize(model)
 
 
+def test_eager_calls_while_another_thread_compiles(monkeypatch):
+    """torch.compiler.is_compiling() is one process-wide flag, True in every thread while any thread compiles: an
+    eager call of an optimized model in another thread then skipped packing for its shape and, under autocast,
+    computed in float32 (and a graph compiled right after froze that state). The layers ask whether their own
+    call is traced (modules.traced): dynamo's tracing, or fake tensors."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()).eval().to(
+        memory_format=torch.channels_last)
+    opt = ipex.optimize(model)
+    x, y = (torch.randn(s).to(memory_format=torch.channels_last) for s in ((1, 8, 12, 12), (2, 8, 12, 12)))
+    run(opt, (x,))
+    monkeypatch.setattr(torch.compiler, "_is_compiling_flag", True)  # as while another thread compiles
+    assert torch.compiler.is_compiling()
+    close(run(opt, (y,)), model(y))
+    assert list(opt[0]._packings) == [tuple(x.shape), tuple(y.shape)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = run(opt, (y,))
+    assert out.dtype == torch.bfloat16 and "_autocast_copy" in opt[0].__dict__
+    close(out.float(), model(y), 3e-2)
+
+
 def test_graph_mode_compiles_a_graph_per_input_shape(monkeypatch):
     """Graph mode compiles a model with shape-packed convolutions once for each of its first IPEX_CONV_PACKINGS
     input shapes, each graph frozen on that shape's packing (one graph with dynamic shapes ran ResNet-50 at 160
@@ -920,6 +941,16 @@ def test_autocast_computes_float32_layers_in_its_dtype():
             close(got, want, 3e-2)
             assert (got - model(x)).abs().max() > 1e-4  # bf16 indeed
             close(graph(x), model(x))  # and float32 again without autocast
+
+    # A convolution padding by reflection: autocast runs the padding in float32, and the bf16 kernel got a
+    # float32 input ("could not create a primitive descriptor"); the input is cast after the padding.
+    reflect = nn.Sequential(nn.Conv2d(32, 16, 3, padding=1, padding_mode="reflect")).eval().to(
+        memory_format=torch.channels_last)
+    for dtype in (None, torch.bfloat16):
+        with autocast:
+            want, got = reflect(x), run(ipex.optimize(reflect, dtype=dtype), (x,))
+        assert got.dtype == want.dtype == torch.bfloat16
+        close(got.float(), want.float(), 3e-2)
 
 
 def _stock_three_by_three(opt):

@@ -28,9 +28,12 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
    first ``IPEX_CONV_PACKINGS`` input shapes, each graph frozen on its own
    shape's packing (one graph with dynamic shapes for all ran ResNet-50 at
    160x160 after 224x224 in 37.4 ms, against 27.7 with a graph of its own);
-   further shapes share one graph with dynamic shapes. A graph holds the
-   packings it froze: graph mode's memory is up to one packing per compiled
-   shape, on top of the eager ones.
+   further shapes share one graph with dynamic shapes. Each graph holds the
+   weights it froze (these packings, and those inductor packs itself for
+   layers left on the stock kernel): graph mode's memory grows with each
+   compiled shape, on top of the eager packings. A plain ``torch.compile``
+   of the optimized model reads the packings too: an eager call that adds
+   or drops one in between recompiles it.
 3. ``torch.fx`` traces the model region by region (fx_passes.py) to find
    BatchNorms to fold, activations / residual adds to fuse and Linears sharing
    an input; a region FX cannot trace is optimized module by module and named

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ipex_core.optimize.modules import PackedLinear
+from ipex_core.optimize.modules import PackedLinear, traced
 
 __all__ = ["ConcatLinear", "ConcatLinearMember"]
 
@@ -139,7 +139,7 @@ class ConcatLinearMember(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         group = self.group
-        if torch.compiler.is_compiling():
+        if traced(input):
             return group(input)[self.index]
         # The cache is one tuple, read and replaced whole: (input, its version, outputs, members that read it).
         # A member reading twice means a new forward pass (one that did not call every member): recompute.

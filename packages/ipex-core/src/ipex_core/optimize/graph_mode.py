@@ -12,15 +12,17 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
+import weakref
 
 import torch
 from torch import nn
 
 from ipex_core.optimize.modules import (
     PackedConv3d,
+    _PackedConvNd,
+    _PackedConvTransposeNd,
     awaits_first_call,
     packings_per_layer,
-    packs_per_shape,
     single_input_channel,
 )
 
@@ -103,14 +105,41 @@ def deployed_step(fn):
     return _ipex_step
 
 
-def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, concat_linear: bool = False):
-    """A ``torch.compile`` backend: inductor with freezing, ipex's settings scoped to this compilation."""
+def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, concat_linear: bool = False,
+                              generated: list | None = None):
+    """A ``torch.compile`` backend: inductor with freezing, ipex's settings scoped to this compilation. The Python
+    modules inductor generates for it are appended to ``generated`` (see release_generated_code)."""
     from torch._inductor import config
+    from torch._inductor.codecache import PyCodeCache
     from torch._inductor.compile_fx import compile_fx
 
     patches = {"freezing": True, "cpp.enable_concat_linear": concat_linear, **GRAPH_MODE_OUTPUT_ASSERTS}
+    known = len(PyCodeCache.modules)  # (dynamo compiles one frame at a time)
     with config.patch(patches):
-        return compile_fx(gm, example_inputs)
+        compiled = compile_fx(gm, example_inputs)
+    if generated is not None:
+        generated.extend(PyCodeCache.modules[known:])
+    return compiled
+
+
+def release_generated_code(generated: list) -> None:
+    """Drop inductor's own references to the Python modules in ``generated``: its code cache and ``sys.modules``
+    keep every module it loads, for the life of the process, and with freezing a module holds the graph's frozen
+    weights as globals. A graph-mode model compiled anew (``load_state_dict``, ``.to()``) or deleted left its old
+    graphs' weights behind: 36 MB per reload of one 512-channel 3x3 convolution (its Winograd weight), for ever.
+    A graph still in use keeps its module alive itself."""
+    import sys
+
+    from torch._inductor.codecache import PyCodeCache
+
+    doomed = {id(m) for m in generated}
+    PyCodeCache.modules[:] = [m for m in PyCodeCache.modules if id(m) not in doomed]
+    for path in [p for p, m in PyCodeCache.modules_no_attr.items() if id(m) in doomed]:
+        del PyCodeCache.modules_no_attr[path]
+    for module in generated:
+        if sys.modules.get(module.__name__) is module:
+            del sys.modules[module.__name__]
+    generated.clear()
 
 
 class _InferenceCall:
@@ -148,17 +177,18 @@ class _InferenceCall:
     """
 
     def __init__(self, compiled, trace_lstm: bool, eager, settle_first: bool, compile_for_shape=None,
-                 shape_graphs: int = 0, packs_per_shape=None):
+                 shape_graphs: int = 0):
         self.compiled = compiled
         self.trace_lstm = trace_lstm
         self.eager = eager  # the model's eager call
         self.settle_first = settle_first
         self.compile_for_shape = compile_for_shape
         self.shape_graphs = shape_graphs
-        self.packs_per_shape = packs_per_shape  # () -> whether any layer still packs per shape (after settling)
         self.per_shape: dict[tuple, object] = {}  # (autocast dtype, input shapes) -> its compiled function
         self.ready: set[tuple] = set()  # (autocast dtype, None) an eager call ran for
-        self.lock = threading.Lock()  # one thread prepares a new shape (eager call, compiled function) at a time
+        # One thread prepares a new shape (eager call, compiled function) at a time; reentrant: the model's own
+        # forward may call it again.
+        self.lock = threading.RLock()
 
     def __call__(self, *args, **kwargs):
         from torch._dynamo import config as dynamo_config
@@ -195,19 +225,16 @@ class _InferenceCall:
             return
         with torch.no_grad():
             self.eager(*args, **kwargs)
-        if self.settle_first and self.compile_for_shape is not None and not self.packs_per_shape():
-            self.compile_for_shape = None  # every layer settled on a kernel whose weight is not shape-packed
         self.settle_first = False  # after it ran: a first call that raised leaves the next one to settle
         self.ready.add(key)
 
     def _prepare_shape(self, key, args, kwargs):
-        """The compiled function for a new input shape (None: past shape_graphs, or no layer packs per shape after
-        all), made after an eager call at that shape. (Under self.lock.)"""
+        """The compiled function for a new input shape (None: past shape_graphs), made after an eager call at that
+        shape. (Under self.lock.)"""
         compiled = self.per_shape.get(key)
         if compiled is None and len(self.per_shape) < self.shape_graphs:
             self._eager_call(key, args, kwargs)
-            if self.compile_for_shape is not None:
-                compiled = self.per_shape[key] = self.compile_for_shape()
+            compiled = self.per_shape[key] = self.compile_for_shape()
         return compiled
 
 
@@ -273,18 +300,22 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
                       "further shapes run eagerly: raise the limit, or pad inputs to a few sizes.",
                       UserWarning, stacklevel=3)
 
+    old = model.__dict__.get("_compiled_call_impl")
+    if isinstance(old, _InferenceCall):  # compiled anew: the old graphs go (those still running keep theirs)
+        release_generated_code(old.generated)
+    generated: list = []  # inductor's modules for this model's graphs
+    weakref.finalize(model, release_generated_code, generated)
+
     def compile_step():
         return functools.partial(torch.compile(
             deployed_step(type(model)._call_impl),
-            backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear),
+            backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear, generated=generated),
             dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter}), model)
 
-    def packs_now() -> bool:
-        return any(packs_per_shape(m) for m in model.modules())
-
-    # Convolutions on oneDNN weights packed per input shape: a compiled function for each of the first shapes
-    # (as many as each layer keeps packings for), see _InferenceCall.
-    per_shape = packs_now()
+    # Convolutions whose oneDNN weights are packed per input shape (a layer on another kernel may settle on
+    # oneDNN at its first call, and under autocast computes through a low-precision copy on oneDNN): a compiled
+    # function for each of the first shapes (as many as each layer keeps packings for), see _InferenceCall.
+    per_shape = any(isinstance(m, (_PackedConvNd, _PackedConvTransposeNd)) for m in model.modules())
     rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
     trace_lstm = trace_lstm and bool(rnns) and all(type(m) is nn.LSTM and m.proj_size == 0 for m in rnns)
     # What nn.Module.compile sets: __call__ runs _compiled_call_impl instead of _call_impl.
@@ -292,5 +323,5 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
                                                functools.partial(type(model)._call_impl, model),
                                                any(awaits_first_call(m) for m in model.modules()),
                                                compile_for_shape=compile_step if per_shape else None,
-                                               shape_graphs=packings_per_layer() if per_shape else 0,
-                                               packs_per_shape=packs_now)
+                                               shape_graphs=packings_per_layer() if per_shape else 0)
+    model._compiled_call_impl.generated = generated

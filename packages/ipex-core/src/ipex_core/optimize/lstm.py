@@ -98,7 +98,7 @@ class PackedLSTM(nn.Module):
 
     def forward(self, input, hx=None):
         if torch.is_autocast_enabled("cpu"):
-            twin = self._autocast_twin()
+            twin = self._autocast_twin(input.data if isinstance(input, PackedSequence) else input)
             if twin is not None:
                 return twin._forward(input, hx)
             # Autocast casts mkldnn_rnn_layer's arguments, and casting the opaque oneDNN weights failed
@@ -107,15 +107,15 @@ class PackedLSTM(nn.Module):
                 return self._forward(input, hx)
         return self._forward(input, hx)
 
-    def _autocast_twin(self) -> PackedLSTM | None:
+    def _autocast_twin(self, input: torch.Tensor) -> PackedLSTM | None:
         """Under CPU autocast (eager), this float32 LSTM's copy in autocast's dtype, which computes it as
         autocast computes the stock LSTM (mkldnn_rnn in bfloat16): made at the first such call, dropped by
         ``.to()`` and ``load_state_dict``. None (float32, autocast off around the call) while torch.compile
         traces, for an LSTM not in float32, or for a dtype oneDNN does not run on this CPU."""
-        from ipex_core.optimize.modules import onednn_runs
+        from ipex_core.optimize.modules import onednn_runs, traced
 
         dtype = torch.get_autocast_dtype("cpu")
-        if (torch.compiler.is_compiling() or self._packed[0][2].dtype != torch.float32 or dtype == torch.float32
+        if (traced(input) or self._packed[0][2].dtype != torch.float32 or dtype == torch.float32
                 or not onednn_runs(dtype)):
             return None
         made = self.__dict__.get("_autocast_copy")

@@ -61,6 +61,14 @@ _REPACK_LOCK = threading.Lock()  # see _PackedModule._repack_for
 _KERNEL_WEIGHTS = {"mkl": "_mkl_weight", "winograd": "_winograd_weight", "brgemm": "_brgemm_weight"}
 
 
+def traced(input) -> bool:
+    """Whether this call of a layer is being traced (by dynamo, or by make_fx / export on fake tensors) rather than
+    run: the layer must not change then. Not torch.compiler.is_compiling() alone: that is one process-wide flag,
+    True in every thread while any thread compiles, and an eager call in another thread then skipped packing for
+    its shape and, under autocast, computed in float32 (a graph compiled right after froze that state)."""
+    return torch.compiler.is_dynamo_compiling() or (torch.compiler.is_compiling() and type(input) is not torch.Tensor)
+
+
 def packings_per_layer() -> int:
     """IPEX_CONV_PACKINGS: for how many input shapes a prepacked convolution keeps a packed weight (see
     _PackedModule._weight_for)."""
@@ -245,7 +253,7 @@ class _PackedModule(nn.Module):
         if self.kernel != "onednn" and "_settle_kernel" not in self.__dict__:
             return self.weight
         packings = self.__dict__.get("_packings")
-        if torch.compiler.is_compiling():
+        if traced(input):
             # A traced call must not change the module. Traced with static shapes (graph mode compiles a model
             # with such layers per input shape, after an eager call at that shape: graph_mode._InferenceCall),
             # the packing that call made goes into the graph; with symbolic shapes, comparing them would
@@ -289,6 +297,7 @@ class _PackedModule(nn.Module):
             packed_for = self.__dict__.get("_packed_for")
             packings = self.__dict__.get("_packings")
             if packings is not None and shape in packings:
+                packings.move_to_end(shape)
                 return packings[shape]
             if packings is None and packed_for == shape:
                 return self.weight
@@ -365,7 +374,7 @@ class _PackedModule(nn.Module):
             return None
         dtype = torch.get_autocast_dtype("cpu")
         twin = self.__dict__.get("_autocast_copy")
-        if torch.compiler.is_compiling():  # a copy an eager call made is traced; none is made here
+        if traced(input):  # a copy an eager call made is traced; none is made here
             return twin if twin is not None and twin.dtype == dtype else None
         if self.weight.dtype != torch.float32 or dtype == torch.float32 or not onednn_runs(dtype):
             return None
@@ -378,19 +387,16 @@ class _PackedModule(nn.Module):
                     self.__dict__["_autocast_copy"] = twin
         return twin
 
-    def _rebuild(self, stock: nn.Module, kernel: str, dtype: torch.dtype) -> _PackedModule:
+    def _rebuild(self, stock: nn.Module, kernel: str, dtype: torch.dtype, input: torch.Tensor) -> _PackedModule:
         """A layer of this kind made from ``stock`` (a convolution's; PackedLinear has its own), packed for the
-        same input shape."""
-        packed_for = self.__dict__.get("_packed_for")
-        return type(self)(stock, kernel=kernel, post_op=self.post_op, dtype=dtype,
-                          input_size=None if packed_for is None else list(packed_for))
+        shape of ``input`` (which it is made to compute)."""
+        return type(self)(stock, kernel=kernel, post_op=self.post_op, dtype=dtype, input_size=list(input.shape))
 
     def _run_under_autocast(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
         """This (low-precision) copy's ``_run`` for its float32 layer under autocast. A residual in another
         dtype is added after the layer, by PyTorch's ops, so that the sum promotes as it does after the stock
         layer under autocast (bf16 output + fp32 residual = fp32); a fused add keeps the layer's dtype."""
-        if other is not None and post.binary is not None and (other.dtype != self.dtype
-                                                               or torch.compiler.is_compiling()):
+        if other is not None and post.binary is not None and (other.dtype != self.dtype or traced(input)):
             # (Traced: the add stays in the graph, as graph mode plans it for oneDNN layers; the in-place
             # oneDNN add on the copy's opaque weight failed inductor's freezing pass.)
             return post.apply_unfused(self._run(input, None, NO_POST_OP), other)
@@ -407,7 +413,7 @@ class _PackedModule(nn.Module):
         stock.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         stock_kernel = self.kernel == "dense" or (isinstance(self, _PackedConvNd) and (
             self._nd == 1 or not _keeps_channels_last(input)))
-        return self._rebuild(stock, "dense" if stock_kernel else "onednn", dtype)
+        return self._rebuild(stock, "dense" if stock_kernel else "onednn", dtype, input)
 
     def dense_weight(self) -> torch.Tensor:
         """The effective (folded) weight in the plain layout, as a new dense tensor when packed."""
@@ -617,7 +623,7 @@ class PackedLinear(_PackedModule):
     def _stock_stand_in(self) -> nn.Module:
         return nn.Linear(self.in_features, self.out_features, device="meta")
 
-    def _rebuild(self, stock: nn.Module, kernel: str, dtype: torch.dtype) -> PackedLinear:
+    def _rebuild(self, stock: nn.Module, kernel: str, dtype: torch.dtype, input: torch.Tensor) -> PackedLinear:
         return PackedLinear(stock, kernel=kernel, post_op=self.post_op, batch_size=self._batch_size, dtype=dtype)
 
     def _run(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
@@ -879,14 +885,14 @@ class _PackedConvNd(_PackedModule):
         if twin is not None:  # (which packs its own weight for this shape: this layer's would go unused)
             return twin._run_under_autocast(input, other, post)
         w = self._weight_for(input)
-        if input.dtype != w.dtype and input.is_floating_point():
-            input = input.to(w.dtype)
         fuse_binary = (post.binary is not None and other is not None and other.dtype == w.dtype
                        and self.groups == 1 and other.dim() == input.dim() and other.shape[1] == self.out_channels
                        and other.shape[0] == input.shape[0] and list(other.shape[2:]) == self._out_spatial(input))
         keep_cl = _keeps_channels_last(input)
         if self._pre_pad is not None:
             input = F.pad(input, self._pre_pad, mode=self.padding_mode)
+        if input.dtype != w.dtype and input.is_floating_point():  # after the padding, which autocast runs in fp32
+            input = input.to(w.dtype)
         b = self._kernel_bias()
         if self.kernel == "dense":
             return self._unfused(self._dense_forward(input, w, b), other, post)
