@@ -61,12 +61,13 @@ VARIABLES: dict[str, EnvVar] = {
         ),
         EnvVar(
             "IPEX_CONV_PACKINGS",
-            "4",
+            "8",
             "For how many of the input shapes it was last called with each convolution ipex.optimize prepacked "
             "keeps a oneDNN weight packed (oneDNN's blocked weight depends on the input shape; a call with a shape "
-            "not among them packs one, dropping the least recently used), and for how many input shapes graph "
-            "mode compiles a graph of its own. Each costs the layer's weight bytes again (for a model of several "
-            "GB called at varying shapes, lower it); 1 keeps one packing, repacked whenever the shape changes.",
+            "not among them packs one, dropping the least recently used; a detection head shared by 5 feature "
+            "levels sees 5 shapes in every call). Graph mode compiles a graph of its own for as many input "
+            "shapes, 4 at most. Each packing costs the layer's weight bytes again (for a model of several GB "
+            "called at varying shapes, lower it); 1 keeps one packing, repacked whenever the shape changes.",
         ),
         EnvVar(
             "IPEX_VERBOSE",

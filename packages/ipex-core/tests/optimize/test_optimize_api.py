@@ -766,6 +766,26 @@ def test_convolutions_keep_a_packing_per_input_shape(monkeypatch):
             close(run(fp32, (images[s],)).float(), model(images[s]), 3e-2)
     assert "_packings" not in fp32[0].__dict__ and list(fp32[0]._autocast_copy._packings) == [a, b, c]
 
+    # By default 8: a detection head shared by 5 feature levels (5 shapes in every call) packs once per level.
+    monkeypatch.delenv("IPEX_CONV_PACKINGS")
+
+    class SharedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, levels):
+            return [torch.relu(self.head(level)) for level in levels]
+
+    shared = SharedHead().eval().to(memory_format=torch.channels_last)
+    levels = [image(1, 8, 4 * 2 ** i, 4 * 2 ** i) for i in range(5)]
+    head = ipex.optimize(shared)
+    for round in range(2):
+        packed_for.clear()
+        for got, want in zip(run(head, (levels,)), shared(levels), strict=True):
+            close(got, want)
+        assert len(packed_for) == (5 if round == 0 else 0)
+
     monkeypatch.setenv("IPEX_CONV_PACKINGS", "1")  # one packing, repacked at each change of shape
     one = ipex.optimize(model)
     for s in (a, b, c):

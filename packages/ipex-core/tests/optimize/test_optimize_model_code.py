@@ -191,8 +191,8 @@ def test_graph_mode_frees_the_code_of_graphs_it_replaces():
         opt.load_state_dict(model.state_dict())
         assert_close(opt(x), run(model, x))  # the new graph runs (its module alive through it)
         assert not any(m in PyCodeCache.modules or sys.modules.get(m.__name__) is m for m in mine)
-        mine = list(opt._compiled_call_impl.generated)
-        assert mine and all(m in PyCodeCache.modules for m in mine)
+        mine = list(opt._compiled_call_impl.generated)  # (none when inductor reused a cached module)
+        assert all(m in PyCodeCache.modules for m in mine)
     del opt
     gc.collect()
     assert not any(m in PyCodeCache.modules for m in mine)

@@ -17,7 +17,7 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
    format depends on the shape, and a weight packed for another one ran a
    slow kernel, not a reorder: ResNet-50 without sample_input was 2.7x slower
    than stock). Each convolution keeps packings for the last
-   ``IPEX_CONV_PACKINGS`` input shapes it was called with (default 4, least
+   ``IPEX_CONV_PACKINGS`` input shapes it was called with (default 8, least
    recently used out; each costs its weight bytes again), so calls
    alternating between a few batch sizes or image sizes reorder nothing
    (ResNet-50 alternating 224 and 160 pixels: 48 / 31 ms, against 78 / 62
@@ -25,7 +25,7 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
    ``torch.compile`` of an optimized model that never ran keeps the weights
    packed for no shape (call it once first). Graph mode makes that call
    itself, and compiles a model with such convolutions once for each of its
-   first ``IPEX_CONV_PACKINGS`` input shapes, each graph frozen on its own
+   first ``IPEX_CONV_PACKINGS`` input shapes (4 at most), each graph frozen on its own
    shape's packing (one graph with dynamic shapes for all ran ResNet-50 at
    160x160 after 224x224 in 37.4 ms, against 27.7 with a graph of its own);
    further shapes share one graph with dynamic shapes. Each graph holds the

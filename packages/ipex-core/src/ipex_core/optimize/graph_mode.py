@@ -44,6 +44,10 @@ NO_OUTPUT_ASSERTS = {"size_asserts": False, "alignment_asserts": False, "scalar_
 GRAPH_MODE_OUTPUT_ASSERTS = {"size_asserts": True, "alignment_asserts": False, "scalar_asserts": False}
 
 
+# Graph mode compiles a graph of its own for at most this many input shapes (each costs a compilation, ResNet-50:
+# about 5 s here, and the memory of its frozen weights); further shapes share one graph with dynamic shapes.
+MAX_SHAPE_GRAPHS = 4
+
 ROOT_ARG = "_ipex_deployed_root"  # the compiled step's argument holding the deployed model (see deployed_step)
 
 
@@ -323,5 +327,6 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
                                                functools.partial(type(model)._call_impl, model),
                                                any(awaits_first_call(m) for m in model.modules()),
                                                compile_for_shape=compile_step if per_shape else None,
-                                               shape_graphs=packings_per_layer() if per_shape else 0)
+                                               shape_graphs=min(packings_per_layer(), MAX_SHAPE_GRAPHS) if per_shape
+                                               else 0)
     model._compiled_call_impl.generated = generated

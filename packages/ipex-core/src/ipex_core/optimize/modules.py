@@ -79,7 +79,7 @@ def packings_per_layer() -> int:
         count = 0
     if count < 1:
         raise ValueError(f"IPEX_CONV_PACKINGS={value!r}: expected a whole number of at least 1 (the input shapes "
-                         "each prepacked convolution keeps a packed weight for; default 4)")
+                         "each prepacked convolution keeps a packed weight for; default 8)")
     return count
 
 
