@@ -181,7 +181,7 @@ class _InferenceCall:
     """
 
     def __init__(self, compiled, trace_lstm: bool, eager, settle_first: bool, compile_for_shape=None,
-                 shape_graphs: int = 0):
+                 shape_graphs: int = 0, generated: list | None = None):
         self.compiled = compiled
         self.trace_lstm = trace_lstm
         self.eager = eager  # the model's eager call
@@ -193,6 +193,7 @@ class _InferenceCall:
         # One thread prepares a new shape (eager call, compiled function) at a time; reentrant: the model's own
         # forward may call it again.
         self.lock = threading.RLock()
+        self.generated = [] if generated is None else generated  # inductor's modules for these graphs
 
     def __call__(self, *args, **kwargs):
         from torch._dynamo import config as dynamo_config
@@ -318,7 +319,8 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
 
     # Convolutions whose oneDNN weights are packed per input shape (a layer on another kernel may settle on
     # oneDNN at its first call, and under autocast computes through a low-precision copy on oneDNN): a compiled
-    # function for each of the first shapes (as many as each layer keeps packings for), see _InferenceCall.
+    # function for each of the first shapes (as many as each layer keeps packings for, MAX_SHAPE_GRAPHS at
+    # most), see _InferenceCall.
     per_shape = any(isinstance(m, (_PackedConvNd, _PackedConvTransposeNd)) for m in model.modules())
     rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
     trace_lstm = trace_lstm and bool(rnns) and all(type(m) is nn.LSTM and m.proj_size == 0 for m in rnns)
@@ -328,5 +330,4 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
                                                any(awaits_first_call(m) for m in model.modules()),
                                                compile_for_shape=compile_step if per_shape else None,
                                                shape_graphs=min(packings_per_layer(), MAX_SHAPE_GRAPHS) if per_shape
-                                               else 0)
-    model._compiled_call_impl.generated = generated
+                                               else 0, generated=generated)

@@ -962,17 +962,11 @@ class PackedConv3d(_PackedConvNd):
     _nd = 3
 
 
-def packs_per_shape(module: nn.Module) -> bool:
-    """Whether ``module`` is a convolution whose oneDNN weight is packed for an input shape (or may be, once its
-    first call chose the kernel): see _PackedModule._weight_for."""
-    return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd))
-            and (module.kernel == "onednn" or "_settle_kernel" in module.__dict__))
-
-
 def awaits_first_call(module: nn.Module) -> bool:
     """Whether ``module`` is a convolution on a oneDNN weight not yet packed for any input shape: its first
     eager call packs it (and may choose its kernel); see _PackedModule._repack_for."""
-    return packs_per_shape(module) and module.__dict__.get("_packed_for") is None
+    return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd)) and module.__dict__.get("_packed_for") is None
+            and (module.kernel == "onednn" or "_settle_kernel" in module.__dict__))
 
 
 class _PackedConvTransposeNd(_PackedModule):
