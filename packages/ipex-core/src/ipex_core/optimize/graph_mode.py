@@ -118,11 +118,12 @@ def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, conca
     from torch._inductor.compile_fx import compile_fx
 
     patches = {"freezing": True, "cpp.enable_concat_linear": concat_linear, **GRAPH_MODE_OUTPUT_ASSERTS}
-    known = len(PyCodeCache.modules)  # (dynamo compiles one frame at a time)
+    loaded = getattr(PyCodeCache, "modules", None)  # (inductor's internals: absent elsewhere, nothing is recorded)
+    known = len(loaded) if isinstance(loaded, list) else None  # (dynamo compiles one frame at a time)
     with config.patch(patches):
         compiled = compile_fx(gm, example_inputs)
-    if generated is not None:
-        generated.extend(PyCodeCache.modules[known:])
+    if generated is not None and known is not None:
+        generated.extend(loaded[known:])
     return compiled
 
 
@@ -136,10 +137,13 @@ def release_generated_code(generated: list) -> None:
 
     from torch._inductor.codecache import PyCodeCache
 
+    if not generated:
+        return
     doomed = {id(m) for m in generated}
     PyCodeCache.modules[:] = [m for m in PyCodeCache.modules if id(m) not in doomed]
-    for path in [p for p, m in PyCodeCache.modules_no_attr.items() if id(m) in doomed]:
-        del PyCodeCache.modules_no_attr[path]
+    by_path = getattr(PyCodeCache, "modules_no_attr", {})
+    for path in [p for p, m in by_path.items() if id(m) in doomed]:
+        del by_path[path]
     for module in generated:
         if sys.modules.get(module.__name__) is module:
             del sys.modules[module.__name__]
@@ -309,7 +313,7 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
     if isinstance(old, _InferenceCall):  # compiled anew: the old graphs go (those still running keep theirs)
         release_generated_code(old.generated)
     generated: list = []  # inductor's modules for this model's graphs
-    weakref.finalize(model, release_generated_code, generated)
+    weakref.finalize(model, release_generated_code, generated).atexit = False  # (nothing to release at exit)
 
     def compile_step():
         return functools.partial(torch.compile(
