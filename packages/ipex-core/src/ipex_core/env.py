@@ -70,6 +70,13 @@ VARIABLES: dict[str, EnvVar] = {
             "called at varying shapes, lower it); 1 keeps one packing, repacked whenever the shape changes.",
         ),
         EnvVar(
+            "IPEX_CONV_PACKINGS_MB",
+            "1024",
+            "MiB the per-shape packings of all prepacked convolutions may take in all, process-wide, beyond each "
+            "layer's own weight (see IPEX_CONV_PACKINGS). Past it a layer replaces its least recently used packing, "
+            "or packs its one weight again, instead of adding one. 0: one packing per layer.",
+        ),
+        EnvVar(
             "IPEX_VERBOSE",
             "",
             "The oneDNN verbose level ipex.verbose restores outside its scopes: 0 off, 1 on, 2 on with "

@@ -1,6 +1,7 @@
 """ipex.optimize's contract: signature, levels and knobs, inplace, state_dict round trips, errors."""
 
 import copy
+import gc
 import inspect
 import io
 import os
@@ -785,6 +786,33 @@ def test_convolutions_keep_a_packing_per_input_shape(monkeypatch):
         for got, want in zip(run(head, (levels,)), shared(levels), strict=True):
             close(got, want)
         assert len(packed_for) == (5 if round == 0 else 0)
+
+    # The packings beyond each layer's own weight share IPEX_CONV_PACKINGS_MB, process-wide: past it a layer
+    # replaces its least recently used packing, or (with none to spare) packs its one weight again.
+    from ipex_core.optimize import modules
+
+    gc.collect()
+    start = modules._EXTRA_PACKING_BYTES[0]
+    weight_bytes = 16 * 8 * 3 * 3 * 4
+    monkeypatch.setenv("IPEX_CONV_PACKINGS_MB", str((start + 1.5 * weight_bytes) / 2**20))  # room for one more
+    first, second = ipex.optimize(model), ipex.optimize(model)
+    for s in (a, b, c, a):
+        close(run(first, (images[s],)), model(images[s]))
+    assert list(first[0]._packings) == [c, a] and modules._EXTRA_PACKING_BYTES[0] == start + weight_bytes
+    for s in (a, b):
+        close(run(second, (images[s],)), model(images[s]))
+    assert "_packings" not in second[0].__dict__ and second[0]._packed_for == b  # no room: packed again
+    del first
+    gc.collect()
+    assert modules._EXTRA_PACKING_BYTES[0] == start  # given back with the layer
+    close(run(second, (images[c],)), model(images[c]))
+    assert list(second[0]._packings) == [b, c] and modules._EXTRA_PACKING_BYTES[0] == start + weight_bytes
+    second.load_state_dict(model.state_dict())  # new weights: the packings and their share go
+    assert modules._EXTRA_PACKING_BYTES[0] == start
+    monkeypatch.setenv("IPEX_CONV_PACKINGS_MB", "lots")
+    with pytest.raises(ValueError, match="IPEX_CONV_PACKINGS_MB='lots': expected a number of MiB"):
+        ipex.optimize(model)
+    monkeypatch.delenv("IPEX_CONV_PACKINGS_MB")
 
     monkeypatch.setenv("IPEX_CONV_PACKINGS", "1")  # one packing, repacked at each change of shape
     one = ipex.optimize(model)

@@ -18,7 +18,9 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
    slow kernel, not a reorder: ResNet-50 without sample_input was 2.7x slower
    than stock). Each convolution keeps packings for the last
    ``IPEX_CONV_PACKINGS`` input shapes it was called with (default 8, least
-   recently used out; each costs its weight bytes again), so calls
+   recently used out; each costs its weight bytes again, and all of them
+   beyond each layer's own weight take ``IPEX_CONV_PACKINGS_MB`` at most,
+   1 GiB by default, process-wide), so calls
    alternating between a few batch sizes or image sizes reorder nothing
    (ResNet-50 alternating 224 and 160 pixels: 48 / 31 ms, against 78 / 62
    when each change of shape repacked). The first call must be an eager one:
@@ -191,6 +193,7 @@ from ipex_core.optimize.modules import (
     exactly_channels_last,
     link_folded,
     onednn_runs,
+    packings_budget_bytes,
     packings_per_layer,
     run_fused,
     single_input_channel,
@@ -682,7 +685,7 @@ def optimize(model, dtype=None, optimizer=None, level="O1", inplace=False, conv_
                          "optimizes CPU models. Move it with model.to('cpu') first.")
 
     if knobs["weights_prepack"]:
-        packings_per_layer()  # a bad IPEX_CONV_PACKINGS fails here, not at some later call
+        packings_per_layer(), packings_budget_bytes()  # bad IPEX_CONV_PACKINGS(_MB) fail here, not at a later call
     model = model if inplace else copy.deepcopy(model)
     sample = _SampleRun(model, sample_input) if sample_input is not None else _SampleRun()
     if knobs["auto_kernel_selection"] and sample_input is None:

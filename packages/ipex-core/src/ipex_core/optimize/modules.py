@@ -24,6 +24,7 @@ import collections
 import copy
 import functools
 import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,9 @@ _ipex = torch.ops.ipex
 # 1x1 convolution as one GEMM (fp32 1x1 stride-1 Conv2d, see conv1x1_supported; keeps the dense
 # weight and a column-blocked copy, residual add and ReLU fused).
 KERNELS = ("onednn", "mkl", "dense", "winograd", "brgemm")
-_REPACK_LOCK = threading.Lock()  # see _PackedModule._repack_for
+_REPACK_LOCK = threading.RLock()  # see _PackedModule._repack_for (reentrant: _set_weight may run under it)
+# The bytes all layers' packings beyond their own weight take, process-wide (see _PackedModule._add_packing).
+_EXTRA_PACKING_BYTES = [0]
 # The weight copy each kernel runs on, kept beside the dense weight (rebuilt by _set_weight).
 _KERNEL_WEIGHTS = {"mkl": "_mkl_weight", "winograd": "_winograd_weight", "brgemm": "_brgemm_weight"}
 
@@ -67,6 +70,30 @@ def traced(input) -> bool:
     True in every thread while any thread compiles, and an eager call in another thread then skipped packing for
     its shape and, under autocast, computed in float32 (a graph compiled right after froze that state)."""
     return torch.compiler.is_dynamo_compiling() or (torch.compiler.is_compiling() and type(input) is not torch.Tensor)
+
+
+def packings_budget_bytes() -> int:
+    """IPEX_CONV_PACKINGS_MB in bytes: what the packings beyond each convolution's own weight may take in all."""
+    value = _env.get("IPEX_CONV_PACKINGS_MB")
+    try:
+        mib = float(value)
+    except ValueError:
+        mib = -1.0
+    if not mib >= 0:
+        raise ValueError(f"IPEX_CONV_PACKINGS_MB={value!r}: expected a number of MiB, 0 or more (the memory the "
+                         "extra per-shape packings of prepacked convolutions may take in all; default 1024)")
+    return int(mib * 2**20)
+
+
+def _account_extra(cell: list, extra: int) -> None:
+    """Set one layer's share of _EXTRA_PACKING_BYTES (``cell``) to ``extra``. (Under _REPACK_LOCK.)"""
+    _EXTRA_PACKING_BYTES[0] += extra - cell[0]
+    cell[0] = extra
+
+
+def _forget_extra(cell: list) -> None:
+    with _REPACK_LOCK:
+        _account_extra(cell, 0)
 
 
 def packings_per_layer() -> int:
@@ -223,7 +250,7 @@ class _PackedModule(nn.Module):
         kernel = kernel or self.kernel
         dense = dense.detach()
         self.__dict__.pop("_autocast_copy", None)  # made from the old weights (see _autocast_twin)
-        self.__dict__.pop("_packings", None)  # likewise (see _weight_for)
+        self._drop_packings()  # likewise
         stored = self._pack(dense) if kernel == "onednn" else _dense_layout(self._in_weight_layout(dense))
         self.__dict__["_packed"] = kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
@@ -305,7 +332,9 @@ class _PackedModule(nn.Module):
             rule = self.__dict__.get("_settle_kernel")  # applied once, at the first call
             count = packings_per_layer()
             if rule is None and packed_for is not None and count > 1:
-                return self._add_packing(shape, packings, count)
+                weight = self._add_packing(shape, packings, count)
+                if weight is not None:
+                    return weight
             if rule is not None:
                 kernel = rule(self, list(shape), _keeps_channels_last(input))
                 if self.kernel == "dense" and kernel == "onednn":
@@ -323,22 +352,45 @@ class _PackedModule(nn.Module):
             self.__dict__.pop("_settle_kernel", None)  # last: until now a concurrent call waits on the lock
             return self.weight
 
-    def _add_packing(self, shape: tuple, packings: collections.OrderedDict | None, count: int) -> nn.Parameter:
+    def _add_packing(self, shape: tuple, packings: collections.OrderedDict | None,
+                     count: int) -> nn.Parameter | None:
         """A packing for ``shape`` added to ``_packings`` (made at the second shape, holding the parameter's
         first), the least recently used one dropped past ``count``. Dropping the parameter's own packing moves
-        the parameter to the new one. (Under _REPACK_LOCK.)"""
-        weight = nn.Parameter(self._pack(self.dense_weight(), self._pack_size(list(shape))), requires_grad=False)
+        the parameter to the new one. The packings beyond each layer's own weight take IPEX_CONV_PACKINGS_MB in
+        all, process-wide: past it a layer with packings to spare replaces its least recently used one, and
+        one with none returns None (its parameter is packed again for the shape instead): a convolution model of
+        several GB called at many shapes would otherwise hold IPEX_CONV_PACKINGS copies of its weights.
+        (Under _REPACK_LOCK.)"""
+        dense = self.dense_weight()
+        nbytes = dense.numel() * dense.element_size()
+        size = 1 if packings is None else len(packings)
+        grow = size < count and _EXTRA_PACKING_BYTES[0] + nbytes <= packings_budget_bytes()
+        if not grow and size < 2:
+            return None
+        weight = nn.Parameter(self._pack(dense, self._pack_size(list(shape))), requires_grad=False)
         if packings is None:
             packings = collections.OrderedDict({self.__dict__["_packed_for"]: self._parameters["weight"]})
         packings[shape] = weight
-        while len(packings) > count:
+        while len(packings) > min(count, size + 1 if grow else size):
             dropped, _ = packings.popitem(last=False)
             if dropped == self.__dict__["_packed_for"]:
                 self._parameters["weight"] = weight
                 self._input_size = self._pack_size(list(shape))
                 self.__dict__["_packed_for"] = shape
+        cell = self.__dict__.get("_extra_bytes")
+        if cell is None:  # this layer's share of _EXTRA_PACKING_BYTES, given back when the layer goes
+            cell = self.__dict__["_extra_bytes"] = [0]
+            weakref.finalize(self, _forget_extra, cell).atexit = False
+        _account_extra(cell, (len(packings) - 1) * nbytes)
         self.__dict__["_packings"] = packings  # last: a concurrent call finds it whole
         return weight
+
+    def _drop_packings(self) -> None:
+        """Forget the packings (the weights changed, or their layout), and their share of the memory budget."""
+        self.__dict__.pop("_packings", None)
+        cell = self.__dict__.get("_extra_bytes")
+        if cell is not None and cell[0]:
+            _forget_extra(cell)
 
     def _pack_size(self, shape: list[int]) -> list[int]:
         """The input shape oneDNN's packing is told for an input of ``shape`` (the convolutions adapt it)."""
@@ -533,7 +585,7 @@ class _PackedModule(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self.__dict__.pop("_autocast_copy", None)
-        self.__dict__.pop("_packings", None)
+        self._drop_packings()
         packed = self._weight_is_packed()
         if packed:
             self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
@@ -568,7 +620,7 @@ class _PackedModule(nn.Module):
                 new.__dict__[key] = params
             elif key in _KERNEL_WEIGHTS.values():
                 new.__dict__[key] = value.clone()
-            elif key in ("_autocast_copy", "_packings"):
+            elif key in ("_autocast_copy", "_packings", "_extra_bytes"):
                 continue  # made again when needed
             else:
                 new.__dict__[key] = copy.deepcopy(value, memo)
