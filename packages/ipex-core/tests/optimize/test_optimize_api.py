@@ -809,9 +809,10 @@ def test_convolutions_keep_a_packing_per_input_shape(monkeypatch):
     assert list(second[0]._packings) == [b, c] and modules._EXTRA_PACKING_BYTES[0] == start + weight_bytes
     second.load_state_dict(model.state_dict())  # new weights: the packings and their share go
     assert modules._EXTRA_PACKING_BYTES[0] == start
-    monkeypatch.setenv("IPEX_CONV_PACKINGS_MB", "lots")
-    with pytest.raises(ValueError, match="IPEX_CONV_PACKINGS_MB='lots': expected a number of MiB"):
-        ipex.optimize(model)
+    for bad in ("lots", "inf", "-1"):
+        monkeypatch.setenv("IPEX_CONV_PACKINGS_MB", bad)
+        with pytest.raises(ValueError, match=f"IPEX_CONV_PACKINGS_MB='{bad}': expected a number of MiB"):
+            ipex.optimize(model)
     monkeypatch.delenv("IPEX_CONV_PACKINGS_MB")
 
     monkeypatch.setenv("IPEX_CONV_PACKINGS", "1")  # one packing, repacked at each change of shape

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import math
 import threading
 import weakref
 
@@ -79,7 +80,7 @@ def packings_budget_bytes() -> int:
         mib = float(value)
     except ValueError:
         mib = -1.0
-    if not mib >= 0:
+    if not 0 <= mib < float("inf"):
         raise ValueError(f"IPEX_CONV_PACKINGS_MB={value!r}: expected a number of MiB, 0 or more (the memory the "
                          "extra per-shape packings of prepacked convolutions may take in all; default 1024)")
     return int(mib * 2**20)
@@ -361,13 +362,12 @@ class _PackedModule(nn.Module):
         one with none returns None (its parameter is packed again for the shape instead): a convolution model of
         several GB called at many shapes would otherwise hold IPEX_CONV_PACKINGS copies of its weights.
         (Under _REPACK_LOCK.)"""
-        dense = self.dense_weight()
-        nbytes = dense.numel() * dense.element_size()
+        nbytes = self.weight.element_size() * math.prod(self._plain_weight_shape)  # (no unpacking to know it)
         size = 1 if packings is None else len(packings)
         grow = size < count and _EXTRA_PACKING_BYTES[0] + nbytes <= packings_budget_bytes()
         if not grow and size < 2:
             return None
-        weight = nn.Parameter(self._pack(dense, self._pack_size(list(shape))), requires_grad=False)
+        weight = nn.Parameter(self._pack(self.dense_weight(), self._pack_size(list(shape))), requires_grad=False)
         if packings is None:
             packings = collections.OrderedDict({self.__dict__["_packed_for"]: self._parameters["weight"]})
         packings[shape] = weight
