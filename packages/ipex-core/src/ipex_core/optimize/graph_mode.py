@@ -9,6 +9,7 @@ weights and applies its own oneDNN pattern fusions on top of ipex's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import warnings
@@ -119,11 +120,15 @@ def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, conca
 
     patches = {"freezing": True, "cpp.enable_concat_linear": concat_linear, **GRAPH_MODE_OUTPUT_ASSERTS}
     loaded = getattr(PyCodeCache, "modules", None)  # (inductor's internals: absent elsewhere, nothing is recorded)
-    known = len(loaded) if isinstance(loaded, list) else None  # (dynamo compiles one frame at a time)
+    # The modules loaded before, held (so that no new module can take the id of one freed meanwhile). Compared by
+    # identity, not by position: a finalizer of another collected graph-mode model may drop its own modules from
+    # the list while inductor compiles (release_generated_code), and the new modules then sat before the old end.
+    before = list(loaded) if isinstance(loaded, list) else None
     with config.patch(patches):
         compiled = compile_fx(gm, example_inputs)
-    if generated is not None and known is not None:
-        generated.extend(loaded[known:])
+    if generated is not None and before is not None:
+        known = {id(m) for m in before}
+        generated.extend(m for m in loaded if id(m) not in known)
     return compiled
 
 
@@ -150,13 +155,53 @@ def release_generated_code(generated: list) -> None:
     generated.clear()
 
 
+@contextlib.contextmanager
+def trace_settings(trace_lstm: bool):
+    """What dynamo must see while it traces a graph-mode model: inductor's freezing (parameters become graph
+    constants, see _InferenceCall) and, for ``trace_lstm``, dynamo's ``allow_rnn``. Config values are context
+    variables in torch 2.13: the patch holds in the tracing thread alone."""
+    from torch._dynamo import config as dynamo_config
+    from torch._inductor import config
+
+    with config.patch(freezing=True), (dynamo_config.patch(allow_rnn=True) if trace_lstm
+                                       else contextlib.nullcontext()):
+        yield
+
+
+def tracing_with(settings, fn, *, backend, dynamic, guard_filter_fn):
+    """``torch.compile(fn, backend=backend, dynamic=dynamic)`` that enters the context manager ``settings()``
+    around dynamo's work on a frame it has no graph for (tracing and compiling), and never on a call its
+    cache answers. The result's ``settings_at_trace_only`` is False where this torch has no such hook (its
+    callers then enter ``settings()`` around every call).
+
+    How: dynamo's optimize context calls its ``callback`` on a cache miss only; that is wrapped here, the way
+    dynamo wraps its own callbacks (``_torchdynamo_orig_backend`` names the wrapped one: dynamo finds the
+    backend of a cached graph through it, so the wrapper does not recompile anything)."""
+    context = torch._dynamo.optimize(backend=backend, dynamic=dynamic, guard_filter_fn=guard_filter_fn)
+    inner = getattr(context, "callback", None)
+    hooked = callable(inner)
+    if hooked:
+        def callback(*args, **kwargs):
+            with settings():
+                return inner(*args, **kwargs)
+
+        callback._torchdynamo_orig_backend = inner
+        context.callback = callback
+    compiled = context(fn)
+    compiled.settings_at_trace_only = hooked
+    return compiled
+
+
 class _InferenceCall:
     """The compiled ``__call__`` of a graph-mode model, run without autograd and with freezing on.
 
     Freezing must be on while dynamo traces (at a call, lazily), not only while inductor compiles: dynamo
     then keeps parameters as graph constants, which freezing folds and inductor prepacks. Patching it in the
     backend alone leaves the weights as graph inputs (and ``torch.compile(options={"freezing": True})`` does
-    not freeze in torch 2.13 for the same reason). The patches are scoped to the call.
+    not freeze in torch 2.13 for the same reason). The patches are entered only when dynamo traces
+    (tracing_with): entered around every call, ``config.patch`` cost each call 27 us, and the config
+    writes slowed the compiled call after it (a 4-Linear MLP at 64 wide: 228 against 152 us a call,
+    as fast as the eager model once gone).
 
     ``trace_lstm``: dynamo traces ``nn.LSTM`` (``allow_rnn``) instead of breaking the graph at it. By
     default it runs every ``nn.RNNBase`` eagerly between two compiled graphs, and the stock LSTM kernel
@@ -168,7 +213,6 @@ class _InferenceCall:
     recompiled for each length). Not either where sample_input showed an LSTM called more than once per
     forward (a decoder stepping it in a Python loop): traced, that loop unrolls into one graph per
     sequence length, 10-24 s of compilation each (with the graph break: 0.2 s, then reused).
-    The patch is entered only when it changes something: entering it cost every call 28 us.
 
     ``compile_for_shape`` / ``shape_graphs``: a model with convolutions on oneDNN weights, whose blocked format
     depends on the input shape (modules._PackedModule._weight_for), gets a compiled function of its own
@@ -200,9 +244,6 @@ class _InferenceCall:
         self.generated = [] if generated is None else generated  # inductor's modules for these graphs
 
     def __call__(self, *args, **kwargs):
-        from torch._dynamo import config as dynamo_config
-        from torch._inductor import config
-
         autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         compiled = None
         if self.compile_for_shape is not None:
@@ -217,10 +258,10 @@ class _InferenceCall:
                 with self.lock:
                     self._eager_call(key, args, kwargs)
             compiled = self.compiled
-        with torch.no_grad(), config.patch(freezing=True):
-            if not self.trace_lstm:
+        with torch.no_grad():
+            if compiled.settings_at_trace_only:
                 return compiled(*args, **kwargs)
-            with dynamo_config.patch(allow_rnn=True):
+            with trace_settings(self.trace_lstm):  # (torch without the hook tracing_with: on every call)
                 return compiled(*args, **kwargs)
 
     def _eager_call(self, key, args, kwargs) -> None:
@@ -319,10 +360,13 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
     weakref.finalize(model, release_generated_code, generated).atexit = False  # (nothing to release at exit)
 
     def compile_step():
-        return functools.partial(torch.compile(
-            deployed_step(type(model)._call_impl),
-            backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear, generated=generated),
-            dynamic=dynamic, options={"guard_filter_fn": deployment_guard_filter}), model)
+        compiled = tracing_with(functools.partial(trace_settings, trace_lstm), deployed_step(type(model)._call_impl),
+                                backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear,
+                                                          generated=generated),
+                                dynamic=dynamic, guard_filter_fn=deployment_guard_filter)
+        step = functools.partial(compiled, model)
+        step.settings_at_trace_only = compiled.settings_at_trace_only
+        return step
 
     # Convolutions whose oneDNN weights are packed per input shape (a layer on another kernel may settle on
     # oneDNN at its first call, and under autocast computes through a low-precision copy on oneDNN): a compiled
