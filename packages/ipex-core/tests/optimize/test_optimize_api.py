@@ -209,6 +209,44 @@ def test_graph_mode_default_linear_kernel_follows_the_vendor(zoo, monkeypatch, i
     assert ipex.optimize(zoo, graph_mode=True, dtype=torch.bfloat16).fc1.kernel == "onednn"
 
 
+def test_small_linears_keep_the_stock_kernel():
+    """oneDNN's linear costs 16-20 us a call whatever its size, stock F.linear 3-6 us: small MLPs ran slower than
+    stock (32 wide, batch 1: 119 against 77 us). A Linear too small for oneDNN (api._linear_is_small) keeps the
+    stock kernel on its folded dense weight: chosen from sample_input, or without one at the layer's first call
+    (graph mode makes that call eagerly before dynamo traces). Larger layers stay on oneDNN."""
+    torch.manual_seed(0)
+    model = M.randomize_bn(M.MLPBN(d=32, width=32)).eval()
+    x = torch.randn(1, 32)
+
+    def kernels(opt):
+        return {m.kernel for m in opt.modules() if isinstance(m, PackedLinear)}
+
+    with torch.no_grad():
+        want = model(x)
+        opt = ipex.optimize(model, sample_input=x)
+        assert kernels(opt) == {"dense"}
+        close(opt(x), want)
+        plain = ipex.optimize(model)
+        assert kernels(plain) == {"onednn"}  # no shape known yet
+        close(plain(x), want)
+        assert kernels(plain) == {"dense"} and not any("_settle_kernel" in m.__dict__ for m in plain.modules())
+        batch = torch.randn(64, 32)
+        close(plain(batch), model(batch))  # settled once: a later batch keeps the kernel
+        assert kernels(plain) == {"dense"}
+        big = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU()).eval()
+        batch = torch.randn(64, 1024)
+        assert ipex.optimize(big, sample_input=batch)[0].kernel == "onednn"
+        plain_big = ipex.optimize(big)
+        close(plain_big(batch), big(batch))
+        assert plain_big[0].kernel == "onednn" and "_settle_kernel" not in plain_big[0].__dict__
+        # bf16: stock's own bf16 linear calls oneDNN from 2 rows on, so only the tiniest layers keep it
+        assert ipex.optimize(model, dtype=torch.bfloat16, sample_input=x).fc1.kernel == "dense"
+        assert ipex.optimize(model, dtype=torch.bfloat16, sample_input=torch.randn(8, 32)).fc1.kernel == "onednn"
+        graph = ipex.optimize(model, graph_mode=True)
+        close(graph(x), want)
+        assert kernels(graph) == {"dense"}
+
+
 @pytest.mark.parametrize("kernel", ["onednn", "dense", "mkl"])
 def test_linear_kernels(kernel):
     torch.manual_seed(0)

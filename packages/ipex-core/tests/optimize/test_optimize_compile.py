@@ -199,6 +199,7 @@ def test_graph_mode_enters_its_trace_settings_only_when_dynamo_compiles(monkeypa
             yield
 
     monkeypatch.setattr(graph_mode, "trace_settings", counting)
+    torch._dynamo.reset()  # (dynamo's automatic-dynamic record of earlier tests' batch sizes: no recompile below)
     torch.manual_seed(0)
     model = M.randomize_bn(M.MLPBN()).eval()
     opt = ipex.optimize(model, graph_mode=True)

@@ -349,7 +349,11 @@ class _OpLog(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("act,name", ACTIVATIONS, ids=[f"{n}-{i}" for i, (_, n) in enumerate(ACTIVATIONS)])
-def test_post_op_fusion(act, name):
+def test_post_op_fusion(act, name, monkeypatch):
+    from ipex_core.optimize import api
+
+    # This Linear is small enough for the stock kernel (api._linear_is_small), which runs its activation unfused.
+    monkeypatch.setattr(api, "_linear_is_small", lambda linear, dtype, shape: False)
     torch.manual_seed(0)
     model = _Act(act).eval().to(memory_format=torch.channels_last)  # channels-last: oneDNN's conv (see api.py)
     x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)

@@ -90,6 +90,10 @@ prepacked weight, except fp32 Conv2d layers whose input shape ``sample_input``
 F(4x4, 3x3) (4x fewer multiplications, 1e-5 of the output's scale instead of
 1e-6), and 1x1 stride-1 layers of at most 4096 rows (N*H*W, channels-last) one
 GEMM with ReLU and the residual add fused (oneDNN's call costs 25-30 us each).
+Linears too small for oneDNN's cost per call (16-20 us, against 3-6 us for stock
+F.linear; the rule and its measurements: ``_linear_is_small``) keep the stock
+kernel on their dense (folded, cast) weight, their post-ops after it; without
+``sample_input`` a Linear chooses at its first call, for that call's shape.
 Convolutions whose input is channels-first (NCHW/NCDHW, as
 ``sample_input`` or the first call shows; ``optimize`` itself, without a
 sample, goes by whether the model was converted with
@@ -437,6 +441,8 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
         return "winograd"
     if channels_last and _conv1x1_pays(module, cast or module.weight.dtype, shape, post_op):
         return "brgemm"
+    if type(module) is nn.Linear and _linear_is_small(module, cast or module.weight.dtype, shape):
+        return "dense"
     if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd) \
             and (type(module) is nn.Conv1d or not channels_last) \
             and not _aten_skips_onednn(module, cast or module.weight.dtype, shape):
@@ -445,6 +451,25 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
             and _mkl_is_fast()):
         return "dense"
     return "onednn"
+
+
+def _linear_is_small(linear: nn.Linear, dtype: torch.dtype, shape: list[int] | None) -> bool:
+    """Whether a Linear called on inputs of ``shape`` is too small for oneDNN: its call costs 16-20 us whatever
+    the size (primitive lookup and execution), against 3-6 us for stock F.linear on the dense weight, so small
+    layers ran slower than stock (a 4-Linear MLP at 32 wide, batch 1: 119 against 77 us). Measured per layer
+    with ReLU, square weights, stock/oneDNN time (AMD EPYC Zen 4, 2 threads): fp32 [rows, K=N] [1, 32] 0.21,
+    [64, 64] 0.51, [512, 64] 0.83, [64, 128] 0.70, [8, 256] 0.80, [1, 384] 0.67, [1, 512] 0.94, and oneDNN ahead
+    from [8, 384] 1.15, [1, 768] 1.15, [64, 256] 1.10, [512, 128] 1.03 up; bf16 (stock takes oneDNN too from
+    2 rows): [1, 32] 0.28, [1, 64] 0.32, and oneDNN ahead from [1, 128] 1.09, [8, 32] 1.24. Such layers keep
+    the stock kernel on their (folded, cast) dense weight, post-ops after it. Unknown shape: not small."""
+    if shape is None or not shape:
+        return False
+    rows = math.prod(shape[:-1])
+    k, n = linear.in_features, linear.out_features
+    macs = rows * k * n
+    if dtype == torch.float32:
+        return (macs < 1_100_000 and k * n < 300_000) or (min(k, n) <= 64 and macs <= 2_200_000)
+    return macs <= 4096
 
 
 # Winograd's 36 GEMMs are [tiles, C] x [C, K]: with fewer than this many 4x4 output tiles per call they
@@ -533,6 +558,12 @@ def _settled_kernel(layer: nn.Module, shape: list[int], channels_last: bool) -> 
     if not onednn_runs(layer.dtype):  # (.double(), or .half() without float16 kernels, after optimize)
         return "dense"
     return _default_kernel(layer._stock_stand_in(), layer.dtype, True, False, channels_last, shape, layer.post_op)
+
+
+def _settled_linear_kernel(layer: nn.Module, shape: list[int]) -> str:
+    """The kernel a Linear that optimize built without an input shape (oneDNN) takes at its first call: the
+    stock one where that call shows it small (_linear_is_small), else oneDNN still."""
+    return "dense" if _linear_is_small(layer, layer.dtype, shape) else layer.kernel
 
 
 def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None) -> bool:
@@ -825,6 +856,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                 if prepack and shapes.get(name) is None and isinstance(new, _PackedConvNd) \
                         and new.kernel in ("onednn", "dense"):  # (transposed ones stay on oneDNN)
                     new.__dict__["_settle_kernel"] = _settled_kernel  # applied at the first call
+                if prepack and shapes.get(name) is None and type(new) is PackedLinear and new.kernel == "onednn":
+                    new.__dict__["_settle_kernel"] = _settled_linear_kernel  # likewise (PackedLinear._settle)
             replaced[id(module)] = new
             _set_submodule(model, name, new)
         elif dtype is not None and type(module) in _CAST_TYPES:

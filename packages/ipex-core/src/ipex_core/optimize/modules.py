@@ -680,6 +680,8 @@ class PackedLinear(_PackedModule):
 
     def _run(self, input: torch.Tensor, other: torch.Tensor | None, post: PostOp) -> torch.Tensor:
         self._check_folded_inference()
+        if "_settle_kernel" in self.__dict__ and not traced(input):
+            self._settle(input)
         twin = self._autocast_twin(input)
         if twin is not None:
             return twin._run_under_autocast(input, other, post)
@@ -696,6 +698,23 @@ class PackedLinear(_PackedModule):
                     and other.shape[:-1] == input.shape[:-1] and other.shape[-1] == self.out_features):
                 return _ipex.onednn_linear_binary(input, other, w, b, post.binary)
         return self._unfused(self._gemm(input), other, post)
+
+    def _settle(self, input: torch.Tensor) -> None:
+        """At the first call of a Linear ``ipex.optimize`` built without an input shape (``_settle_kernel``): the
+        kernel for that call's shape, as sample_input would have chosen it (api._linear_is_small: the stock one
+        for a layer too small for oneDNN's cost per call)."""
+        with _REPACK_LOCK:  # (another thread's first call may be settling it)
+            rule = self.__dict__.get("_settle_kernel")
+            if rule is None:
+                return
+            kernel = rule(self, list(input.shape))
+            if kernel != self.kernel:
+                twin = self.__dict__.get("_autocast_copy")  # the same values: still valid
+                self._set_weight(self._plain_weight(), kernel)
+                if twin is not None:
+                    self.__dict__["_autocast_copy"] = twin
+                self.kernel = kernel
+            self.__dict__.pop("_settle_kernel", None)  # last: until now a concurrent call waits on the lock
 
     def _gemm(self, input: torch.Tensor) -> torch.Tensor:
         """input @ weight.T + bias on this module's kernel (the folded weight and bias where a BatchNorm was
@@ -1015,8 +1034,11 @@ class PackedConv3d(_PackedConvNd):
 
 
 def awaits_first_call(module: nn.Module) -> bool:
-    """Whether ``module`` is a convolution on a oneDNN weight not yet packed for any input shape: its first
-    eager call packs it (and may choose its kernel); see _PackedModule._repack_for."""
+    """Whether ``module`` is a convolution on a oneDNN weight not yet packed for any input shape (its first
+    eager call packs it, and may choose its kernel; see _PackedModule._repack_for), or a Linear whose first call
+    chooses its kernel (PackedLinear._settle)."""
+    if isinstance(module, PackedLinear):
+        return "_settle_kernel" in module.__dict__
     return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd)) and module.__dict__.get("_packed_for") is None
             and (module.kernel == "onednn" or "_settle_kernel" in module.__dict__))
 
