@@ -209,6 +209,38 @@ def test_graph_mode_default_linear_kernel_follows_the_vendor(zoo, monkeypatch, i
     assert ipex.optimize(zoo, graph_mode=True, dtype=torch.bfloat16).fc1.kernel == "onednn"
 
 
+def test_small_convolutions_keep_atens_kernel():
+    """Where stock runs a convolution on ATen's own kernel (small fp32 batch-1 inputs), oneDNN's prepacked one pays
+    only from some work up, its call costing about 30 us (api._aten_kernel_beats_onednn): Conv1d and 1x1 layers
+    keep ATen's kernel (oneDNN's ran them at 0.23-0.56x stock), 3x3 ones below 3M multiply-adds channels-last or
+    0.3M channels-first, 3x3x3 ones below 0.5M. Chosen from sample_input, or at the first call without one."""
+    cases = [(nn.Conv1d(64, 64, 3, padding=1), (1, 64, 64), False, "dense"),
+             (nn.Conv2d(64, 64, 1), (1, 64, 8, 8), False, "dense"),
+             (nn.Conv2d(64, 64, 3, padding=1), (1, 64, 8, 8), True, "dense"),  # 2.4M multiply-adds
+             (nn.Conv2d(256, 256, 3, padding=1), (1, 256, 7, 7), True, "onednn"),  # 29M
+             (nn.Conv2d(16, 16, 3, padding=1), (1, 16, 4, 4), False, "dense"),  # 37K
+             (nn.Conv2d(64, 64, 3, padding=1), (1, 64, 8, 8), False, "onednn"),  # 2.4M
+             (nn.Conv3d(8, 8, 3, padding=1), (1, 8, 4, 4, 4), False, "dense"),  # 0.1M
+             (nn.Conv3d(16, 16, 3, padding=1), (1, 16, 8, 8, 8), False, "onednn")]  # 3.5M
+    torch.manual_seed(0)
+    for conv, shape, channels_last, kernel in cases:
+        model = nn.Sequential(conv, nn.ReLU()).eval()
+        x = torch.randn(shape)
+        if channels_last:
+            model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        opt = ipex.optimize(model, sample_input=x)
+        assert opt[0].kernel == kernel, (conv, shape)
+        close(run(opt, (x,)), run(model, (x,)))
+        plain = ipex.optimize(model)
+        close(run(plain, (x,)), run(model, (x,)))
+        # (a model not converted to channels-last starts its layers on the stock kernel, and keeps it: a plain
+        # weight the model's own code may read; see test_channels_first_convolutions_keep_the_stock_kernel)
+        assert plain[0].kernel == (kernel if channels_last else "dense"), (conv, shape)
+    assert api._aten_kernel_beats_onednn(nn.Conv1d(64, 64, 3), torch.float32, [1, 64, 64], False)
+    assert not api._aten_kernel_beats_onednn(nn.Conv1d(64, 64, 3), torch.float32, [2, 64, 64], False)  # oneDNN's
+    assert not api._aten_kernel_beats_onednn(nn.Conv1d(64, 64, 3), torch.bfloat16, [1, 64, 64], False)  # likewise
+
+
 def test_small_linears_keep_the_stock_kernel():
     """oneDNN's linear costs 16-20 us a call whatever its size, stock F.linear 3-6 us: small MLPs ran slower than
     stock (32 wide, batch 1: 119 against 77 us). A Linear too small for oneDNN (api._linear_is_small) keeps the
@@ -451,7 +483,7 @@ def test_channels_first_convolutions_keep_the_stock_kernel():
             super().__init__()
             self.c1 = nn.Conv1d(4, 8, 3, padding=1)
             self.c2 = nn.Conv2d(3, 8, 3, padding=1)
-            self.c3 = nn.Conv3d(2, 4, 3, padding=1)
+            self.c3 = nn.Conv3d(16, 16, 3, padding=1)
             self.t2 = nn.ConvTranspose2d(8, 4, 2, 2)
 
         def forward(self, s, x, v):
@@ -459,15 +491,15 @@ def test_channels_first_convolutions_keep_the_stock_kernel():
 
     torch.manual_seed(0)
     model = Net().eval()
-    cf = (torch.randn(2, 4, 16), torch.randn(2, 3, 8, 8), torch.randn(1, 2, 4, 6, 6))
+    cf = (torch.randn(2, 4, 16), torch.randn(2, 3, 8, 8), torch.randn(1, 16, 8, 8, 8))
     cl = (cf[0], cf[1].to(memory_format=torch.channels_last), cf[2].to(memory_format=torch.channels_last_3d))
 
     def kernels(m):
         return m.c1.kernel, m.c2.kernel, m.c3.kernel, m.t2.kernel
 
     cases = [(ipex.optimize(model), cf, ("dense", "dense", "dense", "onednn")),
-             # the Conv3d's sample is a small fp32 batch of one, which ATen runs on its own slow kernel:
-             # oneDNN's prepacked one (test_kernel_rule_reads_layouts_exactly_and_stock_slow_paths)
+             # the Conv3d's sample is a small fp32 batch of one, which ATen runs on its own kernel, slower than
+             # oneDNN's prepacked one at this much work (3.5M multiply-adds; api._aten_kernel_beats_onednn)
              (ipex.optimize(model, sample_input=cf), cf, ("dense", "dense", "onednn", "onednn")),
              (ipex.optimize(model, sample_input=cl), cl, ("dense", "onednn", "onednn", "onednn"))]
     for opt, inputs, want in cases:
@@ -539,7 +571,7 @@ def test_kernel_rule_reads_layouts_exactly_and_stock_slow_paths():
     assert kernels(ipex.optimize(small, sample_input=torch.randn(2, 16, 8, 16, 16))) == ["dense", None, "dense"]
     # cast to bf16 (Conv3d is not: API dtype rules); stride 2, so not a Winograd layer
     flat = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1)).eval()
-    image = torch.randn(1, 16, 16, 16)
+    image = torch.randn(1, 16, 32, 32)  # 1.2M multiply-adds: enough work for oneDNN's cost per call
     assert kernels(ipex.optimize(flat, sample_input=image)) == ["onednn"]
     assert kernels(ipex.optimize(flat, dtype=torch.bfloat16, sample_input=image)) == ["dense"]  # ATen: oneDNN
 
@@ -555,6 +587,13 @@ class ThreeByThree(nn.Module):
     def forward(self, x):
         y = torch.relu(self.bn1(self.conv1(x)))
         return torch.relu(self.conv2(y)) + x.mean()
+
+
+@pytest.fixture
+def onednn_for_small_convs(monkeypatch):
+    """Tests of oneDNN's per-shape packings run small convolutions, fast; at their batch-1 sizes ATen's own kernel
+    is the faster one (api._aten_kernel_beats_onednn) and they would not run oneDNN at all: keep them on it."""
+    monkeypatch.setattr(api, "_aten_kernel_beats_onednn", lambda conv, dtype, shape, channels_last: False)
 
 
 def test_winograd_kernel_rule():
@@ -574,7 +613,8 @@ def test_winograd_kernel_rule():
     close(run(opt, (x.contiguous(),)), run(model, (x.contiguous(),)), 2e-5)  # fed NCHW after all: still right
     assert run(opt, (x.contiguous(),)).is_contiguous()
     assert kernels(ipex.optimize(model)) == ("onednn", "onednn")  # no sample: unknown until the first call
-    assert kernels(ipex.optimize(model, sample_input=x[:1, :, :7, :7])) == ("onednn", "onednn")  # 4 tiles
+    seven = x[:, :, :7, :7].contiguous(memory_format=torch.channels_last)
+    assert kernels(ipex.optimize(model, sample_input=seven)) == ("onednn", "onednn")  # 2 x 4 tiles
     # Fed channels-first: converted to channels-last and back around the kernel, still faster than stock's.
     nchw = ipex.optimize(model, sample_input=x.contiguous())
     assert kernels(nchw) == ("winograd", "winograd")
@@ -653,8 +693,9 @@ def test_convolutions_pack_for_the_shapes_of_their_calls(monkeypatch):
     assert list(strided.conv2._packings) == [first, second]  # least recently used first
     assert packed_for == [list(first), list(second)]  # once per shape, told that shape (conv1 took Winograd)
     small = ipex.optimize(model)
-    close(run(small, (x[:1, :, :7, :7],)), run(model, (x[:1, :, :7, :7],)))  # 4 tiles: the rule keeps oneDNN
-    assert kernels(small) == ("onednn", "onednn") and small.conv1._packed_for == (1, 32, 7, 7)
+    seven = x[:, :, :7, :7].contiguous(memory_format=torch.channels_last)
+    close(run(small, (seven,)), run(model, (seven,)))  # 2 x 4 tiles: the rule keeps oneDNN
+    assert kernels(small) == ("onednn", "onednn") and small.conv1._packed_for == (2, 32, 7, 7)
     stock_up = nn.Sequential(nn.ConvTranspose2d(8, 4, 2, 2)).eval()
     up, z = ipex.optimize(stock_up), torch.randn(1, 8, 5, 5)
     close(run(up, (z,)), run(stock_up, (z,)))
@@ -747,7 +788,7 @@ def test_convolutions_pack_for_the_shapes_of_their_calls(monkeypatch):
     assert kernels(graph) == ("winograd", "winograd") and "_autocast_copy" in graph.conv1.__dict__
 
 
-def test_convolutions_keep_a_packing_per_input_shape(monkeypatch):
+def test_convolutions_keep_a_packing_per_input_shape(monkeypatch, onednn_for_small_convs):
     """A convolution keeps its oneDNN weight packed for each of the last IPEX_CONV_PACKINGS input shapes it was
     called with (4 by default; the weight parameter holds one of them): calls alternating between shapes (a
     server's batch sizes, images of a few sizes) reorder no weight once each shape has been seen; they used to
@@ -865,7 +906,7 @@ def test_convolutions_keep_a_packing_per_input_shape(monkeypatch):
         ipex.optimize(model)
 
 
-def test_eager_calls_while_another_thread_compiles(monkeypatch):
+def test_eager_calls_while_another_thread_compiles(monkeypatch, onednn_for_small_convs):
     """torch.compiler.is_compiling() is one process-wide flag, True in every thread while any thread compiles: an
     eager call of an optimized model in another thread then skipped packing for its shape and, under autocast,
     computed in float32 (and a graph compiled right after froze that state). The layers ask whether their own
@@ -886,7 +927,7 @@ def test_eager_calls_while_another_thread_compiles(monkeypatch):
     close(out.float(), model(y), 3e-2)
 
 
-def test_graph_mode_compiles_a_graph_per_input_shape(monkeypatch):
+def test_graph_mode_compiles_a_graph_per_input_shape(monkeypatch, onednn_for_small_convs):
     """Graph mode compiles a model with shape-packed convolutions once for each of its first IPEX_CONV_PACKINGS
     input shapes, each graph frozen on that shape's packing (one graph with dynamic shapes ran ResNet-50 at 160
     pixels after 224 in 37.4 ms, against 27.7 with its own); past the count, one graph with dynamic shapes on the
@@ -1091,8 +1132,10 @@ def test_conv1x1_kernel_rule(monkeypatch):
     assert kernels(ipex.optimize(model, sample_input=x.contiguous()))[0] != "brgemm"  # channels-first input
     assert kernels(ipex.optimize(model, dtype=torch.bfloat16, sample_input=x)) == ["onednn"] * 4
     narrow = M.randomize_bn(Bottleneck1x1(mid=8)).eval().to(memory_format=torch.channels_last)
-    assert kernels(ipex.optimize(narrow, sample_input=x)) == ["onednn"] * 4  # 8 channels: too thin
-    for out, kernel in ((48, "brgemm"), (40, "onednn")):  # 40 output channels: one unmeasured 40-wide block
+    # 8 channels: too thin for the GEMM; a batch-1 1x1 layer that small runs on ATen's kernel (api.py,
+    # _aten_kernel_beats_onednn), as does the 40-wide one
+    assert kernels(ipex.optimize(narrow, sample_input=x)) == ["dense"] * 4
+    for out, kernel in ((48, "brgemm"), (40, "dense")):  # 40 output channels: one unmeasured 40-wide block
         single = nn.Sequential(nn.Conv2d(32, out, 1), nn.ReLU()).eval().to(memory_format=torch.channels_last)
         assert ipex.optimize(single, sample_input=x)[0].kernel == kernel
     # graph mode plans the residual adds into these layers (inductor cannot fuse into them), in place too

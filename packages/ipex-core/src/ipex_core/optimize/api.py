@@ -102,8 +102,10 @@ kernel on their (BatchNorm-folded, cast) dense weight: oneDNN's prepacked
 kernels reorder such inputs and outputs to and from channels-last at each call,
 1.1-3x slower than stock's own oneDNN call. Except where ATen would not call
 oneDNN: small fp32 batch-1 inputs (N*C*H*W <= 20480, kernels up to 3x3, as
-``sample_input`` shows) run on ATen's slower kernel, and such layers stay
-prepacked. "Converted" is read per rank from the exact weight strides (Conv2d
+``sample_input`` shows) run on ATen's own kernel, and such layers are
+prepacked where that pays in spite of oneDNN's cost per call (about 30 us):
+3x3 Conv2d from 0.3M multiply-adds channels-first (3M channels-last), Conv3d
+from 0.5M; Conv1d and 1x1 layers keep ATen's kernel (``_aten_kernel_beats_onednn``). "Converted" is read per rank from the exact weight strides (Conv2d
 and Conv3d apart: ``.to(memory_format=torch.channels_last)`` converts rank-4
 weights only). For the fastest convolutions convert the model and its inputs
 to channels-last. Under ``graph_mode`` on Intel CPUs, fp32 Linears
@@ -427,8 +429,11 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
       EPYC Zen 4, single layers: Conv3d 64->64 on 16x48x48 bf16 5.8 ms against 3.3; Conv1d 64->64 grouped
       1.3 ms against 0.44). They keep the stock kernel on the dense weight (BatchNorm folded, dtype cast):
       as fast as stock. Not where stock itself would not call oneDNN: ATen runs small fp32 convolutions
-      (batch 1, N*C*H*W <= 20480, kernels up to 3x3) on its own slower kernel, and there the prepacked one
-      was 1.5-2.8x faster; without a recorded shape that case cannot be told and the layer keeps stock's kernel.
+      (batch 1, N*C*H*W <= 20480, kernels up to 3x3) on its own kernel, and there the prepacked one was up
+      to 2.8x faster where the work outweighs oneDNN's cost per call (_aten_kernel_beats_onednn tells where
+      not); without a recorded shape that case cannot be told and the layer keeps stock's kernel.
+    * a convolution that small in any layout where ATen's kernel wins (_aten_kernel_beats_onednn), and a
+      Linear too small for oneDNN's cost per call (_linear_is_small).
       Transposed convolutions stay prepacked: there oneDNN's kernel was as fast or faster in both layouts
       (ConvTranspose3d fp32 4.5x).
     * an fp32 Linear under graph_mode on an Intel CPU, left dense so that inductor's freezing packs it for
@@ -443,10 +448,12 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
         return "brgemm"
     if type(module) is nn.Linear and _linear_is_small(module, cast or module.weight.dtype, shape):
         return "dense"
-    if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd) \
-            and (type(module) is nn.Conv1d or not channels_last) \
-            and not _aten_skips_onednn(module, cast or module.weight.dtype, shape):
-        return "dense"
+    if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
+        dtype = cast or module.weight.dtype
+        if (type(module) is nn.Conv1d or not channels_last) and not _aten_skips_onednn(module, dtype, shape):
+            return "dense"
+        if _aten_kernel_beats_onednn(module, dtype, shape, channels_last):
+            return "dense"
     if (graph_mode and type(module) is nn.Linear and (cast or module.weight.dtype) == torch.float32
             and _mkl_is_fast()):
         return "dense"
@@ -564,6 +571,28 @@ def _settled_linear_kernel(layer: nn.Module, shape: list[int]) -> str:
     """The kernel a Linear that optimize built without an input shape (oneDNN) takes at its first call: the
     stock one where that call shows it small (_linear_is_small), else oneDNN still."""
     return "dense" if _linear_is_small(layer, layer.dtype, shape) else layer.kernel
+
+
+def _aten_kernel_beats_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None,
+                              channels_last: bool) -> bool:
+    """Where stock runs a convolution on ATen's own kernel (_aten_skips_onednn: small fp32 batch-1 inputs),
+    whether that kernel is still the faster one: oneDNN's call costs about 30 us whatever the size, so it
+    pays only from some work up. Measured against stock, oneDNN prepacked + ReLU (AMD EPYC Zen 4, 2 threads,
+    batch 1, C->C): Conv1d 0.23-0.82x at every size of that range (up to 128 channels x 160, 7.9M MACs); 1x1
+    kernels 0.24-0.56x channels-first (Conv2d, 16-256 channels) and 0.26x (Conv3d); 3x3 Conv2d channels-last
+    0.36-0.73x up to 2.4M MACs (64 channels at 8x8), 1.09x from 7.2M; channels-first 0.52-0.99x up to 0.15M,
+    1.35x from 0.45M (0.97x at 0.59M on 4x4); 3x3x3 Conv3d 0.56x at 0.11M, 0.88x at 0.44M, 1.68x from 0.88M.
+    (Channels-last 1x1 Conv2d layers take ipex's 1x1 GEMM before this is asked: 1.1-1.75x stock there.)"""
+    if not _aten_skips_onednn(conv, dtype, shape):
+        return False
+    if type(conv) is nn.Conv1d or all(k == 1 for k in conv.kernel_size):
+        return True
+    spatial = shape[-(conv.weight.dim() - 2):]
+    macs = (math.prod(spatial) // math.prod(conv.stride) * conv.in_channels * conv.out_channels
+            * math.prod(conv.kernel_size))
+    if conv.weight.dim() == 4:
+        return macs < (3_000_000 if channels_last else 300_000)
+    return macs < 500_000
 
 
 def _aten_skips_onednn(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None) -> bool:

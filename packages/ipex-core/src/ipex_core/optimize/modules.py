@@ -34,6 +34,7 @@ from torch import nn
 from ipex_core import env as _env
 from ipex_core.ops import onednn as _onednn
 from ipex_core.ops.conv import conv1x1_weight, winograd_weight
+from ipex_core.reference.onednn import apply_binary, apply_unary
 
 __all__ = [
     "FoldedBatchNorm",
@@ -156,8 +157,6 @@ class PostOp:
             setattr(self, k, v)
 
     def apply_unfused(self, y: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
-        from ipex_core.reference.onednn import apply_binary, apply_unary
-
         if self.binary is not None:
             y = apply_binary(y, other, self.binary)
         return apply_unary(y, self.unary, self.scalars, self.algorithm)
@@ -641,7 +640,9 @@ class _PackedModule(nn.Module):
         out = post.apply_unfused(y, other)
         # A float64 operand promotes, as in PyTorch; a float32 residual meeting the output of a
         # layer cast to bf16/fp16 (dtype=) stays in the cast dtype, like the activations around it.
-        return out if other is not None and other.dtype == torch.float64 else out.to(y.dtype)
+        if out.dtype == y.dtype or (other is not None and other.dtype == torch.float64):
+            return out
+        return out.to(y.dtype)
 
 
 class PackedLinear(_PackedModule):
