@@ -698,7 +698,7 @@ class PackedLinear(_PackedModule):
             if (post.unary == "none" and other is not None and other.dtype == w.dtype
                     and other.shape[:-1] == input.shape[:-1] and other.shape[-1] == self.out_features):
                 return _ipex.onednn_linear_binary(input, other, w, b, post.binary)
-        return self._unfused(self._gemm(input), other, post)
+        return self._unfused(self._gemm(input, w, b), other, post)
 
     def _settle(self, input: torch.Tensor) -> None:
         """At the first call of a Linear ``ipex.optimize`` built without an input shape (``_settle_kernel``): the
@@ -717,10 +717,9 @@ class PackedLinear(_PackedModule):
                 self.kernel = kernel
             self.__dict__.pop("_settle_kernel", None)  # last: until now a concurrent call waits on the lock
 
-    def _gemm(self, input: torch.Tensor) -> torch.Tensor:
-        """input @ weight.T + bias on this module's kernel (the folded weight and bias where a BatchNorm was
-        folded), nothing after."""
-        w, b = self.weight, self._kernel_bias()
+    def _gemm(self, input: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """input @ w.T + b on this module's kernel (``w``, ``b``: its weight and bias, the folded ones where a
+        BatchNorm was folded), nothing after."""
         if self.kernel == "onednn":
             return _ipex.onednn_linear(input, w, b, "none", [], None)
         if self.kernel == "mkl":
