@@ -7,7 +7,8 @@ BERT-base from a transformers config (random weights, seq 128) at batch 1 and 8;
 and one model per remaining path of ipex.optimize (the test models at working sizes):
 a ConvTranspose2d/3d decoder (folded BatchNorm, grouped transpose), a Conv1d/Conv3d
 net (BatchNorm folding, hardswish/GELU), a 2-layer bidirectional LSTM (optimize_lstm),
-and a Linear + BatchNorm1d MLP (linear_bn_folding, dropout removal);
+and a Linear + BatchNorm1d MLP (linear_bn_folding, dropout removal), and small versions of the last two
+("mlpbn-small", "convnd-small": layers too small for oneDNN's cost per call);
 fp32 and bf16. bf16 baselines are the stock model cast with ``.to(bfloat16)``
 (what "stock bf16 eager" means here). The API's dtype rules cast only Conv2d,
 ConvTranspose2d, Linear, Embedding and LSTM: ipex's bf16 decoder and Conv1d/Conv3d
@@ -73,6 +74,11 @@ MODELS = {
              lambda b, dt: (torch.randint(0, 10000, (b, 64)),), [8]),
     "mlpbn": (lambda: models.randomize_bn(models.MLPBN(d=1024, width=1024)).eval(),
               lambda b, dt: (torch.randn(b, 1024, dtype=dt),), [64]),
+    # Small layers, where oneDNN's cost per call (16-30 us) outweighs the work: the kernel rules keep stock's.
+    "mlpbn-small": (lambda: models.randomize_bn(models.MLPBN(d=32, width=32)).eval(),
+                    lambda b, dt: (torch.randn(b, 32, dtype=dt),), [1]),
+    "convnd-small": (lambda: models.randomize_bn(models.ConvNd(c=16)).eval(),
+                     lambda b, dt: (torch.randn(b, 4, 256, dtype=dt), torch.randn(b, 2, 8, 16, 16, dtype=dt)), [1]),
 }
 
 
