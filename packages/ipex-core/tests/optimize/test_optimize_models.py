@@ -84,6 +84,7 @@ def test_resnet50_fp32(resnet, channels_last):
     assert opt.layer1[1].conv3.post_op.inplace and opt.layer1[0].conv3.post_op.inplace
 
 
+@pytest.mark.usefixtures("small_layer_kernels")
 def test_residual_input_is_never_overwritten():
     # A block traced on its own: its residual is the caller's tensor, so the add is fused out of place.
     torch.manual_seed(0)
@@ -275,6 +276,7 @@ def test_bert_base_config():
     assert_close(run(opt16, ids).last_hidden_state, ref, torch.bfloat16, BERT_BASE_TOL)
 
 
+@pytest.mark.usefixtures("small_layer_kernels")
 def test_linear_batchnorm1d_and_dropout():
     torch.manual_seed(0)
     model = M.randomize_bn(M.MLPBN()).eval()
@@ -555,6 +557,7 @@ def test_forward_hooks_keep_firing():
     assert isinstance(opt[0], PackedConv2d)  # still prepacked
 
 
+@pytest.mark.usefixtures("small_layer_kernels")
 def test_linear_batchnorm1d_on_3d_input_without_sample_input():
     # BatchNorm1d normalises dim 1: over the Linear's features only for 2-D input. Without sample_input the
     # fold cannot know the rank, so a 3-D input runs the two steps (it was silently 4.09 off).
@@ -567,6 +570,7 @@ def test_linear_batchnorm1d_on_3d_input_without_sample_input():
     assert_close(run(opt, x2), run(model, x2))
 
 
+@pytest.mark.usefixtures("small_layer_kernels")
 def test_float64_model_and_operands():
     torch.manual_seed(0)
     qkv = M.QKV().double().eval()  # float64 Linears are left to PyTorch, also when concat_linear groups them

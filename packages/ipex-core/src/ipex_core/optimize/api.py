@@ -93,7 +93,8 @@ GEMM with ReLU and the residual add fused (oneDNN's call costs 25-30 us each).
 Linears too small for oneDNN's cost per call (16-20 us, against 3-6 us for stock
 F.linear; the rule and its measurements: ``_linear_is_small``) keep the stock
 kernel on their dense (folded, cast) weight, their post-ops after it; without
-``sample_input`` a Linear chooses at its first call, for that call's shape.
+``sample_input`` a Linear chooses at its first eager call, for that call's shape
+(not under graph_mode, where it stays on oneDNN), and keeps that kernel.
 Convolutions whose input is channels-first (NCHW/NCDHW, as
 ``sample_input`` or the first call shows; ``optimize`` itself, without a
 sample, goes by whether the model was converted with
@@ -467,8 +468,11 @@ def _linear_is_small(linear: nn.Linear, dtype: torch.dtype, shape: list[int] | N
     with ReLU, square weights, stock/oneDNN time (AMD EPYC Zen 4, 2 threads): fp32 [rows, K=N] [1, 32] 0.21,
     [64, 64] 0.51, [512, 64] 0.83, [64, 128] 0.70, [8, 256] 0.80, [1, 384] 0.67, [1, 512] 0.94, and oneDNN ahead
     from [8, 384] 1.15, [1, 768] 1.15, [64, 256] 1.10, [512, 128] 1.03 up; bf16 (stock takes oneDNN too from
-    2 rows): [1, 32] 0.28, [1, 64] 0.32, and oneDNN ahead from [1, 128] 1.09, [8, 32] 1.24. Such layers keep
-    the stock kernel on their (folded, cast) dense weight, post-ops after it. Unknown shape: not small."""
+    2 rows): [1, 32] 0.28, [1, 64] 0.32, and oneDNN ahead from [1, 128] 1.09, [8, 32] 1.24 (fp16 takes bf16's
+    rule, unmeasured: no float16 oneDNN kernels here). Such layers keep the stock kernel on their (folded, cast)
+    dense weight, post-ops after it. Unknown shape: not small. Under graph_mode (with sample_input) inductor's
+    freezing packs such a dense Linear for its own GEMM: MKL's packed sgemm in fp32, 3-15 us at these sizes
+    (mlpbn-small in bench_optimize: graph mode 2.08x stock, torch.compile 1.91x), oneDNN in bf16."""
     if shape is None or not shape:
         return False
     rows = math.prod(shape[:-1])
@@ -885,8 +889,13 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                 if prepack and shapes.get(name) is None and isinstance(new, _PackedConvNd) \
                         and new.kernel in ("onednn", "dense"):  # (transposed ones stay on oneDNN)
                     new.__dict__["_settle_kernel"] = _settled_kernel  # applied at the first call
-                if prepack and shapes.get(name) is None and type(new) is PackedLinear and new.kernel == "onednn":
-                    new.__dict__["_settle_kernel"] = _settled_linear_kernel  # likewise (PackedLinear._settle)
+                # Likewise for Linears (PackedLinear._settle), in eager mode only: graph mode would make a first eager
+                # call for them (_InferenceCall.settle_first), running every such model twice at its first call
+                # (side effects too: a cache the model appends to), and inductor's freezing repacks a dense Linear
+                # for its own GEMM anyway.
+                if prepack and shapes.get(name) is None and type(new) is PackedLinear and new.kernel == "onednn" \
+                        and not knobs["graph_mode"]:
+                    new.__dict__["_settle_kernel"] = _settled_linear_kernel
             replaced[id(module)] = new
             _set_submodule(model, name, new)
         elif dtype is not None and type(module) in _CAST_TYPES:

@@ -175,8 +175,12 @@ def tracing_with(settings, fn, *, backend, dynamic, guard_filter_fn):
     callers then enter ``settings()`` around every call).
 
     How: dynamo's optimize context calls its ``callback`` on a cache miss only; that is wrapped here, the way
-    dynamo wraps its own callbacks (``_torchdynamo_orig_backend`` names the wrapped one: dynamo finds the
-    backend of a cached graph through it, so the wrapper does not recompile anything)."""
+    dynamo wraps its own callbacks (``_torchdynamo_orig_backend``: dynamo finds the backend of a cached graph
+    through that chain, so the wrapper does not recompile anything). A delayed-compile stance
+    (``torch.compiler.set_stance("eager_then_compile")``) would compile through a callback of its own, without
+    these settings; in torch 2.13 it fails earlier on any model holding oneDNN-packed weights, graph mode or
+    plain torch.compile of an optimized model (it copies every frame's locals to the meta device, which a
+    mkldnn tensor refuses)."""
     context = torch._dynamo.optimize(backend=backend, dynamic=dynamic, guard_filter_fn=guard_filter_fn)
     inner = getattr(context, "callback", None)
     hooked = callable(inner)
@@ -185,7 +189,9 @@ def tracing_with(settings, fn, *, backend, dynamic, guard_filter_fn):
             with settings():
                 return inner(*args, **kwargs)
 
-        callback._torchdynamo_orig_backend = inner
+        # The wrapped one's own link, so the chain keeps its depth: dynamo's delayed-compile stances
+        # (set_stance("eager_then_compile")) take the backend two links down from the callback.
+        callback._torchdynamo_orig_backend = inner._torchdynamo_orig_backend
         context.callback = callback
     compiled = context(fn)
     compiled.settings_at_trace_only = hooked
@@ -193,7 +199,7 @@ def tracing_with(settings, fn, *, backend, dynamic, guard_filter_fn):
 
 
 class _InferenceCall:
-    """The compiled ``__call__`` of a graph-mode model, run without autograd and with freezing on.
+    """The compiled ``__call__`` of a graph-mode model, run without autograd, traced with freezing on.
 
     Freezing must be on while dynamo traces (at a call, lazily), not only while inductor compiles: dynamo
     then keeps parameters as graph constants, which freezing folds and inductor prepacks. Patching it in the
