@@ -956,16 +956,17 @@ class _PackedConvNd(_PackedModule):
         if twin is not None:  # (which packs its own weight for this shape: this layer's would go unused)
             return twin._run_under_autocast(input, other, post)
         w = self._weight_for(input)
-        fuse_binary = (post.binary is not None and other is not None and other.dtype == w.dtype
+        dense = self.kernel == "dense"  # (the layout and fusion checks below do not concern it: skipped)
+        fuse_binary = (not dense and post.binary is not None and other is not None and other.dtype == w.dtype
                        and self.groups == 1 and other.dim() == input.dim() and other.shape[1] == self.out_channels
                        and other.shape[0] == input.shape[0] and list(other.shape[2:]) == self._out_spatial(input))
-        keep_cl = _keeps_channels_last(input)
+        keep_cl = not dense and _keeps_channels_last(input)
         if self._pre_pad is not None:
             input = F.pad(input, self._pre_pad, mode=self.padding_mode)
         if input.dtype != w.dtype and input.is_floating_point():  # after the padding, which autocast runs in fp32
             input = input.to(w.dtype)
         b = self._kernel_bias()
-        if self.kernel == "dense":
+        if dense:
             return self._unfused(self._dense_forward(input, w, b), other, post)
         if self.kernel == "winograd":
             fused = winograd_fuses(post)
