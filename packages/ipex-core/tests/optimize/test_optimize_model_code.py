@@ -170,6 +170,33 @@ def test_graph_mode_sees_load_state_dict_and_to():
     assert_close(out, run(other, x), torch.bfloat16)
 
 
+def test_graph_mode_records_its_code_while_other_code_is_released(monkeypatch):
+    """Graph mode records the modules inductor loads for its graphs (to release them later) by identity: a finalizer
+    of another collected graph-mode model may drop that model's modules from inductor's list while this one
+    compiles, and recording the list's tail past its old length then missed the new module."""
+    import types
+
+    from torch._inductor import compile_fx as inductor_compile_fx
+    from torch._inductor.codecache import PyCodeCache
+
+    from ipex_core.optimize import graph_mode
+
+    others = [types.ModuleType(f"other_{i}") for i in range(3)]
+    new = types.ModuleType("this_graph")
+    monkeypatch.setattr(PyCodeCache, "modules", list(others))
+
+    def compile_releasing_others(gm, example_inputs):
+        PyCodeCache.modules[:] = PyCodeCache.modules[2:]  # two released meanwhile, then this graph's one loaded
+        PyCodeCache.modules.append(new)
+        return gm
+
+    monkeypatch.setattr(inductor_compile_fx, "compile_fx", compile_releasing_others)
+    generated = []
+    gm = torch.fx.symbolic_trace(nn.ReLU())
+    assert graph_mode.inductor_freezing_backend(gm, [torch.randn(2)], generated=generated) is gm
+    assert generated == [new]
+
+
 def test_graph_mode_frees_the_code_of_graphs_it_replaces():
     """Inductor's code cache and sys.modules keep every Python module it generates, and with freezing a module
     holds its graph's frozen weights: each reload of a graph-mode model (compiled anew) left the old graphs'
