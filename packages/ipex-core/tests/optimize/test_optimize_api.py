@@ -209,6 +209,19 @@ def test_graph_mode_default_linear_kernel_follows_the_vendor(zoo, monkeypatch, i
     assert ipex.optimize(zoo, graph_mode=True, dtype=torch.bfloat16).fc1.kernel == "onednn"
 
 
+class ReadsItsWeight(nn.Module):
+    """A forward FX cannot trace that reads its convolution's weight itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(64, 64, 3, padding=1)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent: FX cannot trace this module
+            x = x * 2
+        return torch.nn.functional.conv2d(self.conv(x), self.conv.weight, self.conv.bias, padding=1)
+
+
 def test_small_convolutions_keep_atens_kernel():
     """Where stock runs a convolution on ATen's own kernel (small fp32 batch-1 inputs), oneDNN's prepacked one pays
     only from some work up, its call costing about 30 us (api._aten_kernel_beats_onednn): Conv1d and 1x1 layers
@@ -233,9 +246,16 @@ def test_small_convolutions_keep_atens_kernel():
         close(run(opt, (x,)), run(model, (x,)))
         plain = ipex.optimize(model)
         close(run(plain, (x,)), run(model, (x,)))
-        # (a model not converted to channels-last starts its layers on the stock kernel, and keeps it: a plain
-        # weight the model's own code may read; see test_channels_first_convolutions_keep_the_stock_kernel)
-        assert plain[0].kernel == (kernel if channels_last else "dense"), (conv, shape)
+        # (a model not converted to channels-last starts its layers on the stock kernel; the traced forward calls
+        # them and reads no weight, so they may still take oneDNN's at their first call: _may_pack)
+        assert plain[0].kernel == kernel, (conv, shape)
+    # A forward that reads its layer's weight itself (not traceable here): the layer keeps a plain weight.
+    reads = ReadsItsWeight().eval()
+    with pytest.warns(UserWarning, match="cannot trace"):
+        reads_opt = ipex.optimize(reads)
+    x = torch.randn(1, 64, 8, 8)  # 2.4M multiply-adds, 4 tiles: oneDNN's, were the weight not read
+    close(run(reads_opt, (x,)), reads(x))
+    assert reads_opt.conv.kernel == "dense" and not reads_opt.conv.__dict__["_may_pack"]
     assert api._aten_kernel_beats_onednn(nn.Conv1d(64, 64, 3), torch.float32, [1, 64, 64], False)
     assert not api._aten_kernel_beats_onednn(nn.Conv1d(64, 64, 3), torch.float32, [2, 64, 64], False)  # oneDNN's
     assert not api._aten_kernel_beats_onednn(nn.Conv1d(64, 64, 3), torch.bfloat16, [1, 64, 64], False)  # likewise
@@ -731,20 +751,10 @@ def test_convolutions_pack_for_the_shapes_of_their_calls(monkeypatch):
     close(run(as_double, (x.double(),)), run(copy.deepcopy(model).double(), (x.double(),)))
     assert kernels(as_double) == ("dense", "dense")
 
-    class ReadsItsWeight(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(8, 8, 3, padding=1)
-
-        def forward(self, x):
-            if x.sum() > 0:  # data-dependent: FX cannot trace this module
-                x = x * 2
-            return torch.nn.functional.conv2d(self.conv(x), self.conv.weight, self.conv.bias, padding=1)
-
     reads = ReadsItsWeight().eval()
     with pytest.warns(UserWarning, match="cannot trace"):
         reads_opt = ipex.optimize(reads)
-    small = torch.randn(1, 8, 16, 16)  # small enough that the rule would have picked oneDNN over ATen's kernel
+    small = torch.randn(1, 64, 8, 8)  # small enough that the rule would have picked oneDNN over ATen's kernel
     close(run(reads_opt, (small,)), reads(small))
     assert reads_opt.conv.kernel == "dense"
     # padding_mode='reflect': the kernel sees the pre-padded input, and is packed for its shape.

@@ -790,6 +790,7 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
             if _needs_input_cast(m):
                 m.register_forward_pre_hook(_CastInputs(None), with_kwargs=True)
     read_directly: set[str] = set()  # layers whose parameters the model's own code reads: left as they are
+    called_only: set[str] = set()  # layers a traced forward calls as modules and does not read (see below)
     need_graph = knobs["conv_bn_folding"] or knobs["linear_bn_folding"] or fusion or knobs["concat_linear"]
     if need_graph:
         regions, skipped = fx_passes.trace_regions(model)
@@ -804,6 +805,8 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
         modules = dict(model.named_modules(remove_duplicate=False))
         for region in regions:
             read_directly |= fx_passes.layers_read_directly(region)
+            called_only |= fx_passes.layers_called_as_modules(region)
+        called_only -= read_directly
 
         def swappable(name: str) -> bool:
             return name not in read_directly and _swappable(modules[name])
@@ -889,6 +892,9 @@ def _transform(model: nn.Module, dtype, knobs: dict[str, bool], sample: _SampleR
                 if prepack and shapes.get(name) is None and isinstance(new, _PackedConvNd) \
                         and new.kernel in ("onednn", "dense"):  # (transposed ones stay on oneDNN)
                     new.__dict__["_settle_kernel"] = _settled_kernel  # applied at the first call
+                    # One that starts on the stock kernel may still take oneDNN's there where nothing but its
+                    # own call uses its weight: called from a traced forward, which reads none of it.
+                    new.__dict__["_may_pack"] = name in called_only
                 # Likewise for Linears (PackedLinear._settle), in eager mode only: graph mode would make a first eager
                 # call for them (_InferenceCall.settle_first), running every such model twice at its first call
                 # (side effects too: a cache the model appends to), and inductor's freezing repacks a dense Linear

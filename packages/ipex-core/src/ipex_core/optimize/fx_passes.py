@@ -377,6 +377,15 @@ def layers_read_directly(region: Region) -> set[str]:
     return read
 
 
+def layers_called_as_modules(region: Region) -> set[str]:
+    """Qualified names of the region's Linear / convolution layers its forward calls as modules (before any
+    rewrite). Together with layers_read_directly: a layer called so and not read is used by nothing but its
+    call, so its weight may change layout (a convolution's, packed at its first call)."""
+    modules = region.modules()
+    return {_qual(region.name, node.target) for node in region.graph.nodes
+            if node.op == "call_module" and isinstance(modules.get(node.target), _FUSABLE)}
+
+
 def remove_dropout(region: Region) -> None:
     """Drop dropout calls that are identities in eval: modules in eval mode (one left in training mode,
     as Monte Carlo dropout does, stays) and functional calls traced with ``training=False``."""

@@ -314,8 +314,11 @@ class _PackedModule(nn.Module):
         the kernel is chosen too, as sample_input would have chosen it: Winograd (in either layout), the 1x1
         GEMM, oneDNN, or the stock one for a channels-first input. A layer that started on the stock kernel
         takes only kernels that keep its ``weight`` a plain tensor (the model's own code may read it, in a
-        region FX could not trace, where that is not known). Later shapes get packings of their own beside the
-        parameter's (_weight_for); with IPEX_CONV_PACKINGS=1 the parameter is packed again instead. Not while
+        region FX could not trace, where that is not known), unless ``_may_pack``: a traced forward calls it
+        and reads none of its parameters (small fp32 batch-1 channels-first inputs, where stock runs ATen's
+        own kernel and oneDNN's prepacked one pays: api._aten_kernel_beats_onednn). Later shapes get
+        packings of their own beside the parameter's (_weight_for); with IPEX_CONV_PACKINGS=1 the parameter is
+        packed again instead. Not while
         torch.compile traces (a traced call must not change the module): the compiled graph takes the packing
         an eager call made for its shape, if any (graph mode makes that call, _weight_for), else the
         parameter's, so call the model once eagerly before compiling it, or pass sample_input."""
@@ -337,7 +340,7 @@ class _PackedModule(nn.Module):
                     return weight
             if rule is not None:
                 kernel = rule(self, list(shape), _keeps_channels_last(input))
-                if self.kernel == "dense" and kernel == "onednn":
+                if self.kernel == "dense" and kernel == "onednn" and not self.__dict__.get("_may_pack"):
                     kernel = "dense"
             dense = self._plain_weight()
             self._input_size = self._pack_size(list(shape))
