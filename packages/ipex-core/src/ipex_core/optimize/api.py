@@ -106,7 +106,8 @@ oneDNN: small fp32 batch-1 inputs (N*C*H*W <= 20480, kernels up to 3x3, as
 ``sample_input`` shows) run on ATen's own kernel, and such layers are
 prepacked where that pays in spite of oneDNN's cost per call (about 30 us):
 3x3 Conv2d from 0.3M multiply-adds channels-first (3M channels-last), Conv3d
-from 0.5M; Conv1d and 1x1 layers keep ATen's kernel (``_aten_kernel_beats_onednn``). "Converted" is read per rank from the exact weight strides (Conv2d
+from 0.5M; Conv1d and 1x1 layers keep ATen's kernel (``_aten_kernel_beats_onednn``).
+"Converted" is read per rank from the exact weight strides (Conv2d
 and Conv3d apart: ``.to(memory_format=torch.channels_last)`` converts rank-4
 weights only). For the fastest convolutions convert the model and its inputs
 to channels-last. Under ``graph_mode`` on Intel CPUs, fp32 Linears
@@ -433,10 +434,10 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
       (batch 1, N*C*H*W <= 20480, kernels up to 3x3) on its own kernel, and there the prepacked one was up
       to 2.8x faster where the work outweighs oneDNN's cost per call (_aten_kernel_beats_onednn tells where
       not); without a recorded shape that case cannot be told and the layer keeps stock's kernel.
-    * a convolution that small in any layout where ATen's kernel wins (_aten_kernel_beats_onednn), and a
-      Linear too small for oneDNN's cost per call (_linear_is_small).
       Transposed convolutions stay prepacked: there oneDNN's kernel was as fast or faster in both layouts
       (ConvTranspose3d fp32 4.5x).
+    * a convolution that small in any layout where ATen's kernel wins (_aten_kernel_beats_onednn), and a
+      Linear too small for oneDNN's cost per call (_linear_is_small).
     * an fp32 Linear under graph_mode on an Intel CPU, left dense so that inductor's freezing packs it for
       MKL's sgemm (faster than oneDNN's fp32 GEMM at BERT shapes on Intel Xeon, as plain torch.compile does).
       Elsewhere MKL runs a slow path: BERT-base fp32 graph mode on AMD EPYC (Zen 4) took 376 ms dense against

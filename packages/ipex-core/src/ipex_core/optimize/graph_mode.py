@@ -171,8 +171,7 @@ def trace_settings(trace_lstm: bool):
 def tracing_with(settings, fn, *, backend, dynamic, guard_filter_fn):
     """``torch.compile(fn, backend=backend, dynamic=dynamic)`` that enters the context manager ``settings()``
     around dynamo's work on a frame it has no graph for (tracing and compiling), and never on a call its
-    cache answers. The result's ``settings_at_trace_only`` is False where this torch has no such hook (its
-    callers then enter ``settings()`` around every call).
+    cache answers.
 
     How: dynamo's optimize context calls its ``callback`` on a cache miss only; that is wrapped here, the way
     dynamo wraps its own callbacks (``_torchdynamo_orig_backend``: dynamo finds the backend of a cached graph
@@ -182,20 +181,17 @@ def tracing_with(settings, fn, *, backend, dynamic, guard_filter_fn):
     plain torch.compile of an optimized model (it copies every frame's locals to the meta device, which a
     mkldnn tensor refuses)."""
     context = torch._dynamo.optimize(backend=backend, dynamic=dynamic, guard_filter_fn=guard_filter_fn)
-    inner = getattr(context, "callback", None)
-    hooked = callable(inner)
-    if hooked:
-        def callback(*args, **kwargs):
-            with settings():
-                return inner(*args, **kwargs)
+    inner = context.callback
 
-        # The wrapped one's own link, so the chain keeps its depth: dynamo's delayed-compile stances
-        # (set_stance("eager_then_compile")) take the backend two links down from the callback.
-        callback._torchdynamo_orig_backend = inner._torchdynamo_orig_backend
-        context.callback = callback
-    compiled = context(fn)
-    compiled.settings_at_trace_only = hooked
-    return compiled
+    def callback(*args, **kwargs):
+        with settings():
+            return inner(*args, **kwargs)
+
+    # The wrapped one's own link, so the chain keeps its depth: dynamo's delayed-compile stances
+    # (set_stance("eager_then_compile")) take the backend two links down from the callback.
+    callback._torchdynamo_orig_backend = inner._torchdynamo_orig_backend
+    context.callback = callback
+    return context(fn)
 
 
 class _InferenceCall:
@@ -265,10 +261,7 @@ class _InferenceCall:
                     self._eager_call(key, args, kwargs)
             compiled = self.compiled
         with torch.no_grad():
-            if compiled.settings_at_trace_only:
-                return compiled(*args, **kwargs)
-            with trace_settings(self.trace_lstm):  # (torch without the hook tracing_with: on every call)
-                return compiled(*args, **kwargs)
+            return compiled(*args, **kwargs)
 
     def _eager_call(self, key, args, kwargs) -> None:
         """One eager call before dynamo traces, where the model must change first: layers built without an input
@@ -366,13 +359,10 @@ def _compile(model: nn.Module, concat_linear: bool, trace_lstm: bool = True) -> 
     weakref.finalize(model, release_generated_code, generated).atexit = False  # (nothing to release at exit)
 
     def compile_step():
-        compiled = tracing_with(functools.partial(trace_settings, trace_lstm), deployed_step(type(model)._call_impl),
-                                backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear,
-                                                          generated=generated),
-                                dynamic=dynamic, guard_filter_fn=deployment_guard_filter)
-        step = functools.partial(compiled, model)
-        step.settings_at_trace_only = compiled.settings_at_trace_only
-        return step
+        return functools.partial(tracing_with(
+            functools.partial(trace_settings, trace_lstm), deployed_step(type(model)._call_impl),
+            backend=functools.partial(inductor_freezing_backend, concat_linear=concat_linear, generated=generated),
+            dynamic=dynamic, guard_filter_fn=deployment_guard_filter), model)
 
     # Convolutions whose oneDNN weights are packed per input shape (a layer on another kernel may settle on
     # oneDNN at its first call, and under autocast computes through a low-precision copy on oneDNN): a compiled

@@ -346,14 +346,20 @@ class _PackedModule(nn.Module):
             self._input_size = self._pack_size(list(shape))
             # The new kernel's weights first, then the kernel, then the shape: a concurrent call that skips the
             # lock (another kernel than oneDNN, or this very shape) finds everything it reads in place.
-            twin = self.__dict__.get("_autocast_copy")  # the same values: still valid
-            self._set_weight(dense, kernel)
-            if twin is not None:
-                self.__dict__["_autocast_copy"] = twin
-            self.kernel = kernel
+            self._switch_kernel(dense, kernel)
             self.__dict__["_packed_for"] = shape
             self.__dict__.pop("_settle_kernel", None)  # last: until now a concurrent call waits on the lock
             return self.weight
+
+    def _switch_kernel(self, dense: torch.Tensor, kernel: str) -> None:
+        """Store ``dense`` (the effective weight, unchanged) for ``kernel`` and run on it from now on; the autocast
+        copy holds the same values and stays. The weights first, then the kernel: a concurrent call that skips
+        _REPACK_LOCK finds everything it reads in place."""
+        twin = self.__dict__.get("_autocast_copy")
+        self._set_weight(dense, kernel)
+        if twin is not None:
+            self.__dict__["_autocast_copy"] = twin
+        self.kernel = kernel
 
     def _add_packing(self, shape: tuple, packings: collections.OrderedDict | None,
                      count: int) -> nn.Parameter | None:
@@ -713,11 +719,7 @@ class PackedLinear(_PackedModule):
                 return
             kernel = rule(self, list(input.shape))
             if kernel != self.kernel:
-                twin = self.__dict__.get("_autocast_copy")  # the same values: still valid
-                self._set_weight(self._plain_weight(), kernel)
-                if twin is not None:
-                    self.__dict__["_autocast_copy"] = twin
-                self.kernel = kernel
+                self._switch_kernel(self._plain_weight(), kernel)
             self.__dict__.pop("_settle_kernel", None)  # last: until now a concurrent call waits on the lock
 
     def _gemm(self, input: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -1038,11 +1040,10 @@ class PackedConv3d(_PackedConvNd):
 
 
 def awaits_first_call(module: nn.Module) -> bool:
-    """Whether ``module`` is a convolution on a oneDNN weight not yet packed for any input shape (its first
-    eager call packs it, and may choose its kernel; see _PackedModule._repack_for), or a Linear whose first call
-    chooses its kernel (PackedLinear._settle)."""
-    if isinstance(module, PackedLinear):
-        return "_settle_kernel" in module.__dict__
+    """Whether ``module`` is a convolution on a oneDNN weight not yet packed for any input shape: its first
+    eager call packs it (and may choose its kernel); see _PackedModule._repack_for. (Not a Linear waiting for
+    its first call, PackedLinear._settle: graph mode gives Linears no such rule, and a traced call keeps its
+    Linear's kernel.)"""
     return (isinstance(module, (_PackedConvNd, _PackedConvTransposeNd)) and module.__dict__.get("_packed_for") is None
             and (module.kernel == "onednn" or "_settle_kernel" in module.__dict__))
 
