@@ -60,6 +60,13 @@ VARIABLES: dict[str, EnvVar] = {
             "more, which glibc maps afresh on every call; with it, their first writes fault 2 MiB at a time.",
         ),
         EnvVar(
+            "IPEX_GRAPH_MODE_CPP_WRAPPER",
+            "1",
+            "0 (or false/no/off) compiles ipex.optimize(graph_mode=True) models with inductor's Python wrapper "
+            "instead of its C++ one: a faster first call of each input shape (BERT-base: about 9 s instead of 22 s), "
+            "slower calls after it (BERT-base bf16: 7% slower).",
+        ),
+        EnvVar(
             "IPEX_CONV_PACKINGS",
             "8",
             "For how many of the input shapes it was last called with each convolution ipex.optimize prepacked "
