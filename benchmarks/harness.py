@@ -61,6 +61,27 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 15, 
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def l3_bytes() -> int:
+    """The largest cache's size in bytes (Linux sysfs; 32 MiB where it cannot be read)."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes, default=32 << 20)
+
+
+# Bytes of data a "cold" case cycles through, so that each call finds its data in memory, not in the cache: more
+# than twice the largest cache. A fixed 256 MiB was cold on a 32 MiB L3, but stayed in an Intel Xeon's 480 MiB
+# L3 (LLM weights read "at 158% of the read bandwidth").
+COLD_BYTES = max(1 << 30, int(2.5 * l3_bytes()))
+
+
 def measure_bandwidth(gib: float = 1.0, rounds: int = 7) -> dict[str, float]:
     """Read and copy bandwidth in GB/s on buffers far larger than the L3 cache."""
     n = int(gib * (1 << 30)) // 4
@@ -80,8 +101,9 @@ class BandwidthProbes:
     VM's measured read bandwidth swung between 34 and 59 GB/s within minutes.
     """
 
-    def __init__(self, gib: float = 0.5):
-        n = int(gib * (1 << 30)) // 4
+    def __init__(self, gib: float | None = None):
+        # Each buffer far larger than the L3 (default: COLD_BYTES), or the probe reads partly from the cache.
+        n = (COLD_BYTES if gib is None else int(gib * (1 << 30))) // 4
         self._src = torch.ones(n, dtype=torch.float32)
         self._dst = torch.empty_like(self._src)
         self._dst.copy_(self._src)
@@ -106,13 +128,13 @@ class BandwidthProbes:
         return out
 
 
-def copy_bandwidth_probe(gib: float = 0.5):
+def copy_bandwidth_probe(gib: float | None = None):
     """A callable that copies a buffer far larger than the L3 once and returns the copy GB/s.
 
     For interleaving with the timed cases, so that a roofline uses the bandwidth of the
     same minutes (this machine's speed drifts by tens of percent within a run).
     """
-    n = int(gib * (1 << 30)) // 4
+    n = (COLD_BYTES if gib is None else int(gib * (1 << 30))) // 4
     src = torch.ones(n, dtype=torch.float32)
     dst = torch.empty_like(src)
     dst.copy_(src)

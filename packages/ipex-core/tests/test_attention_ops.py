@@ -224,7 +224,8 @@ def test_reshape_then_decode_equals_dense_attention():
 
 # (heads, kv heads, head_dim): GQA groups of 1, 4, 8 and 20 (more query heads
 # than one AMX tile holds, so the group is split into sub-groups sharing the
-# packed V), head_dim 96 (three 32-wide K steps) and 256.
+# packed V), head_dim 96 (three 32-wide K steps) and 256. On a CPU with AMX,
+# bf16 groups of 8 and more run the AMX decode, smaller ones the AVX512-BF16 loop.
 DECODE_GROUP_CASES = [(8, 8, 128), (32, 8, 128), (16, 2, 64), (40, 2, 128), (8, 2, 96), (4, 1, 256)]
 
 
@@ -257,9 +258,9 @@ def test_paged_decode_groups_and_split_contexts(dtype, threads, block_size, case
 
 @pytest.mark.parametrize("threads", [1], indirect=True)
 def test_decode_tiles_then_brgemm_prefill_same_thread(threads):
-    # The AMX decode loads its own tile configuration; oneDNN's brgemm (the
-    # prefill) must not run on it afterwards, nor the decode on oneDNN's.
-    q, kc, vc, hm, bt, cl = _paged_inputs(torch.bfloat16, 2, 8, 2, 128, 16, [300, 77], seed=12)
+    # The AMX decode (a group of 8 query heads: see DECODE_GROUP_CASES) loads its own tile configuration;
+    # oneDNN's brgemm (the prefill) must not run on it afterwards, nor the decode on oneDNN's.
+    q, kc, vc, hm, bt, cl = _paged_inputs(torch.bfloat16, 2, 16, 2, 128, 16, [300, 77], seed=12)
     ref = torch.empty_like(q)
     R.paged_attention_decode(ref, q, kc, vc, hm, 0.1, bt, cl, 16, 300, None)
     cu = _cu([200, 130])

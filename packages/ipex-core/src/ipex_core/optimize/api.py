@@ -138,11 +138,12 @@ unpickling gives back the eager model (PyTorch drops compiled state there).
 A model with a convolution over one input channel is compiled per input shape
 (static shapes, with a warning): under freezing, inductor's dynamic-shape
 recompile laid such a convolution's output out wrongly. Past dynamo's
-recompile limit (8 shapes) further shapes run eagerly. Inductor's C++ wrapper
-(``torch._inductor.config.cpp_wrapper = True`` before the first call) takes
-the compiled graph's per-call Python overhead off: ResNet-50 fp32 batch 1
-35.6 -> 34.5 ms, BERT-base about 2% (AMD EPYC Zen 4, 2 cores), at about twice
-the compile time (ResNet-50: 6.3 -> 13.6 s); it is not the default.
+recompile limit (8 shapes) further shapes run eagerly. The graph runs from
+inductor's C++ wrapper, which takes the compiled graph's per-call Python
+overhead off (Intel Xeon with AMX, 2 cores, batch 1: BERT-base bf16 23.9 ->
+22.2 ms, ResNet-50 bf16 10.5 -> 9.5 ms, fp32 29.9 -> 28.4 ms), at a longer
+first call of each input shape (BERT-base 9 -> 22 s); set
+``IPEX_GRAPH_MODE_CPP_WRAPPER=0`` for inductor's Python wrapper.
 
 New weights: ``load_state_dict`` re-packs and re-folds them (and, under
 ``graph_mode``, compiles anew, as ``.to()`` does). Writing into parameters in
