@@ -3,7 +3,7 @@
 Decode is memory bound: the figure of merit is the KV bytes read per second as a
 fraction of the read bandwidth probed in the same rounds. A real model reads a
 different layer's cache on every call, so the "cold" rows rotate through enough
-layers (COLD_BYTES: more than twice the L3) that nothing is left in the L3; the "hot" rows reuse
+layers (harness.COLD_BYTES: more than twice the L3) that nothing is left in the L3; the "hot" rows reuse
 one layer (what a single-layer micro-benchmark measures).
 
 Stock baselines get the most favourable form of the same data: decode runs
@@ -21,23 +21,13 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import (
-    COLD_BYTES,
-    BandwidthProbes,
-    Row,
-    check_ours,
-    cycler,
-    machine_meta,
-    progress,
-    report,
-    rotating,
-    time_interleaved,
-)
+import harness
+from harness import BandwidthProbes, Row, check_ours, cycler, machine_meta, progress, report, rotating, time_interleaved
 from ipex_core.ops import attention_ops as A
 
 
 def _rotating(make, nbytes_each: int, cold: bool) -> list:
-    return rotating(make, nbytes_each, COLD_BYTES if cold else 0)
+    return rotating(make, nbytes_each, None if cold else 0)
 
 
 def paged_case(dtype, batch, heads, kv_heads, head_dim, context, block, cold, rounds, probes):
@@ -138,13 +128,13 @@ def reshape_and_cache_case(dtype, tokens, kv_heads, head_dim, block, rounds, pro
     (keys and values, stock's and ours) hold COLD_BYTES together, at least 16x the tokens: both are read from
     and written to memory, not the cache."""
     slot_bytes = kv_heads * head_dim * torch.finfo(dtype).bits // 8
-    num_slots = max(4096, 16 * tokens, int(COLD_BYTES) // (4 * slot_bytes))
+    num_slots = max(4096, 16 * tokens, int(harness.COLD_BYTES) // (4 * slot_bytes))
     num_slots += -num_slots % block
     caches = {side: [torch.zeros(num_slots // block, block, kv_heads, head_dim, dtype=dtype) for _ in range(2)]
               for side in ("stock", "ours")}
     row_bytes = 2 * tokens * kv_heads * head_dim * torch.finfo(dtype).bits // 8
     rows = rotating(lambda: tuple(torch.randn(tokens, kv_heads, head_dim, dtype=dtype) for _ in range(2)),
-                    row_bytes, COLD_BYTES)
+                    row_bytes)
     stock_rows, ours_rows = cycler(rows), cycler(rows)
     # The slots of sequences spread over the cache, other ones at each call (16 draws cover it): rewriting
     # the same rows kept them in the L3 (149% of the copy bandwidth at 2048 tokens).

@@ -14,18 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import (
-    COLD_BYTES,
-    BandwidthProbes,
-    Row,
-    check_ours,
-    cycler,
-    machine_meta,
-    progress,
-    report,
-    rotating,
-    time_interleaved,
-)
+from harness import BandwidthProbes, Row, check_ours, cycler, machine_meta, progress, report, rotating, time_interleaved
 from ipex_core.ops import linear_ops as L
 
 # The stock expression each epilogue fuses (y = F.linear(x, w); o1, o2 the extra operands), and the
@@ -69,7 +58,7 @@ def main(argv=None) -> str:
 
         # Weights rotated through COLD_BYTES of copies: a decoder reads each layer's weights from memory, and one
         # 90 MB weight stayed in a 480 MiB L3 (read "at 158% of the read bandwidth").
-        sets = rotating(weights, 5 * n * k * torch.finfo(dtype).bits // 8, COLD_BYTES)
+        sets = rotating(weights, 5 * n * k * torch.finfo(dtype).bits // 8)
         fns = {}
         for ep in args.epilogues:
             expr = STOCK_EPILOGUES[ep][1]

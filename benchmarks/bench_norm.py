@@ -15,18 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import ipex_core  # noqa: F401
-from harness import (
-    COLD_BYTES,
-    BandwidthProbes,
-    Row,
-    check_ours,
-    cycler,
-    machine_meta,
-    progress,
-    report,
-    rotating,
-    time_interleaved,
-)
+from harness import BandwidthProbes, Row, check_ours, cycler, machine_meta, progress, report, rotating, time_interleaved
 
 
 def main(argv=None) -> str:
@@ -49,11 +38,11 @@ def main(argv=None) -> str:
         w = torch.randn(h, dtype=dtype)
         b = torch.randn(h, dtype=dtype)
         esz = w.element_size()
-        # Inputs rotated through more than twice the L3 in copies (COLD_BYTES): each call reads from memory, as a decoder layer's norm
-        # does, not from the cache the previous call left its few KiB in (up to 235% "of copy bandwidth").
+        # Inputs rotated through harness.COLD_BYTES of copies (more than twice the L3): each call reads from memory,
+        # as a decoder layer's norm does, not from the cache the previous call left its few KiB in (up to 235% "of copy bandwidth").
         # A mean of 1, not 0: a LayerNorm that skipped the mean subtraction passed the check on zero-mean rows.
         sets = rotating(lambda: tuple(torch.randn(tokens, h, dtype=dtype) + 1 for _ in range(4)),
-                        4 * tokens * h * esz, COLD_BYTES)
+                        4 * tokens * h * esz)
         stock_sets, ours_sets = cycler(sets), cycler(sets)
 
         def stock_norm():

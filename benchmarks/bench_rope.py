@@ -14,18 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from harness import (
-    COLD_BYTES,
-    BandwidthProbes,
-    Row,
-    check_ours,
-    cycler,
-    machine_meta,
-    progress,
-    report,
-    rotating,
-    time_interleaved,
-)
+from harness import BandwidthProbes, Row, check_ours, cycler, machine_meta, progress, report, rotating, time_interleaved
 from ipex_core.ops import elementwise_ops as E
 
 
@@ -53,10 +42,11 @@ def main(argv=None) -> str:
         progress(i, len(args.tokens), f"tokens={t}")
         pos = torch.arange(t).unsqueeze(0)
         cos_hf, sin_hf = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
-        # Inputs rotate through COLD_BYTES of copies (more than twice the L3), so every size is read from memory (see bench_norm).
-        qs = rotating(lambda: torch.randn(1, t, h, d, dtype=dtype), 2 * t * h * d * 2, COLD_BYTES)
+        # Inputs rotate through harness.COLD_BYTES of copies (more than twice the L3), so every size is read from
+        # memory (see bench_norm).
+        qs = rotating(lambda: torch.randn(1, t, h, d, dtype=dtype), 2 * t * h * d * 2)
         gus = rotating(lambda: (torch.randn(t, 11008, dtype=dtype), torch.randn(t, 11008, dtype=dtype)),
-                       3 * t * 11008 * 2, COLD_BYTES)
+                       3 * t * 11008 * 2)
         q_stock, q_ours, gu_stock, gu_ours = cycler(qs), cycler(qs), cycler(gus), cycler(gus)
 
         def stock_rope():

@@ -210,9 +210,11 @@ def check_ours(label: str, ours, stock, tolerance: float | None = None) -> float
     return worst
 
 
-def rotating(make, nbytes_each: int, total_bytes: float) -> list:
-    """Enough copies made by ``make()`` to cover ``total_bytes`` (at least 2; 1 when total_bytes is 0): cycling
-    through them, a timed call finds its data in memory, not in the cache the previous call left it in."""
+def rotating(make, nbytes_each: int, total_bytes: float | None = None) -> list:
+    """Enough copies made by ``make()`` to cover ``total_bytes`` (default COLD_BYTES; at least 2 copies, 1 when
+    total_bytes is 0): cycling through them, a timed call finds its data in memory, not in the cache the previous
+    call left it in."""
+    total_bytes = COLD_BYTES if total_bytes is None else total_bytes
     count = max(2, int(total_bytes // max(nbytes_each, 1)) + 1) if total_bytes else 1
     return [make() for _ in range(count)]
 
