@@ -3,7 +3,8 @@
 Decode is memory bound: the figure of merit is the KV bytes read per second as a
 fraction of the read bandwidth probed in the same rounds. A real model reads a
 different layer's cache on every call, so the "cold" rows rotate through enough
-layers (harness.COLD_BYTES: more than twice the L3) that nothing is left in the L3; the "hot" rows reuse
+layers (harness.COLD_BYTES: more than twice the L3) that nothing is left in the
+L3; the "hot" rows reuse
 one layer (what a single-layer micro-benchmark measures).
 
 Stock baselines get the most favourable form of the same data: decode runs
@@ -124,7 +125,7 @@ def iakv_case(dtype, beams, heads, kv_heads, head_dim, context, cold, rounds, pr
 def reshape_and_cache_case(dtype, tokens, kv_heads, head_dim, block, rounds, probes):
     """PagedAttention.reshape_and_cache: new key/value rows scattered into the block cache at their slots.
     Stock: index_copy_ of the same rows into the cache viewed as [slots, kv_heads, head_dim]. Bytes: the
-    rows read and written, keys and values. The rows rotate through COLD_BYTES of copies and the four caches
+    rows read and written, keys and values. The rows rotate through harness.COLD_BYTES of copies and the four caches
     (keys and values, stock's and ours) hold COLD_BYTES together, at least 16x the tokens: both are read from
     and written to memory, not the cache."""
     slot_bytes = kv_heads * head_dim * torch.finfo(dtype).bits // 8

@@ -4,7 +4,8 @@ Stock baselines: torch.nn.functional.rms_norm / layer_norm, and `x + residual` f
 the norm (unfused). Bytes moved: a norm reads x and writes y; add+norm
 reads x and residual and writes y and the new residual. The fraction of
 bandwidth uses the copy bandwidth measured in the same rounds (interleaved probes);
-the inputs rotate through COLD_BYTES of copies (more than twice the L3), so every size is read from memory.
+the inputs rotate through harness.COLD_BYTES of copies (more than twice the L3), so every
+size is read from memory.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def main(argv=None) -> str:
         w = torch.randn(h, dtype=dtype)
         b = torch.randn(h, dtype=dtype)
         esz = w.element_size()
-        # Inputs rotated through harness.COLD_BYTES of copies (more than twice the L3): each call reads from memory,
-        # as a decoder layer's norm does, not from the cache the previous call left its few KiB in (up to 235% "of copy bandwidth").
+        # Inputs rotated through harness.COLD_BYTES of copies (more than twice the L3): each call reads from
+        # memory, as a decoder layer's norm does, not from the cache the previous call left its few KiB in (up to
+        # 235% "of copy bandwidth").
         # A mean of 1, not 0: a LayerNorm that skipped the mean subtraction passed the check on zero-mean rows.
         sets = rotating(lambda: tuple(torch.randn(tokens, h, dtype=dtype) + 1 for _ in range(4)),
                         4 * tokens * h * esz)

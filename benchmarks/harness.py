@@ -82,9 +82,15 @@ def l3_bytes() -> int:
 COLD_BYTES = max(1 << 30, int(2.5 * l3_bytes()))
 
 
-def measure_bandwidth(gib: float = 1.0, rounds: int = 7) -> dict[str, float]:
+def _probe_floats(gib: float | None) -> int:
+    """fp32 elements of a bandwidth probe's buffer: ``gib`` GiB, default COLD_BYTES (far larger than the L3, or the
+    probe reads partly from the cache)."""
+    return (COLD_BYTES if gib is None else int(gib * (1 << 30))) // 4
+
+
+def measure_bandwidth(gib: float | None = None, rounds: int = 7) -> dict[str, float]:
     """Read and copy bandwidth in GB/s on buffers far larger than the L3 cache."""
-    n = int(gib * (1 << 30)) // 4
+    n = _probe_floats(gib)
     src = torch.ones(n, dtype=torch.float32)
     dst = torch.empty_like(src)
     read = time_interleaved({"read": lambda: src.sum(), "copy": lambda: dst.copy_(src)}, rounds=rounds, inner=1,
@@ -102,8 +108,7 @@ class BandwidthProbes:
     """
 
     def __init__(self, gib: float | None = None):
-        # Each buffer far larger than the L3 (default: COLD_BYTES), or the probe reads partly from the cache.
-        n = (COLD_BYTES if gib is None else int(gib * (1 << 30))) // 4
+        n = _probe_floats(gib)
         self._src = torch.ones(n, dtype=torch.float32)
         self._dst = torch.empty_like(self._src)
         self._dst.copy_(self._src)
@@ -134,7 +139,7 @@ def copy_bandwidth_probe(gib: float | None = None):
     For interleaving with the timed cases, so that a roofline uses the bandwidth of the
     same minutes (this machine's speed drifts by tens of percent within a run).
     """
-    n = (COLD_BYTES if gib is None else int(gib * (1 << 30))) // 4
+    n = _probe_floats(gib)
     src = torch.ones(n, dtype=torch.float32)
     dst = torch.empty_like(src)
     dst.copy_(src)

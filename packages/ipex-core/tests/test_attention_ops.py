@@ -225,8 +225,10 @@ def test_reshape_then_decode_equals_dense_attention():
 # (heads, kv heads, head_dim): GQA groups of 1, 4, 8 and 20 (more query heads
 # than one AMX tile holds, so the group is split into sub-groups sharing the
 # packed V), head_dim 96 (three 32-wide K steps) and 256. On a CPU with AMX,
-# bf16 groups of 8 and more run the AMX decode, smaller ones the AVX512-BF16 loop.
-DECODE_GROUP_CASES = [(8, 8, 128), (32, 8, 128), (16, 2, 64), (40, 2, 128), (8, 2, 96), (4, 1, 256)]
+# bf16 groups of 8 and more run the AMX decode, smaller ones the AVX512-BF16
+# loop: head_dims 96 and 256 come in a group of 4 and one of 8, for both.
+DECODE_GROUP_CASES = [(8, 8, 128), (32, 8, 128), (16, 2, 64), (40, 2, 128), (8, 2, 96), (16, 2, 96), (4, 1, 256),
+                      (8, 1, 256)]
 
 
 @pytest.fixture

@@ -50,10 +50,8 @@ def cpp_wrapper() -> bool:
     """Whether graph mode compiles with inductor's C++ wrapper (``IPEX_GRAPH_MODE_CPP_WRAPPER``, default on).
 
     The C++ wrapper makes the graph's calls of extern kernels (oneDNN, ipex ops) and its output size checks
-    from C++, where the Python wrapper runs Python code per call. Interleaved on an Intel Xeon with AMX (2
-    cores, batch 1): BERT-base bf16 23.9 -> 22.2 ms, ResNet-50 bf16 10.5 -> 9.5 ms, fp32 29.9 -> 28.4 ms. It
-    costs a C++ compilation at the first call of each input shape (BERT-base: 9 -> 22 s cold; inductor keeps
-    it in its on-disk cache)."""
+    from C++, where the Python wrapper runs Python code per call; at the cost of a C++ compilation at the first
+    call of each input shape (figures: ipex_core.optimize.api's docstring)."""
     return env.get_bool("IPEX_GRAPH_MODE_CPP_WRAPPER")
 
 
