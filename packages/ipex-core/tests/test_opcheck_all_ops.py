@@ -237,6 +237,12 @@ def _(dt):
     return [(x, u, _rand(3, dtype=dt), [1, 1], "relu"), (x.contiguous(), u, None, [0, 2], "none")]
 
 
+@case("ipex::to_memory_format")
+def _(dt):
+    cl = _rand(2, 5, 7, 6, dtype=dt).to(memory_format=torch.channels_last)
+    return [(cl, False), (cl.contiguous(), True), (_rand(1, 3, 4, 5, 6, dtype=dt), True), (cl, True)]
+
+
 @case("ipex::conv1x1")
 def _(dt):  # float32 only (bf16/fp16 layers run oneDNN's kernels): every dtype's case is float32
     from ipex_core.ops.conv import conv1x1_weight

@@ -14,7 +14,7 @@ TORCH_LIBRARY_IMPL(ipex, Autograd, m) {
                          "layer_norm", "linear", "linear_pair_silu_mul",
                          "onednn_conv_add_", "onednn_conv_binary", "onednn_conv_transpose", "onednn_linear",
                          "onednn_linear_binary", "paged_attention_decode", "reshape_and_cache", "rms_norm",
-                         "rotary_embedding", "silu_mul", "varlen_attention"}) {
+                         "rotary_embedding", "silu_mul", "to_memory_format", "varlen_attention"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

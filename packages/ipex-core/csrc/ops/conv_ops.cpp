@@ -64,7 +64,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   }
   auto x = input.is_contiguous(at::MemoryFormat::ChannelsLast) && input.stride(1) == 1
                ? input
-               : input.contiguous(at::MemoryFormat::ChannelsLast);
+               : convert_memory_format(input, /*channels_last=*/true);
   auto u = weight.contiguous();
   auto b = bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   auto y = at::empty({n, k, out_h, out_w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -245,11 +245,11 @@ at::Tensor conv1x1_cpu(const at::Tensor& input, const at::Tensor& weight, const 
   at::Tensor residual;
   if (other.has_value() && other->defined()) {
     check_residual(op, *other, input, blocks * nb);
-    residual = other->contiguous(at::MemoryFormat::ChannelsLast);
+    residual = convert_memory_format(*other, /*channels_last=*/true);
   }
   auto y = empty_output({input.size(0), blocks * nb, input.size(2), input.size(3)},
                         input.options().memory_format(at::MemoryFormat::ChannelsLast));
-  run_conv1x1(input.contiguous(at::MemoryFormat::ChannelsLast), weight, bias, attr, residual, false, y);
+  run_conv1x1(convert_memory_format(input, /*channels_last=*/true), weight, bias, attr, residual, false, y);
   return y;
 }
 
@@ -263,7 +263,7 @@ void conv1x1_add_cpu(at::Tensor& other, const at::Tensor& input, const at::Tenso
               "other.contiguous(memory_format=torch.channels_last), or use ipex::conv1x1 with other");
   // The rows the GEMM reads must not be the ones it writes: an input sharing memory with other (other
   // itself, or a view of it) is read from a copy. A dense channels-last x tells overlap exactly.
-  auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  auto x = convert_memory_format(input, /*channels_last=*/true);
   if (at::get_overlap_status(other, x) != at::MemOverlapStatus::No) x = x.clone(at::MemoryFormat::ChannelsLast);
   run_conv1x1(x, weight, bias, attr, at::Tensor(), true, other);
 }

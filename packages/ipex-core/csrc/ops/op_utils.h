@@ -175,6 +175,11 @@ class ScratchBuffer {
   size_t capacity_ = 0;
 };
 
+// t in channels-last (channels_last=true: ChannelsLast / ChannelsLast3d by t.dim()) or contiguous
+// memory: t itself where it is in that format already (a clone if always_copy), else a copy, by
+// ipex's blocked transpose from the other of the two formats (ops/layout_ops.cpp).
+at::Tensor convert_memory_format(const at::Tensor& t, bool channels_last, bool always_copy = false);
+
 // Run fn(args, begin, end) over rows with about 16K elements per task, enough
 // work to amortise the fork.
 template <typename Args>

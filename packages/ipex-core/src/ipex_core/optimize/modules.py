@@ -34,6 +34,7 @@ from torch import nn
 from ipex_core import env as _env
 from ipex_core.ops import onednn as _onednn
 from ipex_core.ops.conv import conv1x1_weight, winograd_weight
+from ipex_core.ops.layout import channels_first
 from ipex_core.reference.onednn import apply_binary, apply_unary
 
 __all__ = [
@@ -977,7 +978,7 @@ class _PackedConvNd(_PackedModule):
             fused = winograd_fuses(post)
             y = _ipex.conv3x3_winograd(input, self._winograd_weight, b, self._padding, post.unary if fused else "none")
             if not keep_cl:
-                y = y.contiguous()
+                y = channels_first(y)
             return y if fused else self._unfused(y, other, post)
         if self.kernel == "brgemm":
             return self._run_conv1x1(input, other, post, b, fuse_binary, keep_cl)
@@ -996,12 +997,13 @@ class _PackedConvNd(_PackedModule):
             unary = post if post.binary is None else PostOp()
             y = _mkldnn._convolution_pointwise(input, w, b, self._padding, self._stride, self._dilation, self.groups,
                                                unary.unary, unary.scalars, unary.algorithm)
+        # oneDNN writes channels-last; a model fed contiguous (NCHW) tensors gets them back
+        # contiguous, as from nn.Conv (its code may .view() the output). Conv1d's before the squeeze,
+        # while it is a 4-D channels-last tensor that ipex's transpose takes.
+        if not keep_cl:
+            y = channels_first(y)
         if self._nd == 1:
             y = y.squeeze(2)
-        # oneDNN writes channels-last; a model fed contiguous (NCHW) tensors gets them back
-        # contiguous, as from nn.Conv (its code may .view() the output).
-        if not keep_cl:
-            y = y.contiguous()
         if post.binary is not None and not fuse_binary:
             y = self._unfused(y, other, post)
         return y
@@ -1016,7 +1018,7 @@ class _PackedConvNd(_PackedModule):
             return other
         y = _ipex.conv1x1(input, self._brgemm_weight, b, unary, other if fused and post.binary is not None else None)
         if not keep_cl:
-            y = y.contiguous()
+            y = channels_first(y)
         return y if fused else self._unfused(y, other, post)
 
     def _dense_forward(self, input, w, b):
@@ -1139,7 +1141,7 @@ class _PackedConvTransposeNd(_PackedModule):
         # opaque oneDNN tensor).
         y = _ipex.onednn_conv_transpose(input, w, b, self._padding, [int(p) for p in output_padding], self._stride,
                                         self._dilation, self.groups, post.unary, post.scalars, post.algorithm)
-        return y if _keeps_channels_last(input) else y.contiguous()
+        return y if _keeps_channels_last(input) else channels_first(y)
 
 
 class PackedConvTranspose2d(_PackedConvTransposeNd):
