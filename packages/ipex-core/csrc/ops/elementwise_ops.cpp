@@ -133,9 +133,13 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_impl(const char* op, const at::Ten
                                                    const std::optional<at::Tensor>& weight,
                                                    const std::optional<at::Tensor>& bias, double eps) {
   auto a = layer_norm_args(op, input, normalized_shape, weight, bias, eps);
-  at::Tensor w, b;
-  if (weight.has_value() && weight->defined()) w = weight->to(a.param_dtype).contiguous();
-  if (bias.has_value() && bias->defined()) b = bias->to(a.param_dtype).contiguous();
+  // (.to() only where the dtype differs: even a no-op .to() is a dispatcher call, and at one token
+  // the whole op is a few microseconds)
+  auto param = [&](const std::optional<at::Tensor>& p) {
+    if (!p.has_value() || !p->defined()) return at::Tensor();
+    return (p->scalar_type() == a.param_dtype ? *p : p->to(a.param_dtype)).contiguous();
+  };
+  const at::Tensor w = param(weight), b = param(bias);
   const auto x = rows_of(input);
   auto out = empty_output_like(input);
   at::Tensor res_out;
