@@ -17,7 +17,8 @@ at::Tensor gated(const char* op, const at::Tensor& x, const at::Tensor& y, Gated
   const auto xr = rows_of(x), yr = rows_of(y);
   auto out = empty_output_like(x);
   if (out.numel() > 0) {
-    kernels::GatedArgs a{x.scalar_type(), xr.data, xr.stride, yr.data, yr.stride, out.data_ptr(), x.size(-1), act};
+    kernels::GatedArgs a{x.scalar_type(), xr.data, xr.stride, yr.data, yr.stride, out.data_ptr(), x.size(-1), act,
+                         active_isa() >= IsaLevel::kAvx512Bf16};
     parallel_rows(IPEX_PICK_ISA_KERNEL(gated_rows), a, xr.count, x.size(-1));
   }
   return out;

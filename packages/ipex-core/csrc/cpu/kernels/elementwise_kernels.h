@@ -17,6 +17,7 @@ struct GatedArgs {
   void* out;      // contiguous [rows, n]
   int64_t n;
   GatedAct act;
+  bool bf16_insn;  // the active level has AVX512-BF16 (vcvtneps2bf16 for the bf16 roundings)
 };
 
 struct RopeArgs {
