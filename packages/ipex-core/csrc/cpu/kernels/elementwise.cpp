@@ -31,6 +31,8 @@ IPEX_BF16_INSN_FN void gated_row_bf16(const c10::BFloat16* x, const c10::BFloat1
   for (int64_t i = 0; i < n; i += kF) {
     const int64_t c = std::min<int64_t>(kF, n - i);
     const auto m = static_cast<__mmask16>((1u << c) - 1);
+    prefetch_row(x, i);
+    prefetch_row(y, i);
     const __m512 act = bf16_round_native(__m512(activate<kAct>(load_f32(x + i, c))));
     _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(act, load_f32(y + i, c))));
   }
@@ -61,6 +63,8 @@ void gated_impl(const GatedArgs& a, int64_t begin, int64_t end) {
     int64_t i = 0;
     // The activation is rounded to T before the multiply, as unfused PyTorch does.
     for (; i + kF <= n; i += kF) {
+      prefetch_row(x, i);
+      prefetch_row(y, i);
       store_f32(out + i, round_to<T>(activate<kAct>(load_f32(x + i))) * load_f32(y + i));
     }
     if (i < n) {
@@ -114,6 +118,7 @@ void rope_impl(const RopeArgs& a, int64_t begin, int64_t end) {
   for (int64_t th = begin; th < end; ++th) {
     const T* x = static_cast<const T*>(a.x) + t * a.x_token_stride + h * a.x_head_stride;
     T* out = static_cast<T*>(a.out) + th * a.head_dim;
+    prefetch_span(x, a.head_dim);
     if (widened != t) {
       const int64_t row = a.rows ? a.rows[t] : t;
       const C* cs = static_cast<const C*>(a.cos) + row * a.cs_row_stride;
@@ -195,7 +200,11 @@ void layer_norm_impl(const LayerNormArgs& a, int64_t begin, int64_t end) {
       const T* res = static_cast<const T*>(a.residual) + r * a.residual_row_stride;
       T* ro = static_cast<T*>(a.residual_out) + r * n;
       int64_t i = 0;
-      for (; i + kF <= n; i += kF) store_f32(ro + i, load_f32(src + i) + load_f32(res + i));
+      for (; i + kF <= n; i += kF) {
+        prefetch_row(src, i);
+        prefetch_row(res, i);
+        store_f32(ro + i, load_f32(src + i) + load_f32(res + i));
+      }
       if (i < n) store_f32(ro + i, load_f32(src + i, n - i) + load_f32(res + i, n - i), n - i);
       src = ro;
     }
@@ -204,6 +213,7 @@ void layer_norm_impl(const LayerNormArgs& a, int64_t begin, int64_t end) {
     fVec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
     int64_t i = 0;
     for (; i + 4 * kF <= n; i += 4 * kF) {
+      for (int64_t j = 0; j < 4 * kF; j += kF) prefetch_row(src, i + j);
       a0 = a0 + load_f32(src + i);
       a1 = a1 + load_f32(src + i + kF);
       a2 = a2 + load_f32(src + i + 2 * kF);

@@ -17,6 +17,8 @@ inline float sum_squares(const T* x, int64_t n) {
   fVec acc0(0.f), acc1(0.f);
   int64_t i = 0;
   for (; i + 2 * kF <= n; i += 2 * kF) {
+    prefetch_row(x, i);
+    prefetch_row(x, i + kF);
     fVec a = load_f32(x + i), b = load_f32(x + i + kF);
     acc0 = at::vec::fmadd(a, a, acc0);
     acc1 = at::vec::fmadd(b, b, acc1);
@@ -70,6 +72,8 @@ IPEX_BF16_INSN_FN inline float add_row_bf16(const c10::BFloat16* x, const c10::B
   for (int64_t i = 0; i < n; i += kF) {
     const int64_t c = std::min<int64_t>(kF, n - i);
     const auto m = static_cast<__mmask16>((1u << c) - 1);
+    prefetch_row(x, i);
+    prefetch_row(r, i);
     const __m256bh b = _mm512_cvtneps_pbh(_mm512_add_ps(load_f32(x + i, c), load_f32(r + i, c)));
     _mm256_mask_storeu_epi16(ro + i, m, (__m256i)b);
     const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)b), 16));
@@ -128,6 +132,8 @@ void add_rms_norm_rows_impl(const RmsNormArgs& a, int64_t begin, int64_t end) {
       fVec acc(0.f);
       int64_t i = 0;
       for (; i + kF <= n; i += kF) {
+        prefetch_row(xr, i);
+        prefetch_row(rr, i);
         fVec s = round_to<T>(load_f32(xr + i) + load_f32(rr + i));
         store_f32(ro + i, s);
         acc = at::vec::fmadd(s, s, acc);

@@ -55,6 +55,27 @@ inline __m256i f32_to_half_bits(__m512 v) {
 }
 #endif
 
+// Software prefetch for the row kernels (norms, gated activations, RoPE) that stream their inputs
+// once: the line kRowPrefetchBytes past element i of a stream, issued once per 64-byte line (call it
+// at every vector step). Intel Xeon, 2 threads, bf16 silu_mul 128 x 11008 from memory: the hardware
+// prefetchers alone streamed 9.2 GB/s (0.92 ms; 0.40 ms with the rows in cache); prefetching 256 B
+// ahead 0.43 ms, 1-4 KB ahead 0.39-0.40 ms (21.7 GB/s), the in-cache time.
+constexpr int64_t kRowPrefetchBytes = 4096;
+
+template <typename T>
+inline void prefetch_row(const T* p, int64_t i) {
+  if ((i * static_cast<int64_t>(sizeof(T))) % 64 == 0) {
+    __builtin_prefetch(reinterpret_cast<const char*>(p + i) + kRowPrefetchBytes, 0, 3);
+  }
+}
+
+// Every line of the n elements at p, kRowPrefetchBytes ahead (rows shorter than a vector loop).
+template <typename T>
+inline void prefetch_span(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p) + kRowPrefetchBytes;
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(c + off, 0, 3);
+}
+
 template <typename T>
 inline fVec load_f32(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
