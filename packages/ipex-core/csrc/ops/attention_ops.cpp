@@ -513,17 +513,44 @@ void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, const
   const char* vp = static_cast<const char*>(v.data_ptr());
   char* kc = static_cast<char*>(key_cache.data_ptr());
   char* vc = static_cast<char*>(value_cache.data_ptr());
+  auto k_dst = [&](int64_t blk, int64_t row, int64_t h) {
+    return kc + (blk * key_cache.stride(0) + row * key_cache.stride(1) + h * key_cache.stride(2)) * esz;
+  };
+  auto v_dst = [&](int64_t blk, int64_t row, int64_t h) {
+    return vc + (blk * value_cache.stride(0) + row * value_cache.stride(1) + h * value_cache.stride(2)) * esz;
+  };
+  // The rows of the token kPrefetchTokens ahead are asked for while this one is copied (its source lines,
+  // and its cache lines for writing): the hardware prefetchers lose the scattered slots' stream. Intel
+  // Xeon, 2048 tokens h8 d128 bf16, cold: 0.97-1.00 ms (63-65% of copy bandwidth) without, 0.93 with 2
+  // tokens ahead, 0.88-0.89 (71-72%) with 6, the same with 12.
+  constexpr int64_t kPrefetchTokens = 6;
+  const int64_t row_bytes = D * esz;
+  auto prefetch_token = [&](int64_t i) {
+    const int64_t slot = slots[i];
+    if (slot < 0) return;
+    const int64_t blk = slot / bs, row = slot % bs;
+    for (int64_t h = 0; h < H; ++h) {
+      const char* ks = kp + (i * k.stride(0) + h * k.stride(1)) * esz;
+      const char* vs = vp + (i * v.stride(0) + h * v.stride(1)) * esz;
+      char* kd = k_dst(blk, row, h);
+      char* vd = v_dst(blk, row, h);
+      for (int64_t off = 0; off < row_bytes; off += 64) {
+        __builtin_prefetch(ks + off, 0, 3);
+        __builtin_prefetch(vs + off, 0, 3);
+        __builtin_prefetch(kd + off, 1, 3);
+        __builtin_prefetch(vd + off, 1, 3);
+      }
+    }
+  };
   at::parallel_for(0, static_cast<int64_t>(slots.size()), 16, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
+      if (i + kPrefetchTokens < e) prefetch_token(i + kPrefetchTokens);
       const int64_t slot = slots[i];
       if (slot < 0) continue;
       const int64_t blk = slot / bs, row = slot % bs;
       for (int64_t h = 0; h < H; ++h) {
-        std::memcpy(kc + (blk * key_cache.stride(0) + row * key_cache.stride(1) + h * key_cache.stride(2)) * esz,
-                    kp + (i * k.stride(0) + h * k.stride(1)) * esz, D * esz);
-        std::memcpy(vc + (blk * value_cache.stride(0) + row * value_cache.stride(1) + h * value_cache.stride(2)) *
-                             esz,
-                    vp + (i * v.stride(0) + h * v.stride(1)) * esz, D * esz);
+        std::memcpy(k_dst(blk, row, h), kp + (i * k.stride(0) + h * k.stride(1)) * esz, row_bytes);
+        std::memcpy(v_dst(blk, row, h), vp + (i * v.stride(0) + h * v.stride(1)) * esz, row_bytes);
       }
     }
   });
