@@ -118,6 +118,33 @@ def test_rotary_embedding_strided_and_errors():
         E.rotary_embedding(torch.randn(64), sn, cs, 64, True)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "qkv_slice", "from_bhsd", "seq1", "batch1_slice"])
+def test_rotary_embedding_4d_layouts(isa, layout):
+    """4-D inputs whose tokens are one stride apart are read in place (no reshape); the rest are copied
+    first: both against the reference, with int64, int32 and strided position ids."""
+    torch.manual_seed(0)
+    b, s, h, d = 2, 5, 3, 32
+    if layout == "contiguous":
+        x = torch.randn(b, s, h, d)
+    elif layout == "qkv_slice":  # [b, s, 3 * h, d] projection output, q = the first h heads
+        x = torch.randn(b, s, 3 * h, d)[:, :, :h]
+    elif layout == "from_bhsd":  # transformers' [b, h, s, d] transposed back: tokens not one stride apart
+        x = torch.randn(b, h, s, d).transpose(1, 2)
+    elif layout == "seq1":  # decode: one token per sequence, batch strided
+        x = torch.randn(b, 4, h, d)[:, 1:2]
+    else:
+        x = torch.randn(1, 2 * s, h, d)[:, ::2]
+    table = torch.randn(64, d)
+    sn, cs = table.sin(), table.cos()
+    tokens = x.shape[0] * x.shape[1]
+    for pos in (torch.randperm(64)[:tokens].view(x.shape[0], x.shape[1]),
+                torch.randperm(64)[:tokens].int().view(x.shape[0], x.shape[1]),
+                torch.randperm(64)[: 2 * tokens].view(x.shape[0], 2 * x.shape[1])[:, ::2]):
+        out = E.rotary_embedding(x, sn, cs, d, True, pos)
+        assert out.shape == x.shape and out.is_contiguous()
+        torch.testing.assert_close(out, reference.rotary_embedding(x, sn, cs, d, True, pos))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [17, 64, 1000, 4096])  # tails below and past the 4-accumulator blocks
 def test_layer_norms(isa, dtype, n):

@@ -55,11 +55,16 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
   TORCH_CHECK(cs_cols == rotary_dim || cs_cols == rotary_dim / 2, op,
               ": sin/cos last dimension must be rotary_dim (", rotary_dim, ", the cat(f, f) layout) or "
               "rotary_dim/2; got ", cs_cols);
-  auto x = input.reshape({leading_count(input, 2), heads, head_dim});
-  if (x.stride(2) != 1) x = x.contiguous();
-  const int64_t tokens = x.size(0);
-  auto cs = cos.reshape({-1, cs_cols});
-  auto sn = sin.reshape({-1, cs_cols});
+  // Tokens with one stride between them are read in place, without a reshape: at decode's one token
+  // every dispatcher call (a reshape, a view, a no-op .to()) costs a fair share of the whole op.
+  const int64_t tokens = leading_count(input, 2);
+  const bool uniform_tokens = input.dim() == 3 || input.size(0) == 1 || input.size(1) == 1 ||
+                              input.stride(0) == input.size(1) * input.stride(1);
+  auto x = input.stride(-1) == 1 && uniform_tokens ? input : input.reshape({tokens, heads, head_dim}).contiguous();
+  const int64_t x_token_stride = x.dim() == 3 ? x.stride(0) : (x.size(1) == 1 ? x.stride(0) : x.stride(1));
+  const int64_t x_head_stride = x.stride(-2);
+  auto cs = cos.dim() == 2 ? cos : cos.reshape({-1, cs_cols});
+  auto sn = sin.dim() == 2 ? sin : sin.reshape({-1, cs_cols});
   if (cs.stride(1) != 1 || sn.stride(1) != 1 || cs.stride(0) != sn.stride(0)) {
     cs = cs.contiguous();
     sn = sn.contiguous();
@@ -76,7 +81,9 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
                 input.size(0), ", ", input.size(1), "]; pass [batch, seq] ids (or one flat id per token)");
     TORCH_CHECK(positions->scalar_type() == at::kLong || positions->scalar_type() == at::kInt, op,
                 ": position_ids must be int64 or int32 (row indices into sin/cos); got ", positions->scalar_type());
-    rows = positions->reshape({-1}).to(at::kLong).contiguous();
+    rows = positions->scalar_type() == at::kLong && positions->is_contiguous()
+               ? *positions
+               : positions->reshape({-1}).to(at::kLong).contiguous();
     // One pass over the ids (two tensor reductions cost more than the whole
     // kernel at decode's one token).
     const int64_t* ids = rows.const_data_ptr<int64_t>();
@@ -90,16 +97,16 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& input, const at::Tensor& sin, 
     TORCH_CHECK(cs.size(0) == tokens, op, ": without position_ids, sin/cos need one row per token (",
                 tokens, "); got ", cs.size(0), " rows. Pass position_ids to index a sin/cos table");
   }
-  auto out = empty_output({tokens, heads, head_dim}, input.options());
+  auto out = empty_output(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() > 0) {
-    kernels::RopeArgs a{input.scalar_type(), cos.scalar_type(), x.data_ptr(), x.stride(0), x.stride(1),
+    kernels::RopeArgs a{input.scalar_type(), cos.scalar_type(), x.data_ptr(), x_token_stride, x_head_stride,
                         out.data_ptr(), cs.data_ptr(), sn.data_ptr(), cs.stride(0),
                         rows.defined() ? rows.const_data_ptr<int64_t>() : nullptr, heads, head_dim,
                         rotary_dim, rotary_half,
                         active_isa() >= IsaLevel::kAvx512Bf16};
     parallel_rows(IPEX_PICK_ISA_KERNEL(rope_rows), a, tokens * heads, head_dim);
   }
-  return out.view(input.sizes());
+  return out;
 }
 
 kernels::LayerNormArgs layer_norm_args(const char* op, const at::Tensor& input, at::IntArrayRef normalized_shape,
