@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ipex_core import reference
 from ipex_core.ops.layout import channels_first, to_memory_format
 
 SHAPES = [(1, 64, 56, 56), (3, 17, 5, 33), (2, 16, 1, 16), (1, 1, 7, 9), (2, 3, 7, 9, 11), (1, 64, 4, 12, 12),
@@ -32,6 +33,8 @@ def test_both_directions_equal_pytorch(isa, shape, dtype):
     assert first.is_contiguous() and torch.equal(first, x)
     last = to_memory_format(x, True)
     assert last.is_contiguous(memory_format=_cl(shape)) and torch.equal(last, x)
+    for ours, ref in ((first, reference.to_memory_format(cl, False)), (last, reference.to_memory_format(x, True))):
+        assert ours.stride() == ref.stride() and torch.equal(ours, ref)
 
 
 def test_wide_batched_and_remainder_panels(isa):

@@ -6,6 +6,7 @@ the semantic definition of an op. One module per op family.
 
 from ipex_core.reference import attention as attention
 from ipex_core.reference import conv as conv
+from ipex_core.reference.layout import to_memory_format
 from ipex_core.reference import onednn as onednn
 from ipex_core.reference.linear import gelu_mul, linear, linear_pair_silu_mul, silu_mul
 from ipex_core.reference.norm import add_rms_norm, rms_norm
@@ -24,4 +25,5 @@ __all__ = [
     "rms_norm",
     "rotary_embedding",
     "silu_mul",
+    "to_memory_format",
 ]
