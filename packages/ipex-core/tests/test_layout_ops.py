@@ -62,8 +62,18 @@ def test_channels_first_helper():
 
 def test_non_dense_input_falls_back_to_pytorch():
     x = torch.randn(2, 8, 10, 10)[:, :, ::2]  # neither layout
-    assert torch.equal(to_memory_format(x, False), x)
-    assert torch.equal(to_memory_format(x, True), x)
+    first, last = to_memory_format(x, False), to_memory_format(x, True)
+    assert torch.equal(first, x) and first.is_contiguous()
+    assert torch.equal(last, x) and last.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5), (0, 3, 2, 4, 5)])
+def test_empty_tensors(shape, dtype):
+    # empty tensors are contiguous but not always channels-last contiguous: nothing to transpose
+    x = torch.empty(shape, dtype=dtype)
+    assert to_memory_format(x, True).shape == x.shape
+    assert to_memory_format(x.contiguous(memory_format=_cl(shape)), False).shape == x.shape
 
 
 def test_bad_rank_is_a_clear_error():
