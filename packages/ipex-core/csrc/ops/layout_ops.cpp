@@ -1,9 +1,11 @@
 // ipex::to_memory_format: a 4-D / 5-D tensor copied between channels-first (contiguous) and
 // channels-last memory by a blocked transpose (cpu/kernels/layout.cpp). PyTorch's own copy between
-// the two (Tensor.contiguous(memory_format=...)) went element by element: a 1x64x16x48x48 fp32
-// channels-last output made contiguous took 5.2 ms, a same-layout clone 0.27 ms (Intel Xeon,
-// 2 threads), and every oneDNN convolution in a model fed channels-first tensors pays one such copy
-// back per call (ipex.optimize hands its outputs back in the caller's layout).
+// the two (Tensor.contiguous(memory_format=...)) went element by element into channels-first (8-27%
+// of copy bandwidth), and every oneDNN convolution in a model fed channels-first tensors pays one
+// such copy back per call (ipex.optimize hands its outputs back in the caller's layout).
+// benchmarks/bench_layout.py, Intel Xeon, 2 threads, cold: into channels-first 1.5-10x stock (fp32
+// 1x256x56x56 2.97 -> 0.30 ms), into channels-last 1.6-2.3x for fp32 4-D and 1.2-2.1x for bf16,
+// 0.91x for fp32 1x64x16x48x48 (5-D, four panels of channels).
 #include "cpu/kernels/layout_kernels.h"
 #include "ops/op_utils.h"
 
@@ -20,13 +22,8 @@ at::Tensor convert_memory_format(const at::Tensor& t, bool channels_last, bool a
   // (an empty tensor is contiguous but need not be channels-last contiguous: nothing to transpose)
   if (t.is_contiguous(target) || t.numel() == 0) return always_copy ? t.clone(target) : t.contiguous(target);
   const auto es = t.element_size();
-  // PyTorch's copy into channels-last is not slow for 4-byte elements: the same speed as the transpose at
-  // 1x64x16x48x48 (0.95 against 0.92 ms) and faster at 1x64x56x56 (55 against 74 us); for 2-byte ones
-  // the transpose was faster (1.0 against 0.56 ms). Into channels-first it was 10-12x slower.
-  const bool torch_copy_fast = channels_last && es == 4;
-  if ((t.dim() != 4 && t.dim() != 5) || !t.is_cpu() || (es != 2 && es != 4) || !t.is_contiguous(source) ||
-      torch_copy_fast) {
-    return t.contiguous(target);  // layouts the transpose does not cover, or PyTorch copies as fast
+  if ((t.dim() != 4 && t.dim() != 5) || !t.is_cpu() || (es != 2 && es != 4) || !t.is_contiguous(source)) {
+    return t.contiguous(target);  // layouts the transpose does not cover
   }
   const int64_t n = t.size(0), c = t.size(1), s = t.numel() / (n * c);  // numel > 0 here
   const int64_t rows = channels_last ? c : s;  // each image: [C, S] -> [S, C], or [S, C] -> [C, S]
