@@ -513,6 +513,8 @@ void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, const
   const char* vp = static_cast<const char*>(v.data_ptr());
   char* kc = static_cast<char*>(key_cache.data_ptr());
   char* vc = static_cast<char*>(value_cache.data_ptr());
+  auto k_src = [&](int64_t i, int64_t h) { return kp + (i * k.stride(0) + h * k.stride(1)) * esz; };
+  auto v_src = [&](int64_t i, int64_t h) { return vp + (i * v.stride(0) + h * v.stride(1)) * esz; };
   auto k_dst = [&](int64_t blk, int64_t row, int64_t h) {
     return kc + (blk * key_cache.stride(0) + row * key_cache.stride(1) + h * key_cache.stride(2)) * esz;
   };
@@ -530,8 +532,8 @@ void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, const
     if (slot < 0) return;
     const int64_t blk = slot / bs, row = slot % bs;
     for (int64_t h = 0; h < H; ++h) {
-      const char* ks = kp + (i * k.stride(0) + h * k.stride(1)) * esz;
-      const char* vs = vp + (i * v.stride(0) + h * v.stride(1)) * esz;
+      const char* ks = k_src(i, h);
+      const char* vs = v_src(i, h);
       char* kd = k_dst(blk, row, h);
       char* vd = v_dst(blk, row, h);
       for (int64_t off = 0; off < row_bytes; off += 64) {
@@ -549,8 +551,8 @@ void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, const
       if (slot < 0) continue;
       const int64_t blk = slot / bs, row = slot % bs;
       for (int64_t h = 0; h < H; ++h) {
-        std::memcpy(k_dst(blk, row, h), kp + (i * k.stride(0) + h * k.stride(1)) * esz, row_bytes);
-        std::memcpy(v_dst(blk, row, h), vp + (i * v.stride(0) + h * v.stride(1)) * esz, row_bytes);
+        std::memcpy(k_dst(blk, row, h), k_src(i, h), row_bytes);
+        std::memcpy(v_dst(blk, row, h), v_src(i, h), row_bytes);
       }
     }
   });

@@ -62,9 +62,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
                 op, ": bias must be [out_channels = ", k, "] in float32 or the input's dtype; got ",
                 bias->scalar_type(), " ", bias->sizes());
   }
-  auto x = input.is_contiguous(at::MemoryFormat::ChannelsLast) && input.stride(1) == 1
-               ? input
-               : convert_memory_format(input, /*channels_last=*/true);
+  auto x = convert_memory_format(input, /*channels_last=*/true);  // input itself where already channels-last
   auto u = weight.contiguous();
   auto b = bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   auto y = at::empty({n, k, out_h, out_w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));

@@ -646,7 +646,6 @@ void gemm_impl(const GemmF32& g) {
   }
 }
 
-
 template <typename T>
 void pack_impl(const PackArgs& p) {
   const T* src = static_cast<const T*>(p.src);

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ipex_core.reference.layout import memory_format
+
 __all__ = ["to_memory_format", "channels_first"]
 
 _ipex = torch.ops.ipex
@@ -30,6 +32,4 @@ def channels_first(input: torch.Tensor) -> torch.Tensor:
 def _to_memory_format_fake(input, channels_last):
     torch._check(input.dim() in (4, 5), lambda: "ipex::to_memory_format: input must be 4-D [N, C, H, W] or 5-D "
                  f"[N, C, D, H, W] (the shapes with a channels-last memory format); got shape {tuple(input.shape)}")
-    fmt = (torch.channels_last if input.dim() == 4 else torch.channels_last_3d) if channels_last \
-        else torch.contiguous_format
-    return torch.empty_like(input, memory_format=fmt)
+    return torch.empty_like(input, memory_format=memory_format(input.dim(), channels_last))
