@@ -141,11 +141,12 @@ def test_sample_input_shapes_are_hints_not_limits(zoo):
         close(run(opt, inputs), run(zoo, inputs))
 
 
-@pytest.mark.parametrize("winner", ["dense", "mkl", "onednn", "winograd"])
+@pytest.mark.parametrize("winner", ["dense", "mkl", "onednn", "winograd", "brgemm"])
 def test_auto_kernel_selection(zoo, monkeypatch, winner):
     """Each layer keeps the candidate its timing found fastest (the timer is rigged so that ``winner``
-    is; MKL is a candidate for fp32 Linears only, Winograd for fp32 3x3 stride-1 Conv2d only), and the result
-    matches the model."""
+    is; MKL is a candidate for fp32 Linears only, Winograd for fp32 3x3 stride-1 Conv2d only, ipex::linear
+    (brgemm) for every Linear, and the 1x1 GEMM for 1x1 Conv2d only, none here), and the result matches the
+    model."""
     from ipex_core.optimize import api
 
     timed = []
@@ -158,8 +159,9 @@ def test_auto_kernel_selection(zoo, monkeypatch, winner):
     opt = ipex.optimize(zoo, auto_kernel_selection=True, sample_input=INPUTS)
     assert ("PackedLinear", "mkl") in timed and ("PackedConv2d", "mkl") not in timed
     assert ("PackedConv2d", "winograd") in timed and ("PackedLinear", "winograd") not in timed
-    assert {k for _, k in timed} == {"onednn", "dense", "mkl", "winograd"}
-    only = {"mkl": PackedLinear, "winograd": PackedConv2d}
+    assert ("PackedLinear", "brgemm") in timed and ("PackedConv2d", "brgemm") not in timed
+    assert {k for _, k in timed} == {"onednn", "dense", "mkl", "winograd", "brgemm"}
+    only = {"mkl": PackedLinear, "winograd": PackedConv2d, "brgemm": PackedLinear}
     for m in opt.modules():
         if isinstance(m, (PackedLinear, PackedConv2d)):
             assert m.kernel == (winner if isinstance(m, only.get(winner, nn.Module)) else "onednn"), m
@@ -291,9 +293,15 @@ def test_small_linears_keep_the_stock_kernel():
         plain_big = ipex.optimize(big)
         close(plain_big(batch), big(batch))
         assert plain_big[0].kernel == "onednn" and "_settle_kernel" not in plain_big[0].__dict__
-        # bf16: stock's own bf16 linear calls oneDNN from 2 rows on, so only the tiniest layers keep it
-        assert ipex.optimize(model, dtype=torch.bfloat16, sample_input=x).fc1.kernel == "dense"
-        assert ipex.optimize(model, dtype=torch.bfloat16, sample_input=torch.randn(8, 32)).fc1.kernel == "onednn"
+        # bf16: ipex::linear (brgemm) for few rows or small weights; stock's own bf16 linear calls oneDNN from 2
+        # rows on (17-22 us a call), ipex::linear takes 4-6 us at these sizes
+        for rows in (1, 8, 256):
+            opt = ipex.optimize(model, dtype=torch.bfloat16, sample_input=torch.randn(rows, 32))
+            assert kernels(opt) == {"brgemm"}
+            close(opt(batch := torch.randn(rows, 32)), model(batch), BF16_TOL)
+        big16 = ipex.optimize(big, dtype=torch.bfloat16, sample_input=torch.randn(64, 1024))
+        assert big16[0].kernel == "onednn"  # 64 rows of a 1024 x 1024 weight: oneDNN's GEMM is as fast
+        assert ipex.optimize(big, dtype=torch.bfloat16, sample_input=torch.randn(2, 1024))[0].kernel == "brgemm"
         # Graph mode settles no Linear at a first eager call: that call would run every such model twice
         # (side effects too), and inductor's freezing repacks a dense Linear for its own GEMM anyway.
         graph = ipex.optimize(model, graph_mode=True)
@@ -302,7 +310,7 @@ def test_small_linears_keep_the_stock_kernel():
         close(graph(x), want)
 
 
-@pytest.mark.parametrize("kernel", ["onednn", "dense", "mkl"])
+@pytest.mark.parametrize("kernel", ["onednn", "dense", "mkl", "brgemm"])
 def test_linear_kernels(kernel):
     torch.manual_seed(0)
     lin = nn.Linear(24, 40)
@@ -311,6 +319,62 @@ def test_linear_kernels(kernel):
     close(run(packed, (x,)), run(lin, (x,)), 1e-5)
     packed.load_state_dict(lin.state_dict())
     close(run(packed, (x,)), run(lin, (x,)), 1e-5)
+
+
+def test_linear_brgemm_kernel():
+    """PackedLinear(kernel='brgemm'): ipex::linear on a copy of the weight in ipex's blocked layout. Post-ops it
+    fuses (ReLU, GELU both forms, SiLU, a residual add or multiply) and those it runs after itself (sigmoid, add
+    then ReLU, a residual of another dtype) against the stock layer; state_dict both ways, BatchNorm folded,
+    deepcopy, and .to() (float64 falls back to the stock kernel)."""
+    from ipex_core.optimize import api
+    from ipex_core.optimize.modules import PostOp
+
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 72)  # 72: a partial last block of 32 columns; 40: whole k pairs
+    x = torch.randn(3, 5, 40)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, BF16_TOL)):
+        layer = PackedLinear(lin, kernel="brgemm", dtype=dtype)
+        assert layer.weight.shape == lin.weight.shape and layer.weight.dtype == dtype  # parameters as stock's
+        ref = copy.deepcopy(lin).to(dtype)
+        xd, residual = x.to(dtype), torch.randn(3, 5, 72, dtype=dtype)
+        cases = [(PostOp("relu"), torch.relu), (PostOp("gelu", algorithm="none"), F.gelu),
+                 (PostOp("gelu", algorithm="tanh"), lambda y: F.gelu(y, approximate="tanh")),
+                 (PostOp("swish"), F.silu), (PostOp("sigmoid"), torch.sigmoid),
+                 (PostOp(binary="add"), lambda y, r=residual: y + r),
+                 (PostOp(binary="mul"), lambda y, r=residual: y * r),
+                 (PostOp("relu", binary="add"), lambda y, r=residual: torch.relu(y + r))]
+        with torch.no_grad():
+            want = ref(xd)
+            close(run(layer, (xd,)), want, tol)
+            for post, fn in cases:
+                fused = PackedLinear(lin, kernel="brgemm", post_op=post, dtype=dtype)
+                other = residual if post.binary else None
+                close(api.run_fused(fused, xd, other), fn(want.float()), tol)
+            # A float32 residual after a bf16 layer: added after the kernel, in the layer's dtype.
+            added = PackedLinear(lin, kernel="brgemm", post_op=PostOp(binary="add"), dtype=dtype)
+            got = api.run_fused(added, xd, residual.float())
+            assert got.dtype == dtype
+            close(got, want.float() + residual.float(), tol)
+    layer = PackedLinear(lin, kernel="brgemm")
+    assert list(layer.state_dict()) == ["weight", "bias"]
+    close(layer.state_dict()["weight"], lin.weight, 0)
+    other = nn.Linear(40, 72)
+    layer.load_state_dict(other.state_dict())
+    close(run(layer, (x,)), run(other, (x,)), 1e-5)  # re-packed from the checkpoint
+    twin = copy.deepcopy(layer)
+    assert twin._brgemm_weight.data_ptr() != layer._brgemm_weight.data_ptr()
+    close(run(twin, (x,)), run(other, (x,)), 1e-5)
+    half = copy.deepcopy(layer).to(torch.bfloat16)
+    assert half.kernel == "brgemm" and half._brgemm_weight.dtype == torch.bfloat16
+    close(run(half, (x,)), run(other, (x,)), BF16_TOL)  # (a float32 input is cast)
+    wide = copy.deepcopy(layer).double()
+    assert wide.kernel == "dense" and "_brgemm_weight" not in wide.__dict__
+    close(run(wide, (x.double(),)), run(copy.deepcopy(other).double(), (x.double(),)), 1e-12)
+    bn = M.randomize_bn(nn.BatchNorm1d(72)).eval()
+    folded = PackedLinear(lin, kernel="brgemm", bn=FoldedBatchNorm(bn), dtype=torch.bfloat16).eval()
+    close(run(folded, (x[0],)), run(nn.Sequential(lin, bn).eval(), (x[0],)), BF16_TOL)
+    with pytest.raises(ValueError, match="brgemm kernel runs"):
+        PackedLinear(lin, kernel="brgemm", dtype=torch.float64)
 
 
 def test_dtype_rules_and_inputs(zoo):

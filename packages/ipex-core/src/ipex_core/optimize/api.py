@@ -90,7 +90,14 @@ prepacked weight, except fp32 Conv2d layers whose input shape ``sample_input``
 F(4x4, 3x3) (4x fewer multiplications, 1e-5 of the output's scale instead of
 1e-6), and 1x1 stride-1 layers of at most 4096 rows (N*H*W, channels-last) one
 GEMM with ReLU and the residual add fused (oneDNN's call costs 25-30 us each).
-Linears too small for oneDNN's cost per call (16-20 us, against 3-6 us for stock
+bf16 / fp16 Linears with few input rows (bf16: up to 16, fp16: 1; up to 256 for
+weights of at most 256x256, as ``sample_input`` or the first eager call shows)
+and weights of at most 4M elements run ipex's own GEMM, ``ipex::linear`` (the
+kernel of ``ipex.llm``'s linears), on a copy of the weight in its blocked layout
+(the dense weight stays: parameters keep their shapes), ReLU / GELU / SiLU / a
+residual add fused: 1.2-3.9x oneDNN's prepacked kernel there (the rule and its
+measurements: ``_brgemm_linear_pays``).
+Other Linears too small for oneDNN's cost per call (16-20 us, against 3-6 us for stock
 F.linear; the rule and its measurements: ``_linear_is_small``) keep the stock
 kernel on their dense (folded, cast) weight, their post-ops after it; without
 ``sample_input`` a Linear chooses at its first eager call, for that call's shape
@@ -117,7 +124,8 @@ here, at the cost of the dense copy inductor keeps). ``True`` times, per layer, 
 the layer's input shape recorded from ``sample_input``, the oneDNN prepacked
 kernel against the stock PyTorch kernel on the dense weight (and, for fp32
 Linear, MKL's packed sgemm, which keeps the dense weight as well: more memory;
-for Conv2d layers they fit, the Winograd and 1x1 GEMM kernels) and keeps the
+for every Linear, ipex::linear on its blocked weight; for Conv2d layers they
+fit, the Winograd and 1x1 GEMM kernels) and keeps the
 fastest; layers without a recorded shape keep the default.
 
 Post-op fusion (``ipex.enable_onednn_fusion``, read when ``optimize`` runs):
@@ -186,6 +194,7 @@ from ipex_core.optimize import fx_passes
 from ipex_core.optimize.concat_linear import ConcatLinear, ConcatLinearMember
 from ipex_core.optimize.lstm import PackedLSTM
 from ipex_core.optimize.modules import (
+    BRGEMM_LINEAR_DTYPES,
     FoldedBatchNorm,
     PackedConv1d,
     PackedConv2d,
@@ -449,6 +458,8 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
         return "winograd"
     if channels_last and _conv1x1_pays(module, cast or module.weight.dtype, shape, post_op):
         return "brgemm"
+    if type(module) is nn.Linear and _brgemm_linear_pays(module, cast or module.weight.dtype, shape):
+        return "brgemm"
     if type(module) is nn.Linear and _linear_is_small(module, cast or module.weight.dtype, shape):
         return "dense"
     if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
@@ -461,6 +472,38 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
             and _mkl_is_fast()):
         return "dense"
     return "onednn"
+
+
+# Input rows up to which ipex::linear beats oneDNN's prepacked GEMM at every weight size measured, per dtype; and
+# up to _BRGEMM_LINEAR_SMALL_ROWS for weights of at most _BRGEMM_LINEAR_SMALL_WEIGHT elements (_brgemm_linear_pays).
+_BRGEMM_LINEAR_ROWS = {torch.bfloat16: 16, torch.float16: 1}
+_BRGEMM_LINEAR_SMALL_ROWS = 256
+_BRGEMM_LINEAR_SMALL_WEIGHT = 256 * 256
+# The layer keeps its dense weight beside the kernel's copy (code may read ``weight``): up to this many elements
+# (8 MB in bf16; BERT-base's largest Linear has 2.4M, ResNet-50's 2M), no default choice doubles more.
+_BRGEMM_LINEAR_MAX_WEIGHT = 4 * 2**20
+
+
+def _brgemm_linear_pays(linear: nn.Linear, dtype: torch.dtype, shape: list[int] | None) -> bool:
+    """Whether a bf16 / fp16 Linear called on inputs of ``shape`` runs faster on ipex::linear (the brgemm kernel:
+    its decode kernel up to 16 rows, AMX tiles of its own above, one call with no primitive lookup) than on
+    oneDNN's prepacked kernel, which costs 17-22 us a call whatever the size. oneDNN / ipex time, ReLU fused
+    (Intel Xeon with AMX, 2 threads, weights in cache), [rows, K -> N]: bf16 at 1-16 rows 1.24-1.28x (768 ->
+    3072), 1.35-1.51x (3072 -> 768), 1.46-1.48x (2048 -> 1000), 1.9-2.6x (768 -> 768), 3.2-3.9x (up to 256 ->
+    256); at 32-256 rows 0.70-1.24x for the larger weights (so they stay on oneDNN), 1.39-3.3x for 256 x 256
+    and smaller. fp16 (no AMX-FP16 here: both run AVX512-FP16) at 1 row 2.9-3.1x, at 16 rows 0.86-0.92x (768
+    -> 768, 2048 -> 1000) but 2.8x (64 x 64), up to 256 rows 1.5-2.9x (64 x 64). float32: ipex::linear is no
+    faster than MKL's packed sgemm or stock's (0.5-1.0x at up to 8 rows), so never by default. Weights over
+    _BRGEMM_LINEAR_MAX_WEIGHT elements stay on oneDNN (the kernel's copy would double them; LLMs have
+    ipex.llm.optimize, which runs ipex::linear on its packed weights alone). Unknown shape: no (oneDNN, or the
+    first eager call's rule)."""
+    weight = linear.in_features * linear.out_features
+    if dtype not in _BRGEMM_LINEAR_ROWS or not shape or weight > _BRGEMM_LINEAR_MAX_WEIGHT:
+        return False
+    rows = math.prod(shape[:-1])
+    if rows <= _BRGEMM_LINEAR_ROWS[dtype]:
+        return True
+    return rows <= _BRGEMM_LINEAR_SMALL_ROWS and weight <= _BRGEMM_LINEAR_SMALL_WEIGHT
 
 
 def _linear_is_small(linear: nn.Linear, dtype: torch.dtype, shape: list[int] | None) -> bool:
@@ -574,8 +617,11 @@ def _settled_kernel(layer: nn.Module, shape: list[int], channels_last: bool) -> 
 
 
 def _settled_linear_kernel(layer: nn.Module, shape: list[int]) -> str:
-    """The kernel a Linear that optimize built without an input shape (oneDNN) takes at its first call: the
-    stock one where that call shows it small (_linear_is_small), else oneDNN still."""
+    """The kernel a Linear that optimize built without an input shape (oneDNN) takes at its first call: ipex's
+    own GEMM where _brgemm_linear_pays, the stock one where that call shows it small (_linear_is_small), else
+    oneDNN still."""
+    if _brgemm_linear_pays(layer, layer.dtype, shape):
+        return "brgemm"
     return "dense" if _linear_is_small(layer, layer.dtype, shape) else layer.kernel
 
 
@@ -687,6 +733,8 @@ def _select_kernel(module: nn.Module, plan, bn_source: nn.Module | None, dtype, 
     kernels = ["dense"] if _single_input_channel(module) else ["onednn", "dense"]
     if type(module) is nn.Linear and target == torch.float32:
         kernels.append("mkl")
+    if type(module) is nn.Linear and target in BRGEMM_LINEAR_DTYPES:
+        kernels.append("brgemm")
     if winograd_supported(module, target) and len(shape) == 4:
         kernels.append("winograd")
     if conv1x1_supported(module, target) and len(shape) == 4:

@@ -35,6 +35,7 @@ from ipex_core import env as _env
 from ipex_core.ops import onednn as _onednn
 from ipex_core.ops.conv import conv1x1_weight, winograd_weight
 from ipex_core.ops.layout import channels_first
+from ipex_core.ops.linear import pack_linear_weight as _pack_ipex_linear_weight
 from ipex_core.reference.onednn import apply_binary, apply_unary
 
 __all__ = [
@@ -58,7 +59,9 @@ _ipex = torch.ops.ipex
 # Winograd F(4x4, 3x3) kernel (fp32 or bf16 3x3 stride-1 Conv2d, computed in fp32, see
 # winograd_supported; keeps the dense weight and the transformed one, ReLU fused); "brgemm" = ipex's
 # 1x1 convolution as one GEMM (fp32 1x1 stride-1 Conv2d, see conv1x1_supported; keeps the dense
-# weight and a column-blocked copy, residual add and ReLU fused).
+# weight and a column-blocked copy, residual add and ReLU fused); for Linear, "brgemm" = ipex's own GEMM
+# (``ipex::linear``, the kernel of ipex.llm's linears; keeps the dense weight and a copy in ipex's blocked
+# layout, ReLU / GELU / SiLU / a residual add or multiply fused).
 KERNELS = ("onednn", "mkl", "dense", "winograd", "brgemm")
 _REPACK_LOCK = threading.RLock()  # see _PackedModule._repack_for (reentrant: _set_weight may run under it)
 # The bytes all layers' packings beyond their own weight take, process-wide (see _PackedModule._add_packing).
@@ -240,6 +243,16 @@ class _PackedModule(nn.Module):
     def _unpack(self, stored: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _brgemm_weight_of(self, dense: torch.Tensor) -> torch.Tensor:
+        """The brgemm kernel's copy of the (dense) weight: a 1x1 convolution's column blocks."""
+        return conv1x1_weight(dense)
+
+    def _kernel_runs(self, kernel: str, dtype: torch.dtype) -> bool:
+        """Whether ``kernel`` computes this layer in ``dtype``, one of oneDNN's dtypes on this CPU (onednn_runs):
+        each kernel's own limits."""
+        return {"mkl": dtype == torch.float32, "winograd": dtype in WINOGRAD_DTYPES,
+                "brgemm": dtype == torch.float32}.get(kernel, True)
+
     def _weight_is_packed(self) -> bool:
         # Kept as a flag, not read from the tensor: while torch.compile traces, the packed weight is a fake
         # tensor whose is_mkldnn is False, and the packed [out, in, k] weight went into a dense
@@ -261,7 +274,7 @@ class _PackedModule(nn.Module):
         if kernel == "winograd":
             self._winograd_weight = winograd_weight(stored)
         if kernel == "brgemm":
-            self._brgemm_weight = conv1x1_weight(stored)
+            self._brgemm_weight = self._brgemm_weight_of(stored)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -600,9 +613,7 @@ class _PackedModule(nn.Module):
             self._parameters["weight"] = nn.Parameter(self._unpack(self.weight), requires_grad=False)
         super()._apply(fn, recurse)
         dtype = self.weight.dtype
-        if (not onednn_runs(dtype) or (self.kernel == "mkl" and dtype != torch.float32)
-                or (self.kernel == "winograd" and dtype not in WINOGRAD_DTYPES)
-                or (self.kernel == "brgemm" and dtype != torch.float32)):
+        if not onednn_runs(dtype) or not self._kernel_runs(self.kernel, dtype):
             # .double(), or .half() where oneDNN has no float16 kernels: packing raised. PyTorch's kernel on
             # the dense weight runs it (post-ops unfused), as it runs the module this one replaced.
             self.kernel = "dense"
@@ -655,8 +666,23 @@ class _PackedModule(nn.Module):
         return out.to(y.dtype)
 
 
+# The post-ops ipex::linear (the brgemm kernel of PackedLinear) computes inside it: unary -> its epilogue name.
+_BRGEMM_LINEAR_UNARY = {"relu": "relu", "swish": "silu", "gelu": "gelu"}
+_BRGEMM_LINEAR_BINARY = {"add": "add", "mul": "mul"}  # a residual added / multiplied (no unary after it)
+BRGEMM_LINEAR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what ipex::linear computes
+
+
+def _brgemm_linear_epilogue(post: PostOp) -> str | None:
+    """ipex::linear's epilogue for ``post``, or None where it cannot fuse it (it then runs after the GEMM)."""
+    if post.binary is None:
+        if post.unary == "gelu":
+            return "gelu_tanh" if post.algorithm == "tanh" else "gelu"
+        return "none" if post.unary == "none" else _BRGEMM_LINEAR_UNARY.get(post.unary)
+    return _BRGEMM_LINEAR_BINARY.get(post.binary) if post.unary == "none" else None
+
+
 class PackedLinear(_PackedModule):
-    """``nn.Linear`` on a prepacked weight, post-ops fused (kernels: onednn, mkl, dense)."""
+    """``nn.Linear`` on a prepacked weight, post-ops fused (kernels: onednn, brgemm, mkl, dense)."""
 
     def __init__(self, linear: nn.Linear, kernel: str = "onednn", post_op: PostOp | None = None,
                  batch_size: int | None = None, dtype: torch.dtype | None = None, bn: FoldedBatchNorm | None = None):
@@ -667,14 +693,23 @@ class PackedLinear(_PackedModule):
         self._mkl_batch = batch_size or 1
         if kernel == "mkl" and (dtype or linear.weight.dtype) != torch.float32:
             raise ValueError("the mkl kernel runs float32 linears only")
+        if kernel == "brgemm" and (dtype or linear.weight.dtype) not in BRGEMM_LINEAR_DTYPES:
+            raise ValueError(f"the brgemm kernel runs {BRGEMM_LINEAR_DTYPES} linears only; got "
+                             f"{dtype or linear.weight.dtype}")
         self._init_common(kernel, post_op)
         self._init_weight(linear.weight, linear.bias, dtype, bn)
 
     def _pack(self, dense):
         return _onednn.pack_linear_weight(dense, self._batch_size)
 
+    def _brgemm_weight_of(self, dense: torch.Tensor) -> torch.Tensor:
+        return _pack_ipex_linear_weight(dense)
+
     def _unpack(self, stored):
         return stored.to_dense()
+
+    def _kernel_runs(self, kernel: str, dtype: torch.dtype) -> bool:
+        return dtype in BRGEMM_LINEAR_DTYPES if kernel == "brgemm" else super()._kernel_runs(kernel, dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -702,12 +737,18 @@ class PackedLinear(_PackedModule):
         if self._folded_bn is not None and input.dim() != 2:
             return self._forward_bn_unfolded(input, other, post)
         b = self._kernel_bias()
+        fits_other = (other is not None and other.dtype == w.dtype and other.shape[:-1] == input.shape[:-1]
+                      and other.shape[-1] == self.out_features)
         if self.kernel == "onednn":
             if post.binary is None:
                 return _ipex.onednn_linear(input, w, b, post.unary, post.scalars, post.algorithm)
-            if (post.unary == "none" and other is not None and other.dtype == w.dtype
-                    and other.shape[:-1] == input.shape[:-1] and other.shape[-1] == self.out_features):
+            if post.unary == "none" and fits_other:
                 return _ipex.onednn_linear_binary(input, other, w, b, post.binary)
+        if self.kernel == "brgemm":
+            epilogue = _brgemm_linear_epilogue(post)
+            if epilogue is not None and (post.binary is None or fits_other):
+                return _ipex.linear(input, self._brgemm_weight, b, self.out_features, epilogue,
+                                    other if post.binary else None, None)
         return self._unfused(self._gemm(input, w, b), other, post)
 
     def _settle(self, input: torch.Tensor) -> None:
@@ -728,6 +769,8 @@ class PackedLinear(_PackedModule):
         BatchNorm was folded), nothing after."""
         if self.kernel == "onednn":
             return _ipex.onednn_linear(input, w, b, "none", [], None)
+        if self.kernel == "brgemm":
+            return _ipex.linear(input, self._brgemm_weight, b, self.out_features, "none", None, None)
         if self.kernel == "mkl":
             rows = input.numel() // max(self.in_features, 1)
             return torch.ops.mkl._mkl_linear(input.reshape(rows, self.in_features), self._mkl_weight, w, b,
