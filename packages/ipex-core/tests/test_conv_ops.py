@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ipex_core import isa as ipex_isa
 from ipex_core import reference
 from ipex_core.ops.conv import (
+    BF16X3_COLUMNS,
     WINOGRAD_F43_G,
     column_block,
     conv1x1,
@@ -152,8 +154,11 @@ def test_bad_input_errors():
 
 
 # ipex::conv1x1 / conv1x1_add_: the 1x1 convolution as one GEMM over channels-last rows. fp32 sums of up to
-# 1100 products in another order than conv2d's: measured up to 1e-6 of the output's scale.
+# 1100 products in another order than conv2d's: measured up to 1e-6 of the output's scale. The bf16x3 form
+# (three bf16 GEMMs, 16 mantissa bits per product): 3e-6 to 6e-6 at every shape measured, 8e-8 with fewer than
+# 8 input channels; plain bf16 (one GEMM) is 4e-3 off, a wrong part or misplaced k pair O(1e-3) or more.
 CONV1X1_TOL = 1e-5
+BF16X3_TOL = 2e-5
 
 
 def _case1x1(n, c, k, h, w, seed=0):
@@ -168,12 +173,21 @@ def _case1x1(n, c, k, h, w, seed=0):
     (2, 24, 48, 9, 10),     # blocks of 16, rows across images, row tiles across group boundaries
     (3, 5, 7, 3, 3),        # one odd-width block, a reduction shorter than a vector
     (1, 16, 64, 40, 40),    # 25 row tiles: more than one group of 8
+    (2, 40, 32, 9, 10),     # bf16x3: 180 rows, a last AMX tile of 16 + 4 rows; 40 channels padded to 64
+    (1, 33, 64, 3, 5),      # bf16x3: 15 rows (one partial row tile), 33 channels
 ])
 @pytest.mark.parametrize("attr", ["none", "relu"])
-def test_conv1x1_matches_conv2d(isa, shape, attr):
+@pytest.mark.parametrize("bf16x3", [False, True])
+def test_conv1x1_matches_conv2d(isa, shape, attr, bf16x3):
+    """Both weight forms on every kernel variant (the bf16x3 form below the amx level: the float32 GEMM on
+    hi + lo)."""
     n, c, k, h, w = shape
+    if bf16x3 and k % BF16X3_COLUMNS:
+        pytest.skip("the bf16x3 form needs a multiple of 32 output channels")
     x, g, b, r = _case1x1(n, c, k, h, w)
-    u = conv1x1_weight(g)
+    u = conv1x1_weight(g, bf16x3=bf16x3)
+    assert u.dtype == (torch.bfloat16 if bf16x3 else torch.float32)
+    tol = BF16X3_TOL if bf16x3 else CONV1X1_TOL
     for residual in (None, r):
         want = F.conv2d(x.double(), g.double(), b.double())
         if residual is not None:
@@ -182,13 +196,49 @@ def test_conv1x1_matches_conv2d(isa, shape, attr):
             want = want.relu()
         got = conv1x1(x, u, b, attr, residual)
         assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
-        assert _rel(got, want) < CONV1X1_TOL
-        assert _rel(reference.conv.conv1x1(x, u, b, attr, residual), want) < 1e-7  # float64, rounded to fp32 once
+        assert _rel(got, want) < tol
+        # float64, rounded to fp32 once (on the bf16x3 weight's hi + lo: 2^-17 of each weight off)
+        assert _rel(reference.conv.conv1x1(x, u, b, attr, residual), want) < (tol if bf16x3 else 1e-7)
     # In place into the residual; the input (channels-first here) is converted.
     acc = r.clone().contiguous(memory_format=torch.channels_last)
     out = conv1x1_add_(acc, x.contiguous(), u, None, attr)
     want = F.conv2d(x.double(), g.double()) + r.double()
-    assert out is acc and _rel(acc, want.relu() if attr == "relu" else want) < CONV1X1_TOL
+    assert out is acc and _rel(acc, want.relu() if attr == "relu" else want) < tol
+
+
+def test_conv1x1_bf16x3_weight_and_rule(monkeypatch):
+    """The bf16x3 form: hi + lo holds each weight to 2^-16, the blocks are 32 output channels of VNNI k pairs,
+    the input channels padded with zeros to a multiple of 32. By default only on the amx level, for 128 output
+    channels or more (a multiple of 32), and not with IPEX_FP32_BF16X3=0."""
+    g = torch.randn(128, 40, 1, 1)
+    u = conv1x1_weight(g, bf16x3=True)
+    assert u.shape == (4, 2, 32, 32, 2) and u.dtype == torch.bfloat16 and u.is_contiguous()
+    m = conv1x1_weight_matrix(u)
+    assert m.shape == (64, 128) and bool((m[40:] == 0).all())
+    assert ((m[:40] - g.view(128, 40).t()).abs() <= g.view(128, 40).t().abs() * 2.0 ** -16).all()
+    torch.testing.assert_close(u[1, 0, 3, 5].float(), g[32 + 5, 6:8, 0, 0].bfloat16().float())  # block 1, pair 3
+    with pytest.raises(ValueError, match="multiple of 32 output channels"):
+        conv1x1_weight(torch.randn(48, 8, 1, 1), bf16x3=True)
+    amx = "amx" in ipex_isa.isa_levels()
+    assert (conv1x1_weight(g).dtype == torch.bfloat16) == (amx and ipex_isa.active_isa() == "amx")
+    assert conv1x1_weight(torch.randn(64, 40, 1, 1)).dtype == torch.float32  # fewer than 128 outputs
+    assert conv1x1_weight(torch.randn(144, 40, 1, 1)).dtype == torch.float32  # not whole blocks of 32
+    monkeypatch.setenv("IPEX_FP32_BF16X3", "0")
+    assert conv1x1_weight(g).dtype == torch.float32
+
+
+def test_conv1x1_bf16x3_non_finite_inputs(isa):
+    """An infinite or NaN input value makes its output rows non-finite (x_lo is 0 there, and inf * w_lo can be
+    inf - inf: NaN where float32 gives +-inf), never finite garbage; the other rows are unaffected."""
+    x, g, b, _ = _case1x1(1, 64, 128, 4, 4)
+    x[0, 3, 1, 2] = float("inf")
+    x[0, 7, 2, 0] = float("nan")
+    got = conv1x1(x, conv1x1_weight(g, bf16x3=True), b)
+    bad = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    bad[0, 0, 1, 2] = bad[0, 0, 2, 0] = True
+    assert bool((~torch.isfinite(got) == bad.expand_as(got)).all())
+    want = F.conv2d(x.double(), g.double(), b.double())
+    assert _rel(got.masked_fill(bad, 0), want.masked_fill(bad, 0)) < BF16X3_TOL
 
 
 def test_conv1x1_add_inputs_of_any_layout_and_aliasing():
@@ -250,3 +300,10 @@ def test_conv1x1_bad_input_errors():
         conv1x1_add_(torch.zeros(1, 16, 1, 1).expand(1, 16, 4, 4), x, u)
     with pytest.raises(ValueError, match=r"1x1 convolution weight"):
         conv1x1_weight(torch.randn(4, 8, 3, 3))
+    u16 = conv1x1_weight(torch.randn(32, 8, 1, 1), bf16x3=True)
+    with pytest.raises(RuntimeError, match="the bf16x3 weight"):
+        conv1x1(x, u16[:, :, :2].contiguous(), None)  # made for other input channels
+    with pytest.raises(RuntimeError, match="the bf16x3 weight"):
+        conv1x1(x, u16[:, :1].contiguous(), None)  # one part only
+    with pytest.raises(RuntimeError, match="weight must be float32"):
+        conv1x1(x, u.half(), None)

@@ -250,7 +250,9 @@ def _(dt):  # float32 only (bf16/fp16 layers run oneDNN's kernels): every dtype'
     x = _rand(2, 5, 7, 6, dtype=torch.float32).to(memory_format=torch.channels_last)
     u = conv1x1_weight(_rand(48, 5, 1, 1, dtype=torch.float32))
     other = _rand(2, 48, 7, 6, dtype=torch.float32)
-    return [(x, u, _rand(48, dtype=torch.float32), "relu", other), (x.contiguous(), u, None, "none", None)]
+    u16 = conv1x1_weight(_rand(64, 5, 1, 1, dtype=torch.float32), bf16x3=True)  # the bf16x3 form
+    return [(x, u, _rand(48, dtype=torch.float32), "relu", other), (x.contiguous(), u, None, "none", None),
+            (x, u16, _rand(64, dtype=torch.float32), "relu", None)]
 
 
 @case("ipex::conv1x1_add_")

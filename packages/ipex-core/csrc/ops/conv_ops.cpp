@@ -1,6 +1,10 @@
 // ipex::conv1x1 / conv1x1_add_ (after the Winograd op): a 1x1 stride-1 fp32 convolution as a GEMM
 // on oneDNN's brgemm micro-kernel with the epilogue fused, for batch-1 layers, where oneDNN's own
 // convolution call spent 25-30 us of fixed cost per call (ideep's descriptors and allocations).
+// Given its weight in the bf16x3 form (bfloat16 hi and lo parts, ipex_core.ops.conv.conv1x1_weight)
+// it computes the GEMM as three bf16 GEMMs on AMX tiles instead (cpu/kernels/conv1x1_bf16x3.cpp:
+// within a few 1e-6 of the output's scale); on a CPU without AMX such a weight runs the float32
+// GEMM on hi + lo.
 //
 // ipex::conv3x3_winograd: a 3x3, stride-1, dilation-1, ungrouped convolution
 // over channels-last input by Winograd F(4x4, 3x3), in float32 arithmetic for
@@ -130,14 +134,11 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
 
 // The 1x1 convolution as a GEMM: [M = N*H*W, C] (channels-last rows) x [C, K] + bias (+ the
 // residual), then ReLU, with the weight in column blocks [K / nb, C, nb] (as the Winograd weight).
-// A task is kMRows rows by one weight column block: its GEMM runs the reduction in slices of
-// kKSlice input channels (the first overwriting the output, or adding to the residual already
-// there when `accumulate`, the rest accumulating), then bias, the residual `other` (when given, rows
-// of K) and ReLU over the block while it is in L1.
-// Tasks run group by group of kGroupTiles row tiles, column block by column block inside a group:
-// the group's input rows stay in L2 across the column blocks, each weight block across the rows
-// of the group, and threads given whole groups write disjoint pages of the output.
-constexpr int64_t kMRows = 64, kKSlice = 512, kGroupTiles = 8;
+// A task is kMRows rows by one weight column block (kernels::conv1x1_task: the order of the tasks):
+// its GEMM runs the reduction in slices of kKSlice input channels (the first overwriting the output,
+// or adding to the residual already there when `accumulate`, the rest accumulating), then bias, the
+// residual `other` (when given, rows of K) and ReLU over the block while it is in L1.
+constexpr int64_t kMRows = 64, kKSlice = 512;
 
 struct Conv1x1Args {
   const float* x;      // [m, c] rows
@@ -153,14 +154,11 @@ struct Conv1x1Args {
 
 void conv1x1_rows(const Conv1x1Args& a) {
   const int64_t k = a.blocks * a.nb, mtiles = (a.m + kMRows - 1) / kMRows;
-  const int64_t group_tasks = kGroupTiles * a.blocks;
   const auto epilogue = IPEX_PICK_ISA_KERNEL(bias_relu_rows);
   at::parallel_for(0, a.blocks * mtiles, 1, [&](int64_t s, int64_t e) {
     for (int64_t t = s; t < e; ++t) {
-      const int64_t g = t / group_tasks, r = t % group_tasks;
-      const int64_t tiles_in_group = std::min(kGroupTiles, mtiles - g * kGroupTiles);
-      const int64_t j = r / tiles_in_group, i = g * kGroupTiles + r % tiles_in_group;
-      const int64_t m0 = i * kMRows, rows = std::min(kMRows, a.m - m0), col = j * a.nb;
+      const auto task = kernels::conv1x1_task(t, a.m, a.blocks, kMRows);
+      const int64_t m0 = task.m0, rows = task.rows, j = task.block, col = j * a.nb;
       float* yb = a.y + m0 * k + col;
       for (int64_t c0 = 0; c0 < a.c; c0 += kKSlice) {
         const int64_t kc = std::min(kKSlice, a.c - c0);
@@ -175,25 +173,40 @@ void conv1x1_rows(const Conv1x1Args& a) {
   });
 }
 
-// Checks shared by conv1x1 and conv1x1_add_; returns the weight's column blocks and width.
+// The bf16x3 weight's input channels: in_channels rounded up to whole AMX k steps.
+int64_t bf16x3_channels(int64_t c) { return (c + 31) / 32 * 32; }
+
+// Checks shared by conv1x1 and conv1x1_add_; returns the weight's column blocks and width (the
+// bf16x3 form: its blocks of kernels::kBf16x3Cols).
 std::pair<int64_t, int64_t> check_conv1x1(const char* op, const at::Tensor& input, const at::Tensor& weight,
                                           const std::optional<at::Tensor>& bias, c10::string_view attr) {
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), op, ": runs on CPU tensors only");
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W]; got shape ", input.sizes());
-  TORCH_CHECK(input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat, op,
-              ": input and weight must be float32 (bf16/fp16 layers run oneDNN's kernels); got ",
-              input.scalar_type(), " and ", weight.scalar_type());
-  TORCH_CHECK(weight.dim() == 3 && weight.size(1) == input.size(1) && weight.size(2) > 0, op,
-              ": weight must be the blocked weight [out_channels / b, in_channels, b] of "
-              "ipex_core.ops.conv.conv1x1_weight, with in_channels = input.size(1) = ", input.size(1),
-              "; got shape ", weight.sizes());
-  const int64_t k = weight.size(0) * weight.size(2);
+  TORCH_CHECK(input.scalar_type() == at::kFloat, op,
+              ": input must be float32 (bf16/fp16 layers run oneDNN's kernels); got ", input.scalar_type());
+  const int64_t c = input.size(1);
+  if (weight.scalar_type() == at::kBFloat16) {
+    TORCH_CHECK(weight.dim() == 5 && weight.size(1) == 2 && 2 * weight.size(2) == bf16x3_channels(c) &&
+                    weight.size(3) == kernels::kBf16x3Cols && weight.size(4) == 2,
+                op, ": a bfloat16 weight must be the bf16x3 weight [out_channels / 32, 2, in_channels_32 / 2, 32, "
+                "2] of ipex_core.ops.conv.conv1x1_weight(w, bf16x3=True), with in_channels_32 = input.size(1) = ", c,
+                " rounded up to a multiple of 32; got shape ", weight.sizes());
+  } else {
+    TORCH_CHECK(weight.scalar_type() == at::kFloat, op, ": weight must be float32 (or the bf16x3 weight); got ",
+                weight.scalar_type());
+    TORCH_CHECK(weight.dim() == 3 && weight.size(1) == c && weight.size(2) > 0, op,
+                ": weight must be the blocked weight [out_channels / b, in_channels, b] of "
+                "ipex_core.ops.conv.conv1x1_weight, with in_channels = input.size(1) = ", c,
+                "; got shape ", weight.sizes());
+  }
+  const int64_t blocks = weight.size(0), nb = weight.dim() == 5 ? weight.size(3) : weight.size(2);
+  const int64_t k = blocks * nb;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == k && bias->scalar_type() == at::kFloat, op,
                 ": bias must be float32 [out_channels = ", k, "]; got ", bias->scalar_type(), " ", bias->sizes());
   }
   TORCH_CHECK(attr == "none" || attr == "relu", op, ": attr must be 'none' or 'relu'; got '", attr, "'");
-  return {weight.size(0), weight.size(2)};
+  return {blocks, nb};
 }
 
 void check_residual(const char* op, const at::Tensor& other, const at::Tensor& input, int64_t k) {
@@ -206,13 +219,43 @@ void check_residual(const char* op, const at::Tensor& other, const at::Tensor& i
               input.size(3), "]; got ", other.sizes());
 }
 
+// run_conv1x1 for a bf16x3 weight on a CPU with AMX: the input split into its bf16 parts, then the
+// tasks of kernels::conv1x1_bf16x3_tasks.
+void run_conv1x1_bf16x3(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, c10::string_view attr,
+                        const at::Tensor& other, bool accumulate, at::Tensor& y) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), m = n * h * w;
+  const int64_t c_pad = 2 * weight.size(2);
+  auto parts = at::empty({2, m, c_pad}, x.options().dtype(at::kBFloat16));
+  auto* hi = parts.mutable_data_ptr<at::BFloat16>();
+  const float* xp = x.const_data_ptr<float>();
+  const auto split = IPEX_PICK_ISA_KERNEL(split_bf16x3_rows);
+  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / c_pad), [&](int64_t s, int64_t e) {
+    split(xp, c, c_pad, hi, hi + m * c_pad, s, e);
+  });
+  kernels::Bf16x3GemmArgs a{};
+  a.x_hi = hi;
+  a.x_lo = hi + m * c_pad;
+  a.m = m, a.c_pad = c_pad;
+  a.w = weight.const_data_ptr<at::BFloat16>();
+  a.blocks = weight.size(0);
+  a.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  a.other = other.defined() ? other.const_data_ptr<float>() : nullptr;
+  a.accumulate = accumulate;
+  a.relu = attr == "relu";
+  a.y = y.mutable_data_ptr<float>();
+  a.ldy = a.blocks * kernels::kBf16x3Cols;
+  const int64_t mtiles = (m + kernels::kBf16x3Rows - 1) / kernels::kBf16x3Rows;
+  const auto tasks = IPEX_PICK_ISA_KERNEL(conv1x1_bf16x3_tasks);
+  at::parallel_for(0, a.blocks * mtiles, 1, [&](int64_t s, int64_t e) { tasks(a, s, e); });
+}
+
 // The GEMM over the input's channels-last rows into y ([M, K] rows), bias, the residual and ReLU fused:
 // `other` (channels-last, dense) is added in the epilogue; `accumulate` adds to what y holds.
 // `x` is the input already channels-last and dense.
 void run_conv1x1(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  c10::string_view attr, const at::Tensor& other, bool accumulate, at::Tensor& y) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t blocks = weight.size(0), nb = weight.size(2), k = blocks * nb;
+  const int64_t blocks = weight.size(0), nb = weight.size(weight.dim() == 5 ? 3 : 2), k = blocks * nb;
   auto b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   if (y.numel() == 0) return;
   if (c == 0) {  // no input channels: the bias (and the residual) alone
@@ -220,6 +263,18 @@ void run_conv1x1(const at::Tensor& x, const at::Tensor& weight, const std::optio
     if (b.defined()) y.add_(b.view({1, k, 1, 1}));
     if (other.defined()) y.add_(other);
     if (attr == "relu") y.relu_();
+    return;
+  }
+  if (weight.scalar_type() == at::kBFloat16) {
+    if (static_cast<int>(active_isa()) >= static_cast<int>(IsaLevel::kAmx)) {
+      run_conv1x1_bf16x3(x, weight.contiguous(), b, attr, other, accumulate, y);
+      return;
+    }
+    // No AMX here (a model packed elsewhere): the float32 GEMM on hi + lo, the values the parts hold.
+    auto parts = weight.to(at::kFloat);  // [blocks, 2, c_pad / 2, nb, 2]
+    auto u32 = (parts.select(1, 0) + parts.select(1, 1)).permute({0, 1, 3, 2});  // [blocks, c_pad / 2, 2, nb]
+    u32 = u32.reshape({blocks, 2 * weight.size(2), nb}).narrow(1, 0, c).contiguous();
+    run_conv1x1(x, u32, bias, attr, other, accumulate, y);
     return;
   }
   const auto u = weight.contiguous();
@@ -280,7 +335,9 @@ TORCH_LIBRARY_FRAGMENT(ipex, m) {
         {at::Tag::flexible_layout});
   // attr(conv2d(input, W, bias) [+ other]) for a 1x1, stride-1 convolution, as a GEMM over the
   // channels-last rows; weight = the blocked float32 [out_channels / b, in_channels, b] weight
-  // (ipex_core.ops.conv.conv1x1_weight); float32 only; output channels-last; attr 'none' or 'relu'.
+  // (ipex_core.ops.conv.conv1x1_weight), or its bf16x3 form [out_channels / 32, 2, in_channels_32 / 2, 32, 2]
+  // (bfloat16 hi and lo parts: three bf16 GEMMs on AMX); input float32; output channels-last; attr 'none'
+  // or 'relu'.
   // conv1x1_add_ writes attr(conv + bias + other) into other (channels-last, dense).
   m.def("conv1x1(Tensor input, Tensor weight, Tensor? bias, str attr, Tensor? other) -> Tensor",
         {at::Tag::flexible_layout});

@@ -84,6 +84,15 @@ VARIABLES: dict[str, EnvVar] = {
             "or packs its one weight again, instead of adding one. 0: one packing per layer.",
         ),
         EnvVar(
+            "IPEX_FP32_BF16X3",
+            "1",
+            "0 (or false/no/off) keeps ipex.optimize's float32 1x1 convolutions (the 1x1 GEMM kernel) on float32 "
+            "FMAs. By default, on CPUs with AMX-BF16, they run as three bf16 GEMMs on AMX tiles (x_hi w_hi + "
+            "x_hi w_lo + x_lo w_hi, each value split into two bf16 parts, fp32 accumulation): within a few 1e-6 of "
+            "the output's scale, as the Winograd kernel, against about 5e-7 in float32. Read when a layer packs its "
+            "weight.",
+        ),
+        EnvVar(
             "IPEX_VERBOSE",
             "",
             "The oneDNN verbose level ipex.verbose restores outside its scopes: 0 off, 1 on, 2 on with "

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ipex
+from ipex_core.ops.conv import conv1x1_bf16x3
 from ipex_core.optimize import FoldedBatchNorm, PackedConv2d, PackedLinear, PackedLSTM, api
 
 EXPECTED = {"dtype": None, "optimizer": None, "level": "O1", "inplace": False, "conv_bn_folding": None,
@@ -289,10 +290,13 @@ def test_small_linears_keep_the_stock_kernel():
         assert kernels(plain) == {"dense"}
         big = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU()).eval()
         batch = torch.randn(64, 1024)
-        assert ipex.optimize(big, sample_input=batch)[0].kernel == "onednn"
+        # (on AMX a float32 Linear of 16 rows or more runs ipex::conv1x1's bf16x3 GEMM: its brgemm kernel)
+        big_kernel = "brgemm" if conv1x1_bf16x3(1024) else "onednn"
+        assert ipex.optimize(big, sample_input=batch)[0].kernel == big_kernel
         plain_big = ipex.optimize(big)
         close(plain_big(batch), big(batch))
-        assert plain_big[0].kernel == "onednn" and "_settle_kernel" not in plain_big[0].__dict__
+        assert plain_big[0].kernel == big_kernel and "_settle_kernel" not in plain_big[0].__dict__
+        assert ipex.optimize(big, sample_input=batch[:8])[0].kernel == "onednn"  # too few rows for bf16x3
         # bf16: ipex::linear (brgemm) for few rows or small weights; stock's own bf16 linear calls oneDNN from 2
         # rows on (17-22 us a call), ipex::linear takes 4-6 us at these sizes
         for rows in (1, 8, 256):
@@ -375,6 +379,48 @@ def test_linear_brgemm_kernel():
     close(run(folded, (x[0],)), run(nn.Sequential(lin, bn).eval(), (x[0],)), BF16_TOL)
     with pytest.raises(ValueError, match="brgemm kernel runs"):
         PackedLinear(lin, kernel="brgemm", dtype=torch.float64)
+
+
+@pytest.mark.skipif(not conv1x1_bf16x3(128), reason="the bf16x3 GEMM runs where the CPU has AMX")
+def test_linear_bf16x3_kernel():
+    """A float32 PackedLinear on the brgemm kernel, on AMX: ipex::conv1x1's bf16x3 GEMM over the input's rows
+    (within a few 1e-6 of the output's scale). ReLU and a residual add (then ReLU) fused, other post-ops after it;
+    3-D and non-contiguous inputs; state_dict, deepcopy; .to(bfloat16) re-packs for ipex::linear, .double() falls
+    back to the stock kernel; the rule picks it from 16 rows."""
+    from ipex_core.optimize.modules import PostOp
+
+    torch.manual_seed(0)
+    lin = nn.Linear(72, 160)  # 72 inputs: padded to 96; 160 outputs: 5 blocks of 32
+    layer = PackedLinear(lin, kernel="brgemm")
+    assert layer._brgemm_weight.dtype == torch.bfloat16 and layer._brgemm_weight.dim() == 5
+    assert layer.weight.shape == lin.weight.shape and layer.weight.dtype == torch.float32
+    x, residual = torch.randn(3, 7, 72), torch.randn(3, 7, 160)
+    with torch.no_grad():
+        want = lin(x)
+        close(run(layer, (x,)), want, 2e-5)
+        close(run(layer, (x.transpose(0, 1).contiguous().transpose(0, 1),)), want, 2e-5)  # non-contiguous
+        for post, fn in ((PostOp("relu"), torch.relu), (PostOp(binary="add"), lambda y: y + residual),
+                         (PostOp("relu", binary="add"), lambda y: torch.relu(y + residual)),
+                         (PostOp("gelu", algorithm="tanh"), lambda y: F.gelu(y, approximate="tanh")),
+                         (PostOp(binary="mul"), lambda y: y * residual)):
+            fused = PackedLinear(lin, kernel="brgemm", post_op=post)
+            close(api.run_fused(fused, x, residual if post.binary else None), fn(want), 2e-5)
+    close(layer.state_dict()["weight"], lin.weight, 0)
+    other = nn.Linear(72, 160)
+    layer.load_state_dict(other.state_dict())
+    close(run(layer, (x,)), run(other, (x,)), 2e-5)
+    twin = copy.deepcopy(layer)
+    assert twin._brgemm_weight.data_ptr() != layer._brgemm_weight.data_ptr()
+    close(run(twin, (x,)), run(other, (x,)), 2e-5)
+    half = copy.deepcopy(layer).to(torch.bfloat16)
+    assert half.kernel == "brgemm" and half._brgemm_weight.dim() == 4  # ipex::linear's packing
+    close(run(half, (x,)), run(other, (x,)), BF16_TOL)
+    wide = copy.deepcopy(layer).double()
+    assert wide.kernel == "dense"
+    close(run(wide, (x.double(),)), run(copy.deepcopy(other).double(), (x.double(),)), 1e-12)
+    assert api._brgemm_linear_pays(lin, torch.float32, [16, 72]) and not api._brgemm_linear_pays(lin, torch.float32,
+                                                                                                  [8, 72])
+    assert not api._brgemm_linear_pays(nn.Linear(72, 96), torch.float32, [64, 72])  # fewer than 128 outputs
 
 
 def test_dtype_rules_and_inputs(zoo):

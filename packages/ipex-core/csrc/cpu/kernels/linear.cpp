@@ -291,17 +291,7 @@ IPEX_LINEAR_AMX_FN void small_m_blocks_amx(const LinearArgs& a, int64_t begin, i
 // both operands from L2 at every k step (0.56-0.8 of oneDNN's own GEMM's speed).
 constexpr int64_t kLargeChunkK = 512;
 
-// Tiles: 0/1 accumulators of rows 0-15 (columns 0-15 / 16-31), 2/3 of rows 16-31,
-// 4/5 rows 0-15 / 16-31 of x, 6/7 the weights' columns 0-15 / 16-31.
-IPEX_LINEAR_AMX_FN void amx_configure_32x32(int64_t rows0, int64_t rows1) {
-  AmxTileConfig c;
-  const auto r0 = static_cast<uint8_t>(rows0), r1 = static_cast<uint8_t>(rows1);
-  for (int t : {0, 1, 4}) { c.rows[t] = r0; c.colsb[t] = 64; }
-  if (r1) for (int t : {2, 3, 5}) { c.rows[t] = r1; c.colsb[t] = 64; }
-  for (int t : {6, 7}) { c.rows[t] = 16; c.colsb[t] = 64; }
-  _tile_loadconfig(&c);
-}
-
+// Tiles: amx_configure_32x32 (amx_tiles.h).
 // acc[rows][32] (+)= x[rows, k0:k0+kc] . W[k0:k0+kc, block] for one tile of up to 32 rows.
 // `pf`: lines to prefetch into L2, `pf_per_step` of them at each k step.
 template <bool kTwoRowTiles>

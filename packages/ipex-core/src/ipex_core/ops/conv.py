@@ -1,6 +1,7 @@
 """``ipex::conv3x3_winograd``: a 3x3 stride-1 convolution by Winograd F(4x4, 3x3), computed in float32;
 ``ipex::conv1x1`` / ``ipex::conv1x1_add_``: a 1x1 stride-1 float32 convolution as one GEMM with its
-bias, residual add and ReLU fused.
+bias, residual add and ReLU fused, in float32 FMAs or, with the weight in its bf16x3 form, as three
+bf16 GEMMs on AMX tiles (:func:`conv1x1_weight`).
 
 Schema and kernel: csrc/ops/conv_ops.cpp. The op takes the weight already
 transformed (:func:`winograd_weight`, done once when ``ipex.optimize`` packs a
@@ -13,8 +14,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["WINOGRAD_F43_AT", "WINOGRAD_F43_BT", "WINOGRAD_F43_G", "column_block", "conv1x1", "conv1x1_add_",
-           "conv1x1_weight", "conv1x1_weight_matrix", "conv3x3_winograd", "winograd_weight", "winograd_weight_matrices"]
+from ipex_core import env, isa
+
+__all__ = ["BF16X3_COLUMNS", "BF16X3_MIN_OUT_CHANNELS", "WINOGRAD_F43_AT", "WINOGRAD_F43_BT", "WINOGRAD_F43_G", "column_block", "conv1x1",
+           "conv1x1_add_", "conv1x1_bf16x3", "conv1x1_weight", "conv1x1_weight_matrix", "conv3x3_winograd",
+           "winograd_weight", "winograd_weight_matrices"]
+
+BF16X3_COLUMNS = 32  # output channels per column block of the bf16x3 weight (a pair of AMX B tiles)
 
 WINOGRAD_F43_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
                    (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
@@ -76,20 +82,57 @@ def _conv3x3_winograd_fake(input, weight, bias, padding, attr):
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def conv1x1_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution weight ``[out, in, 1, 1]`` (or ``[out, in]``) as the op's float32 ``[out / b, in, b]``
-    (``b = column_block(out)``): the ``[in, out]`` GEMM matrix in contiguous column blocks of ``b`` output
-    channels, which the GEMMs read in address order."""
+# Fewer output channels than this keep the float32 form: the input's split into bf16 parts (one more pass over
+# it, 4 bytes written per value) costs what the GEMM saves when each input value feeds few outputs (ResNet-50's
+# 256 -> 64 at 56x56: 0.95-1.05x float32; 512 -> 128 at 28x28 1.26-1.37x; 1.5-1.9x from 256 outputs).
+BF16X3_MIN_OUT_CHANNELS = 128
+
+
+def conv1x1_bf16x3(out_channels: int) -> bool:
+    """Whether :func:`conv1x1_weight` makes the bf16x3 form by default for a layer of ``out_channels``: on CPUs
+    with AMX-BF16 (the active ISA level ``amx``), for a multiple of :data:`BF16X3_COLUMNS` output channels, at
+    least :data:`BF16X3_MIN_OUT_CHANNELS`, unless ``IPEX_FP32_BF16X3=0``. Without AMX three bf16 GEMMs would be
+    slower than one in float32."""
+    return (out_channels % BF16X3_COLUMNS == 0 and out_channels >= BF16X3_MIN_OUT_CHANNELS
+            and isa.active_isa() == "amx" and env.get_bool("IPEX_FP32_BF16X3"))
+
+
+def conv1x1_weight(weight: torch.Tensor, bf16x3: bool | None = None) -> torch.Tensor:
+    """A 1x1 convolution weight ``[out, in, 1, 1]`` (or ``[out, in]``) as the op's weight: the ``[in, out]``
+    GEMM matrix in contiguous column blocks of output channels, which the GEMMs read in address order.
+
+    Float32 form: ``[out / b, in, b]``, ``b = column_block(out)``. With ``bf16x3`` (default
+    :func:`conv1x1_bf16x3`), the bfloat16 form ``[out / 32, 2, in_32 / 2, 32, 2]`` (``in_32``: ``in`` rounded up
+    to a multiple of 32, zero rows): per block of 32 output channels the weight's hi = bf16(w) and lo =
+    bf16(w - hi) parts, each in VNNI k pairs, which the op runs as three bf16 GEMMs on AMX tiles, within a few
+    1e-6 of the output's scale (csrc/cpu/kernels/conv1x1_bf16x3.cpp). Same bytes as the float32 form."""
     if weight.dim() not in (2, 4) or (weight.dim() == 4 and tuple(weight.shape[2:]) != (1, 1)):
         raise ValueError(f"conv1x1_weight: expects a 1x1 convolution weight [out, in, 1, 1]; got {tuple(weight.shape)}")
     out_channels, in_channels = weight.shape[:2]
-    block = column_block(out_channels)
-    w = weight.detach().reshape(out_channels // block, block, in_channels).permute(0, 2, 1)
-    return w.to(torch.float32).contiguous()
+    if bf16x3 is None:
+        bf16x3 = conv1x1_bf16x3(out_channels)
+    if bf16x3 and out_channels % BF16X3_COLUMNS:
+        raise ValueError(f"conv1x1_weight: the bf16x3 form needs a multiple of {BF16X3_COLUMNS} output channels; "
+                         f"got {out_channels}")
+    block = BF16X3_COLUMNS if bf16x3 else column_block(out_channels)
+    w = weight.detach().reshape(out_channels // block, block, in_channels).permute(0, 2, 1).to(torch.float32)
+    if not bf16x3:
+        return w.contiguous()
+    w = torch.nn.functional.pad(w, (0, 0, 0, -in_channels % 32))  # zero k rows: whole AMX k steps
+    hi = w.to(torch.bfloat16)
+    lo = (w - hi.float()).to(torch.bfloat16)
+    parts = torch.stack([hi, lo], dim=1)  # [blocks, 2, in_32, 32]
+    blocks, _, in_32, _ = parts.shape
+    return parts.view(blocks, 2, in_32 // 2, 2, block).transpose(3, 4).contiguous()
 
 
 def conv1x1_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """The op's blocked weight ``[out / b, in, b]`` as the plain ``[in, out]`` matrix."""
+    """The op's blocked weight (either form of :func:`conv1x1_weight`) as the plain float32 ``[in, out]``
+    matrix it computes with (the bf16x3 form: hi + lo, with its ``in_32`` rows)."""
+    if weight.dim() == 5:
+        blocks, _, pairs, block, _ = weight.shape
+        parts = weight.transpose(3, 4).reshape(blocks, 2, 2 * pairs, block).float()
+        weight = parts[:, 0] + parts[:, 1]
     blocks, in_channels, block = weight.shape
     return weight.permute(1, 0, 2).reshape(in_channels, blocks * block)
 
@@ -109,13 +152,21 @@ def conv1x1_add_(other, input, weight, bias=None, attr: str = "none"):
 
 def _check_conv1x1_fake(op, input, weight, bias, attr, other):
     torch._check(input.dim() == 4, lambda: f"{op}: input must be 4-D [N, C, H, W]; got {tuple(input.shape)}")
-    torch._check(input.dtype == torch.float32 and weight.dtype == torch.float32,
-                 lambda: f"{op}: input and weight must be float32; got {input.dtype} and {weight.dtype}")
-    torch._check(weight.dim() == 3 and weight.shape[1] == input.shape[1] and weight.shape[2] > 0,
-                 lambda: f"{op}: weight must be [out_channels / b, in_channels={input.shape[1]}, b] "
-                         f"(conv1x1_weight); got {tuple(weight.shape)}")
+    torch._check(input.dtype == torch.float32, lambda: f"{op}: input must be float32; got {input.dtype}")
+    if weight.dtype == torch.bfloat16:
+        torch._check(weight.dim() == 5 and weight.shape[1] == 2 and 2 * weight.shape[2] == (input.shape[1] + 31) // 32 * 32
+                     and weight.shape[3] == BF16X3_COLUMNS and weight.shape[4] == 2,
+                     lambda: f"{op}: a bfloat16 weight must be the bf16x3 weight [out_channels / 32, 2, in_channels_32 "
+                             f"/ 2, 32, 2] (conv1x1_weight, in_channels = {input.shape[1]}); got {tuple(weight.shape)}")
+        out_channels = weight.shape[0] * weight.shape[3]
+    else:
+        torch._check(weight.dtype == torch.float32, lambda: f"{op}: weight must be float32; got {weight.dtype}")
+        torch._check(weight.dim() == 3 and weight.shape[1] == input.shape[1] and weight.shape[2] > 0,
+                     lambda: f"{op}: weight must be [out_channels / b, in_channels={input.shape[1]}, b] "
+                             f"(conv1x1_weight); got {tuple(weight.shape)}")
+        out_channels = weight.shape[0] * weight.shape[2]
     torch._check(attr in ("none", "relu"), lambda: f"{op}: attr must be 'none' or 'relu'; got {attr!r}")
-    shape = (input.shape[0], weight.shape[0] * weight.shape[2], input.shape[2], input.shape[3])
+    shape = (input.shape[0], out_channels, input.shape[2], input.shape[3])
     if bias is not None:
         torch._check(tuple(bias.shape) == (shape[1],) and bias.dtype == torch.float32,
                      lambda: f"{op}: bias must be float32 [out_channels = {shape[1]}]; got {bias.dtype} "

@@ -89,7 +89,11 @@ prepacked weight, except fp32 Conv2d layers whose input shape ``sample_input``
 ``_winograd_pays`` and ``_conv1x1_pays``): 3x3 stride-1 layers run Winograd
 F(4x4, 3x3) (4x fewer multiplications, 1e-5 of the output's scale instead of
 1e-6), and 1x1 stride-1 layers of at most 4096 rows (N*H*W, channels-last) one
-GEMM with ReLU and the residual add fused (oneDNN's call costs 25-30 us each).
+GEMM with ReLU and the residual add fused (oneDNN's call costs 25-30 us each);
+on CPUs with AMX, that GEMM runs for layers of 128 output channels or more (a
+multiple of 32) as three bf16 GEMMs on AMX tiles over each value's two bf16
+parts (bf16x3: within a few 1e-6 of the output's scale, 1.3-1.9x the float32
+GEMM; ``IPEX_FP32_BF16X3=0`` keeps float32; ``ipex_core.ops.conv.conv1x1_weight``).
 bf16 / fp16 Linears with few input rows (bf16: up to 16, fp16: 1; up to 256 for
 weights of at most 256x256, as ``sample_input`` or the first eager call shows)
 and weights of at most 4M elements run ipex's own GEMM, ``ipex::linear`` (the
@@ -190,6 +194,7 @@ from torch import nn
 
 from ipex_core.fusion import is_onednn_fusion_enabled
 from ipex_core.isa import cpu_features
+from ipex_core.ops.conv import conv1x1_bf16x3
 from ipex_core.optimize import fx_passes
 from ipex_core.optimize.concat_linear import ConcatLinear, ConcatLinearMember
 from ipex_core.optimize.lstm import PackedLSTM
@@ -479,6 +484,9 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
 _BRGEMM_LINEAR_ROWS = {torch.bfloat16: 16, torch.float16: 1}
 _BRGEMM_LINEAR_SMALL_ROWS = 256
 _BRGEMM_LINEAR_SMALL_WEIGHT = 256 * 256
+# float32 Linears run ipex::conv1x1's bf16x3 GEMM (on AMX) from this many input rows: below it the weight's read
+# from memory bounds both it and MKL's sgemm (768 x 768 at 1-4 rows: 0.77-0.90x MKL; 8 rows 0.98-1.30x).
+_BF16X3_LINEAR_MIN_ROWS = 16
 # The layer keeps its dense weight beside the kernel's copy (code may read ``weight``): up to this many elements
 # (8 MB in bf16; BERT-base's largest Linear has 2.4M, ResNet-50's 2M), no default choice doubles more.
 _BRGEMM_LINEAR_MAX_WEIGHT = 4 * 2**20
@@ -493,12 +501,20 @@ def _brgemm_linear_pays(linear: nn.Linear, dtype: torch.dtype, shape: list[int] 
     256); at 32-256 rows 0.70-1.24x for the larger weights (so they stay on oneDNN), 1.39-3.3x for 256 x 256
     and smaller. fp16 (no AMX-FP16 here: both run AVX512-FP16) at 1 row 2.9-3.1x, at 16 rows 0.86-0.92x (768
     -> 768, 2048 -> 1000) but 2.8x (64 x 64), up to 256 rows 1.5-2.9x (64 x 64). float32: ipex::linear is no
-    faster than MKL's packed sgemm or stock's (0.5-1.0x at up to 8 rows), so never by default. Weights over
+    faster than MKL's packed sgemm or stock's (0.5-1.0x at up to 8 rows); but on CPUs with AMX, for 128 output
+    features or more (a multiple of 32) and at least _BF16X3_LINEAR_MIN_ROWS rows, the brgemm kernel of a
+    float32 Linear is ipex::conv1x1's bf16x3 GEMM (three bf16 GEMMs on AMX, within a few 1e-6 of the output's
+    scale): against MKL's packed sgemm at BERT-base's shapes, 128 and 1024 rows, 768 -> 768 / 2304 / 3072 and
+    3072 -> 768, 1.95-2.48x; 16 rows 1.75x; 1-8 rows 0.77-1.30x. Weights over
     _BRGEMM_LINEAR_MAX_WEIGHT elements stay on oneDNN (the kernel's copy would double them; LLMs have
     ipex.llm.optimize, which runs ipex::linear on its packed weights alone). Unknown shape: no (oneDNN, or the
     first eager call's rule)."""
     weight = linear.in_features * linear.out_features
-    if dtype not in _BRGEMM_LINEAR_ROWS or not shape or weight > _BRGEMM_LINEAR_MAX_WEIGHT:
+    if not shape or weight > _BRGEMM_LINEAR_MAX_WEIGHT:
+        return False
+    if dtype == torch.float32:  # on AMX, ipex::conv1x1's bf16x3 GEMM (PackedLinear._brgemm_weight_of)
+        return conv1x1_bf16x3(linear.out_features) and math.prod(shape[:-1]) >= _BF16X3_LINEAR_MIN_ROWS
+    if dtype not in _BRGEMM_LINEAR_ROWS:
         return False
     rows = math.prod(shape[:-1])
     if rows <= _BRGEMM_LINEAR_ROWS[dtype]:
@@ -1021,8 +1037,10 @@ def _concat_group(model: nn.Module, parent: nn.Module, members: list[str], dtype
     if members[0] in shapes:
         s = shapes[members[0]]
         batch = max(1, int(torch.Size(s).numel() // max(s[-1], 1)))
+    # The kernel rule for the merged layer, on the members' input shape.
+    merged = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), device="meta")
     group = ConcatLinear([lin if dtype is None else _cast_copy(lin, dtype) for lin in linears],
-                         _default_kernel(linears[0], dtype, prepack, graph_mode), batch)
+                         _default_kernel(merged, dtype, prepack, graph_mode, shape=shapes.get(members[0])), batch)
     index = 0
     while hasattr(parent, f"ipex_concat_linear_{index}"):
         index += 1

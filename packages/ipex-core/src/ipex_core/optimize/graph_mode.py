@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 import warnings
 import weakref
@@ -60,6 +61,7 @@ def cpp_wrapper() -> bool:
 MAX_SHAPE_GRAPHS = 4
 
 ROOT_ARG = "_ipex_deployed_root"  # the compiled step's argument holding the deployed model (see deployed_step)
+_STEP_NUMBERS = itertools.count()  # names the deployed steps apart (see deployed_step)
 
 
 def deployment_guard_filter(guard_entries) -> list[bool]:
@@ -116,7 +118,12 @@ def deployed_step(fn):
     def _ipex_step(_ipex_deployed_root, *args, **kwargs):
         return fn(_ipex_deployed_root, *args, **kwargs)
 
-    _ipex_step.__code__ = _ipex_step.__code__.replace()  # a new code object: a cache of its own
+    # A new code object: a cache of its own. Named apart too: dynamo keeps what it learned about a frame's
+    # inputs (automatic dynamic shapes) per (file, line, name) of its code. Under one name, a second ResNet-50
+    # in the process whose 1x1 layers held weights of other shapes (float32 against bf16x3) got them traced as
+    # dynamic, and the C++ wrapper of its graph failed to compile ("'s33' was not declared").
+    name = f"_ipex_step_{next(_STEP_NUMBERS)}"
+    _ipex_step.__code__ = _ipex_step.__code__.replace(co_name=name, co_qualname=name)
     return _ipex_step
 
 

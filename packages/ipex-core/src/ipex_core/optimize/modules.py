@@ -33,7 +33,7 @@ from torch import nn
 
 from ipex_core import env as _env
 from ipex_core.ops import onednn as _onednn
-from ipex_core.ops.conv import conv1x1_weight, winograd_weight
+from ipex_core.ops.conv import conv1x1_bf16x3, conv1x1_weight, winograd_weight
 from ipex_core.ops.layout import channels_first
 from ipex_core.ops.linear import pack_linear_weight as _pack_ipex_linear_weight
 from ipex_core.reference.onednn import apply_binary, apply_unary
@@ -59,9 +59,9 @@ _ipex = torch.ops.ipex
 # Winograd F(4x4, 3x3) kernel (fp32 or bf16 3x3 stride-1 Conv2d, computed in fp32, see
 # winograd_supported; keeps the dense weight and the transformed one, ReLU fused); "brgemm" = ipex's
 # 1x1 convolution as one GEMM (fp32 1x1 stride-1 Conv2d, see conv1x1_supported; keeps the dense
-# weight and a column-blocked copy, residual add and ReLU fused); for Linear, "brgemm" = ipex's own GEMM
-# (``ipex::linear``, the kernel of ipex.llm's linears; keeps the dense weight and a copy in ipex's blocked
-# layout, ReLU / GELU / SiLU / a residual add or multiply fused).
+# weight and a column-blocked copy, in float32 or, on AMX, its bf16x3 form; residual add and ReLU fused);
+# for Linear, "brgemm" = ipex's own GEMM (``ipex::linear``, the kernel of ipex.llm's linears; keeps the
+# dense weight and a copy in ipex's blocked layout, ReLU / GELU / SiLU / a residual add or multiply fused).
 KERNELS = ("onednn", "mkl", "dense", "winograd", "brgemm")
 _REPACK_LOCK = threading.RLock()  # see _PackedModule._repack_for (reentrant: _set_weight may run under it)
 # The bytes all layers' packings beyond their own weight take, process-wide (see _PackedModule._add_packing).
@@ -703,6 +703,10 @@ class PackedLinear(_PackedModule):
         return _onednn.pack_linear_weight(dense, self._batch_size)
 
     def _brgemm_weight_of(self, dense: torch.Tensor) -> torch.Tensor:
+        """ipex::linear's packed weight; for a float32 layer on a CPU with AMX, ipex::conv1x1's bf16x3 weight
+        (conv1x1_bf16x3: the rows of the input as the pixels of a 1x1 convolution, three bf16 GEMMs on AMX)."""
+        if dense.dtype == torch.float32 and conv1x1_bf16x3(self.out_features):
+            return conv1x1_weight(dense.view(*dense.shape, 1, 1), bf16x3=True)
         return _pack_ipex_linear_weight(dense)
 
     def _unpack(self, stored):
@@ -744,12 +748,26 @@ class PackedLinear(_PackedModule):
                 return _ipex.onednn_linear(input, w, b, post.unary, post.scalars, post.algorithm)
             if post.unary == "none" and fits_other:
                 return _ipex.onednn_linear_binary(input, other, w, b, post.binary)
-        if self.kernel == "brgemm":
+        if self.kernel == "brgemm" and self._brgemm_weight.dim() == 5:  # float32, bf16x3 (ipex::conv1x1)
+            if post.unary in ("none", "relu") and (post.binary is None or (post.binary == "add" and fits_other)):
+                return self._conv1x1_rows(input, b, post.unary, other if post.binary else None)
+        elif self.kernel == "brgemm":
             epilogue = _brgemm_linear_epilogue(post)
             if epilogue is not None and (post.binary is None or fits_other):
                 return _ipex.linear(input, self._brgemm_weight, b, self.out_features, epilogue,
                                     other if post.binary else None, None)
         return self._unfused(self._gemm(input, w, b), other, post)
+
+    def _conv1x1_rows(self, input: torch.Tensor, b: torch.Tensor | None, attr: str,
+                      other: torch.Tensor | None) -> torch.Tensor:
+        """``attr(input @ W.T + b + other)`` by ipex::conv1x1 on the bf16x3 weight: the input's rows [rows, K]
+        are a channels-last [rows, K, 1, 1] image (the same memory), the output's [rows, N, 1, 1] rows too."""
+        rows = input.numel() // max(self.in_features, 1)
+        x = input.reshape(rows, self.in_features, 1, 1)
+        if other is not None:
+            other = other.reshape(rows, self.out_features, 1, 1)
+        y = _ipex.conv1x1(x, self._brgemm_weight, b, attr, other)
+        return y.view(*input.shape[:-1], self.out_features)
 
     def _settle(self, input: torch.Tensor) -> None:
         """At the first call of a Linear ``ipex.optimize`` built without an input shape (``_settle_kernel``): the
@@ -769,6 +787,8 @@ class PackedLinear(_PackedModule):
         BatchNorm was folded), nothing after."""
         if self.kernel == "onednn":
             return _ipex.onednn_linear(input, w, b, "none", [], None)
+        if self.kernel == "brgemm" and self._brgemm_weight.dim() == 5:
+            return self._conv1x1_rows(input, b, "none", None)
         if self.kernel == "brgemm":
             return _ipex.linear(input, self._brgemm_weight, b, self.out_features, "none", None, None)
         if self.kernel == "mkl":

@@ -38,7 +38,8 @@ def conv3x3_winograd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 def conv1x1(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, attr: str = "none",
             other: torch.Tensor | None = None) -> torch.Tensor:
     """``attr(input @ W + bias + other)`` per pixel, ``W`` the ``[in, out]`` matrix of the blocked weight."""
-    y = torch.einsum("nchw,ck->nkhw", input.double(), conv1x1_weight_matrix(weight).double())
+    matrix = conv1x1_weight_matrix(weight)[: input.shape[1]]  # (the bf16x3 form's zero rows dropped)
+    y = torch.einsum("nchw,ck->nkhw", input.double(), matrix.double())
     if bias is not None:
         y = y + bias.double().view(1, -1, 1, 1)
     if other is not None:
