@@ -3,7 +3,9 @@
 3x3: ResNet-50's stride-1 3x3 layers (channels-last, ReLU after), at batch 1 and 32.
 1x1: ResNet-50's stride-1 1x1 layers at batch 1 (where ipex.optimize runs ``ipex::conv1x1``: at most
 4096 rows), with ReLU, or with the residual added in place and ReLU (``ipex::conv1x1_add_``; stock:
-``F.relu(F.conv2d(x, w, b) + r)``).
+``F.relu(F.conv2d(x, w, b) + r)``). Its weight in the form ``ipex.optimize`` packs by default (on a CPU with
+AMX, the bf16x3 form for 128 output channels or more: three bf16 GEMMs on AMX tiles), and, as "fp32 GEMM
+ms", in the float32 form (fp32 FMAs).
 Stock: ``F.relu(F.conv2d(x, w, b, padding=1))`` on a channels-last model (oneDNN's direct
 convolution inside ATen). Also timed: the oneDNN prepacked kernel with the ReLU fused
 (``mkldnn::_convolution_pointwise``, what ``ipex.optimize`` ran before, and still runs where the
@@ -38,6 +40,7 @@ SHAPES_1X1 = [(56, 64, 64, False), (56, 64, 256, True), (56, 256, 64, False), (2
               (28, 512, 128, False), (14, 256, 1024, True), (14, 1024, 256, False), (7, 512, 2048, True),
               (7, 2048, 512, False)]
 CONV1X1_TOLERANCE = 1e-5  # fp32 sums in another order: measured up to 1e-6 of the output's scale
+BF16X3_TOLERANCE = 2e-5  # the bf16x3 form: 3e-6 to 6e-6 of the output's scale
 
 
 def main(argv=None) -> str:
@@ -77,17 +80,19 @@ def main(argv=None) -> str:
             rows.append(_row(f"3x3 conv batch {n} {hw}x{hw} {c}->{c} fp32", t, 2 * n * hw * hw * c * c * 9, err))
     if "1x1" in args.kinds:
         rows += _conv1x1_rows(args.rounds, a, b)
-    table = report("conv", rows, machine_meta(), columns=["prepacked ms", "vs prepacked", "ipex GFLOP/s",
-                                                          "stock GFLOP/s", "mm GFLOP/s", "rel err"])
+    table = report("conv", rows, machine_meta(), columns=["prepacked ms", "vs prepacked", "fp32 GEMM ms",
+                                                          "ipex GFLOP/s", "stock GFLOP/s", "mm GFLOP/s", "rel err"])
     print(table)
     return table
 
 
 def _row(label: str, t: dict, flops: int, err: float) -> Row:
-    """A table row from the interleaved medians ``t`` (stock, ours, prepacked, and the 1024^3 mm probe)."""
+    """A table row from the interleaved medians ``t`` (stock, ours, prepacked, the 1024^3 mm probe, and for
+    1x1 layers "fp32": ours on the float32 weight form)."""
     return Row(label, t["stock"] * 1e3, t["ours"] * 1e3, {
         "prepacked ms": t["prepacked"] * 1e3,
         "vs prepacked": t["prepacked"] / t["ours"],
+        "fp32 GEMM ms": f"{t['fp32'] * 1e3:.3f}" if "fp32" in t else "",
         "ipex GFLOP/s": flops / t["ours"] / 1e9,
         "stock GFLOP/s": flops / t["stock"] / 1e9,
         "mm GFLOP/s": 2 * 1024 ** 3 / t["mm"] / 1e9,
@@ -105,9 +110,13 @@ def _conv1x1_rows(rounds: int, a, b) -> list[Row]:
             w, bias = conv.weight.detach(), conv.bias.detach()
             packed = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), [0, 0], [1, 1], [1, 1], 1,
                                                                   list(x.shape))
-            u = conv1x1_weight(w)
+            u = conv1x1_weight(w)  # the default form (bf16x3 on AMX where conv1x1_bf16x3 says so)
+            u32 = conv1x1_weight(w, bf16x3=False)
+            tol = BF16X3_TOLERANCE if u.dtype == torch.bfloat16 else CONV1X1_TOLERANCE
+            form = " bf16x3" if u.dtype == torch.bfloat16 else ""
             r = torch.randn(1, k, hw, hw).to(memory_format=torch.channels_last)
-            acc = {"ours": r.clone(), "prepacked": r.clone()}  # written in place: the values drift, the work not
+            # written in place: the values drift, the work not
+            acc = {"ours": r.clone(), "prepacked": r.clone(), "fp32": r.clone()}
 
             if residual:
                 def stock():
@@ -116,13 +125,16 @@ def _conv1x1_rows(rounds: int, a, b) -> list[Row]:
                 def ours():
                     return conv1x1_add_(acc["ours"], x, u, bias, "relu")
 
+                def fp32():
+                    return conv1x1_add_(acc["fp32"], x, u32, bias, "relu")
+
                 def prepacked():
                     torch.ops.ipex.onednn_conv_add_(acc["prepacked"], x, packed, bias, [0, 0], [1, 1], [1, 1], 1,
                                                     "relu")
                     return acc["prepacked"]
 
                 err = check_ours(f"conv1x1_add_ {hw}x{hw} {c}->{k}", conv1x1_add_(r.clone(), x, u, bias, "relu"),
-                                 stock(), CONV1X1_TOLERANCE)
+                                 stock(), tol)
             else:
                 def stock():
                     return F.relu(F.conv2d(x, w, bias))
@@ -130,14 +142,17 @@ def _conv1x1_rows(rounds: int, a, b) -> list[Row]:
                 def ours():
                     return conv1x1(x, u, bias, "relu")
 
+                def fp32():
+                    return conv1x1(x, u32, bias, "relu")
+
                 def prepacked():
                     return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [0, 0], [1, 1], [1, 1], 1, "relu",
                                                                    [], "")
 
-                err = check_ours(f"conv1x1 {hw}x{hw} {c}->{k}", ours(), stock(), CONV1X1_TOLERANCE)
-            t = time_interleaved({"stock": stock, "ours": ours, "prepacked": prepacked, "mm": lambda: a @ b},
-                                 rounds=rounds)
-            rows.append(_row(f"1x1 conv batch 1 {hw}x{hw} {c}->{k}{' +residual' if residual else ''} fp32", t,
+                err = check_ours(f"conv1x1 {hw}x{hw} {c}->{k}", ours(), stock(), tol)
+            t = time_interleaved({"stock": stock, "ours": ours, "prepacked": prepacked, "fp32": fp32,
+                                  "mm": lambda: a @ b}, rounds=rounds)
+            rows.append(_row(f"1x1 conv batch 1 {hw}x{hw} {c}->{k}{' +residual' if residual else ''} fp32{form}", t,
                              2 * hw * hw * c * k, err))
     return rows
 
