@@ -110,7 +110,7 @@ def _conv1x1_rows(rounds: int, a, b) -> list[Row]:
             w, bias = conv.weight.detach(), conv.bias.detach()
             packed = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), [0, 0], [1, 1], [1, 1], 1,
                                                                   list(x.shape))
-            u = conv1x1_weight(w)  # the default form (bf16x3 on AMX where conv1x1_bf16x3 says so)
+            u = conv1x1_weight(w)  # the default form (bf16x3 on AMX where bf16x3_default says so)
             u32 = conv1x1_weight(w, bf16x3=False)
             tol = BF16X3_TOLERANCE if u.dtype == torch.bfloat16 else CONV1X1_TOLERANCE
             form = " bf16x3" if u.dtype == torch.bfloat16 else ""

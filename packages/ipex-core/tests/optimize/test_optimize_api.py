@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ipex
-from ipex_core.ops.conv import conv1x1_bf16x3
+from ipex_core.ops.conv import bf16x3_default
 from ipex_core.optimize import FoldedBatchNorm, PackedConv2d, PackedLinear, PackedLSTM, api
 
 EXPECTED = {"dtype": None, "optimizer": None, "level": "O1", "inplace": False, "conv_bn_folding": None,
@@ -291,7 +291,7 @@ def test_small_linears_keep_the_stock_kernel():
         big = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU()).eval()
         batch = torch.randn(64, 1024)
         # (on AMX a float32 Linear of 16 rows or more runs ipex::conv1x1's bf16x3 GEMM: its brgemm kernel)
-        big_kernel = "brgemm" if conv1x1_bf16x3(1024) else "onednn"
+        big_kernel = "brgemm" if bf16x3_default(1024) else "onednn"
         assert ipex.optimize(big, sample_input=batch)[0].kernel == big_kernel
         plain_big = ipex.optimize(big)
         close(plain_big(batch), big(batch))
@@ -381,7 +381,7 @@ def test_linear_brgemm_kernel():
         PackedLinear(lin, kernel="brgemm", dtype=torch.float64)
 
 
-@pytest.mark.skipif(not conv1x1_bf16x3(128), reason="the bf16x3 GEMM runs where the CPU has AMX")
+@pytest.mark.skipif(not bf16x3_default(128), reason="the bf16x3 GEMM runs where the CPU has AMX")
 def test_linear_bf16x3_kernel():
     """A float32 PackedLinear on the brgemm kernel, on AMX: ipex::conv1x1's bf16x3 GEMM over the input's rows
     (within a few 1e-6 of the output's scale). ReLU and a residual add (then ReLU) fused, other post-ops after it;

@@ -17,7 +17,7 @@ import torch
 from ipex_core import env, isa
 
 __all__ = ["BF16X3_COLUMNS", "BF16X3_MIN_OUT_CHANNELS", "WINOGRAD_F43_AT", "WINOGRAD_F43_BT", "WINOGRAD_F43_G", "column_block", "conv1x1",
-           "conv1x1_add_", "conv1x1_bf16x3", "conv1x1_weight", "conv1x1_weight_matrix", "conv3x3_winograd",
+           "conv1x1_add_", "bf16x3_default", "conv1x1_weight", "conv1x1_weight_matrix", "conv3x3_winograd",
            "winograd_weight", "winograd_weight_matrices"]
 
 BF16X3_COLUMNS = 32  # output channels per column block of the bf16x3 weight (a pair of AMX B tiles)
@@ -35,13 +35,51 @@ def column_block(out_channels: int) -> int:
     return next((b for b in (64, 32, 16) if out_channels % b == 0), out_channels)
 
 
+# Fewer output channels than this keep the float32 form: the input's split into bf16 parts (one more pass over
+# it, 4 bytes written per value) costs what the GEMM saves when each input value feeds few outputs (ResNet-50's
+# 256 -> 64 at 56x56: 0.95-1.05x float32; 512 -> 128 at 28x28 1.26-1.37x; 1.5-1.9x from 256 outputs).
+BF16X3_MIN_OUT_CHANNELS = 128
+
+
+def bf16x3_default(out_channels: int) -> bool:
+    """Whether :func:`conv1x1_weight` makes the bf16x3 form by default for a layer of ``out_channels``: on CPUs
+    with AMX-BF16 (the active ISA level ``amx``), for a multiple of :data:`BF16X3_COLUMNS` output channels, at
+    least :data:`BF16X3_MIN_OUT_CHANNELS`, unless ``IPEX_FP32_BF16X3=0``. Without AMX three bf16 GEMMs would be
+    slower than one in float32."""
+    return (out_channels % BF16X3_COLUMNS == 0 and out_channels >= BF16X3_MIN_OUT_CHANNELS
+            and isa.active_isa() == "amx" and env.get_bool("IPEX_FP32_BF16X3"))
+
+
+def _bf16x3_blocks(w: torch.Tensor) -> torch.Tensor:
+    """Column blocks ``[..., blocks, in, 32]`` (float32) as the bf16x3 form ``[..., blocks, 2, in_32 / 2, 32, 2]``:
+    hi = bf16(w) and lo = bf16(w - hi), in zero-padded to a multiple of 32 (whole AMX k steps), each part in
+    VNNI k pairs."""
+    w = torch.nn.functional.pad(w, (0, 0, 0, -w.shape[-2] % 32))
+    hi = w.to(torch.bfloat16)
+    lo = (w - hi.float()).to(torch.bfloat16)
+    parts = torch.stack([hi, lo], dim=-3)  # [..., blocks, 2, in_32, 32]
+    *lead, in_32, block = parts.shape
+    return parts.view(*lead, in_32 // 2, 2, block).transpose(-1, -2).contiguous()
+
+
+def _bf16x3_sum(weight: torch.Tensor) -> torch.Tensor:
+    """The bf16x3 form ``[..., blocks, 2, in_32 / 2, 32, 2]`` as the float32 ``[..., blocks, in_32, 32]`` blocks
+    it computes with: hi + lo."""
+    *lead, pairs, block, _ = weight.shape
+    parts = weight.transpose(-1, -2).reshape(*lead, 2 * pairs, block).float()
+    return parts.select(-3, 0) + parts.select(-3, 1)
+
+
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """A 3x3 convolution weight ``[out, in, 3, 3]`` as the op's float32 weight ``[36, out / b, in, b]``
     (``b = column_block(out)``): ``U = G g G^T`` per (out, in) pair, computed in float64 and rounded
     once; for each of the 36 tile positions, the ``[in, out]`` matrix in column blocks of ``b`` output
     channels, each block contiguous. The op's GEMMs then read the weight in address order, one block at
     a time: at batch 1 that weight comes from memory at every call (9.4 MB for a 256-channel layer), and
-    read as plain ``[in, out]`` rows it was 1.14x slower at 14x14x256 and 1.29x at 7x7x512."""
+    read as plain ``[in, out]`` rows it was 1.14x slower at 14x14x256 and 1.29x at 7x7x512.
+
+    Float32 only: its GEMMs in the bf16x3 form (:func:`conv1x1_weight`) were 0.9-1.2e-4 off the output's scale,
+    10x the float32 Winograd error (the output transform amplifies the 2^-16 error of each GEMM element)."""
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"winograd_weight: expects a 3x3 convolution weight [out, in, 3, 3]; got {tuple(weight.shape)}")
     out_channels, in_channels = weight.shape[:2]
@@ -82,27 +120,12 @@ def _conv3x3_winograd_fake(input, weight, bias, padding, attr):
     return out.contiguous(memory_format=torch.channels_last)
 
 
-# Fewer output channels than this keep the float32 form: the input's split into bf16 parts (one more pass over
-# it, 4 bytes written per value) costs what the GEMM saves when each input value feeds few outputs (ResNet-50's
-# 256 -> 64 at 56x56: 0.95-1.05x float32; 512 -> 128 at 28x28 1.26-1.37x; 1.5-1.9x from 256 outputs).
-BF16X3_MIN_OUT_CHANNELS = 128
-
-
-def conv1x1_bf16x3(out_channels: int) -> bool:
-    """Whether :func:`conv1x1_weight` makes the bf16x3 form by default for a layer of ``out_channels``: on CPUs
-    with AMX-BF16 (the active ISA level ``amx``), for a multiple of :data:`BF16X3_COLUMNS` output channels, at
-    least :data:`BF16X3_MIN_OUT_CHANNELS`, unless ``IPEX_FP32_BF16X3=0``. Without AMX three bf16 GEMMs would be
-    slower than one in float32."""
-    return (out_channels % BF16X3_COLUMNS == 0 and out_channels >= BF16X3_MIN_OUT_CHANNELS
-            and isa.active_isa() == "amx" and env.get_bool("IPEX_FP32_BF16X3"))
-
-
 def conv1x1_weight(weight: torch.Tensor, bf16x3: bool | None = None) -> torch.Tensor:
     """A 1x1 convolution weight ``[out, in, 1, 1]`` (or ``[out, in]``) as the op's weight: the ``[in, out]``
     GEMM matrix in contiguous column blocks of output channels, which the GEMMs read in address order.
 
     Float32 form: ``[out / b, in, b]``, ``b = column_block(out)``. With ``bf16x3`` (default
-    :func:`conv1x1_bf16x3`), the bfloat16 form ``[out / 32, 2, in_32 / 2, 32, 2]`` (``in_32``: ``in`` rounded up
+    :func:`bf16x3_default`), the bfloat16 form ``[out / 32, 2, in_32 / 2, 32, 2]`` (``in_32``: ``in`` rounded up
     to a multiple of 32, zero rows): per block of 32 output channels the weight's hi = bf16(w) and lo =
     bf16(w - hi) parts, each in VNNI k pairs, which the op runs as three bf16 GEMMs on AMX tiles, within a few
     1e-6 of the output's scale (csrc/cpu/kernels/conv1x1_bf16x3.cpp). Same bytes as the float32 form."""
@@ -110,29 +133,20 @@ def conv1x1_weight(weight: torch.Tensor, bf16x3: bool | None = None) -> torch.Te
         raise ValueError(f"conv1x1_weight: expects a 1x1 convolution weight [out, in, 1, 1]; got {tuple(weight.shape)}")
     out_channels, in_channels = weight.shape[:2]
     if bf16x3 is None:
-        bf16x3 = conv1x1_bf16x3(out_channels)
+        bf16x3 = bf16x3_default(out_channels)
     if bf16x3 and out_channels % BF16X3_COLUMNS:
         raise ValueError(f"conv1x1_weight: the bf16x3 form needs a multiple of {BF16X3_COLUMNS} output channels; "
                          f"got {out_channels}")
     block = BF16X3_COLUMNS if bf16x3 else column_block(out_channels)
     w = weight.detach().reshape(out_channels // block, block, in_channels).permute(0, 2, 1).to(torch.float32)
-    if not bf16x3:
-        return w.contiguous()
-    w = torch.nn.functional.pad(w, (0, 0, 0, -in_channels % 32))  # zero k rows: whole AMX k steps
-    hi = w.to(torch.bfloat16)
-    lo = (w - hi.float()).to(torch.bfloat16)
-    parts = torch.stack([hi, lo], dim=1)  # [blocks, 2, in_32, 32]
-    blocks, _, in_32, _ = parts.shape
-    return parts.view(blocks, 2, in_32 // 2, 2, block).transpose(3, 4).contiguous()
+    return _bf16x3_blocks(w) if bf16x3 else w.contiguous()
 
 
 def conv1x1_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     """The op's blocked weight (either form of :func:`conv1x1_weight`) as the plain float32 ``[in, out]``
     matrix it computes with (the bf16x3 form: hi + lo, with its ``in_32`` rows)."""
     if weight.dim() == 5:
-        blocks, _, pairs, block, _ = weight.shape
-        parts = weight.transpose(3, 4).reshape(blocks, 2, 2 * pairs, block).float()
-        weight = parts[:, 0] + parts[:, 1]
+        weight = _bf16x3_sum(weight)
     blocks, in_channels, block = weight.shape
     return weight.permute(1, 0, 2).reshape(in_channels, blocks * block)
 

@@ -194,7 +194,7 @@ from torch import nn
 
 from ipex_core.fusion import is_onednn_fusion_enabled
 from ipex_core.isa import cpu_features
-from ipex_core.ops.conv import conv1x1_bf16x3
+from ipex_core.ops.conv import bf16x3_default
 from ipex_core.optimize import fx_passes
 from ipex_core.optimize.concat_linear import ConcatLinear, ConcatLinearMember
 from ipex_core.optimize.lstm import PackedLSTM
@@ -513,7 +513,7 @@ def _brgemm_linear_pays(linear: nn.Linear, dtype: torch.dtype, shape: list[int] 
     if not shape or weight > _BRGEMM_LINEAR_MAX_WEIGHT:
         return False
     if dtype == torch.float32:  # on AMX, ipex::conv1x1's bf16x3 GEMM (PackedLinear._brgemm_weight_of)
-        return conv1x1_bf16x3(linear.out_features) and math.prod(shape[:-1]) >= _BF16X3_LINEAR_MIN_ROWS
+        return bf16x3_default(linear.out_features) and math.prod(shape[:-1]) >= _BF16X3_LINEAR_MIN_ROWS
     if dtype not in _BRGEMM_LINEAR_ROWS:
         return False
     rows = math.prod(shape[:-1])

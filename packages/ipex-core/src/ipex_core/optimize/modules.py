@@ -33,7 +33,7 @@ from torch import nn
 
 from ipex_core import env as _env
 from ipex_core.ops import onednn as _onednn
-from ipex_core.ops.conv import conv1x1_bf16x3, conv1x1_weight, winograd_weight
+from ipex_core.ops.conv import bf16x3_default, conv1x1_weight, winograd_weight
 from ipex_core.ops.layout import channels_first
 from ipex_core.ops.linear import pack_linear_weight as _pack_ipex_linear_weight
 from ipex_core.reference.onednn import apply_binary, apply_unary
@@ -704,8 +704,8 @@ class PackedLinear(_PackedModule):
 
     def _brgemm_weight_of(self, dense: torch.Tensor) -> torch.Tensor:
         """ipex::linear's packed weight; for a float32 layer on a CPU with AMX, ipex::conv1x1's bf16x3 weight
-        (conv1x1_bf16x3: the rows of the input as the pixels of a 1x1 convolution, three bf16 GEMMs on AMX)."""
-        if dense.dtype == torch.float32 and conv1x1_bf16x3(self.out_features):
+        (bf16x3_default: the rows of the input as the pixels of a 1x1 convolution, three bf16 GEMMs on AMX)."""
+        if dense.dtype == torch.float32 and bf16x3_default(self.out_features):
             return conv1x1_weight(dense.view(*dense.shape, 1, 1), bf16x3=True)
         return _pack_ipex_linear_weight(dense)
 
