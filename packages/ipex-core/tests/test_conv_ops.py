@@ -210,6 +210,7 @@ def test_conv1x1_bf16x3_weight_and_rule(monkeypatch):
     """The bf16x3 form: hi + lo holds each weight to 2^-16, the blocks are 32 output channels of VNNI k pairs,
     the input channels padded with zeros to a multiple of 32. By default only on the amx level, for 128 output
     channels or more (a multiple of 32), and not with IPEX_FP32_BF16X3=0."""
+    monkeypatch.delenv("IPEX_FP32_BF16X3", raising=False)
     g = torch.randn(128, 40, 1, 1)
     u = conv1x1_weight(g, bf16x3=True)
     assert u.shape == (4, 2, 32, 32, 2) and u.dtype == torch.bfloat16 and u.is_contiguous()

@@ -246,7 +246,10 @@ void run_conv1x1_bf16x3(const at::Tensor& x, const at::Tensor& weight, const at:
   a.ldy = a.blocks * kernels::kBf16x3Cols;
   const int64_t mtiles = (m + kernels::kBf16x3Rows - 1) / kernels::kBf16x3Rows;
   const auto tasks = IPEX_PICK_ISA_KERNEL(conv1x1_bf16x3_tasks);
-  at::parallel_for(0, a.blocks * mtiles, 1, [&](int64_t s, int64_t e) { tasks(a, s, e); });
+  at::parallel_for(0, a.blocks * mtiles, 1, [&](int64_t s, int64_t e) {
+    tasks(a, s, e);
+    at::native::cpublas::brgemm_release();  // our tile config is not brgemm's (as ipex::linear's AMX kernels)
+  });
 }
 
 // The GEMM over the input's channels-last rows into y ([M, K] rows), bias, the residual and ReLU fused:

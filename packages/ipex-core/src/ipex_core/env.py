@@ -86,8 +86,10 @@ VARIABLES: dict[str, EnvVar] = {
         EnvVar(
             "IPEX_FP32_BF16X3",
             "1",
-            "0 (or false/no/off) keeps ipex.optimize's float32 1x1 convolutions (the 1x1 GEMM kernel) on float32 "
-            "FMAs. By default, on CPUs with AMX-BF16, they run as three bf16 GEMMs on AMX tiles (x_hi w_hi + "
+            "0 (or false/no/off) keeps ipex.optimize's float32 1x1 convolutions (the 1x1 GEMM kernel) and float32 "
+            "Linears on float32 FMAs (MKL, oneDNN). By default, on CPUs with AMX-BF16, 1x1 convolutions of 128 "
+            "output channels or more and Linears of 128 output features or more (a multiple of 32) fed 16 rows or "
+            "more run as three bf16 GEMMs on AMX tiles (x_hi w_hi + "
             "x_hi w_lo + x_lo w_hi, each value split into two bf16 parts, fp32 accumulation): within a few 1e-6 of "
             "the output's scale, as the Winograd kernel, against about 5e-7 in float32. Read when a layer packs its "
             "weight.",

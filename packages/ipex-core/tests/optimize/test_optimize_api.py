@@ -19,6 +19,7 @@ from torch import nn
 import ipex
 from ipex_core.ops.conv import bf16x3_default
 from ipex_core.optimize import FoldedBatchNorm, PackedConv2d, PackedLinear, PackedLSTM, api
+from ipex_core.optimize.modules import onednn_runs
 
 EXPECTED = {"dtype": None, "optimizer": None, "level": "O1", "inplace": False, "conv_bn_folding": None,
             "linear_bn_folding": None, "weights_prepack": None, "replace_dropout_with_identity": None,
@@ -369,7 +370,8 @@ def test_linear_brgemm_kernel():
     assert twin._brgemm_weight.data_ptr() != layer._brgemm_weight.data_ptr()
     close(run(twin, (x,)), run(other, (x,)), 1e-5)
     half = copy.deepcopy(layer).to(torch.bfloat16)
-    assert half.kernel == "brgemm" and half._brgemm_weight.dtype == torch.bfloat16
+    if onednn_runs(torch.bfloat16):  # (elsewhere a bf16 layer runs the stock kernel)
+        assert half.kernel == "brgemm" and half._brgemm_weight.dtype == torch.bfloat16
     close(run(half, (x,)), run(other, (x,)), BF16_TOL)  # (a float32 input is cast)
     wide = copy.deepcopy(layer).double()
     assert wide.kernel == "dense" and "_brgemm_weight" not in wide.__dict__
@@ -421,6 +423,18 @@ def test_linear_bf16x3_kernel():
     assert api._brgemm_linear_pays(lin, torch.float32, [16, 72]) and not api._brgemm_linear_pays(lin, torch.float32,
                                                                                                   [8, 72])
     assert not api._brgemm_linear_pays(nn.Linear(72, 96), torch.float32, [64, 72])  # fewer than 128 outputs
+
+
+def test_concat_linear_kernel_rule_sees_the_model_dtype():
+    """A model already in bf16, optimized with dtype=None: the merged Q/K/V layer takes the bf16 rule (ipex::linear
+    for few rows), not the float32 one (a float32 stand-in for the merged layer gave graph mode's dense MKL rule)."""
+    torch.manual_seed(0)
+    model = M.QKV().eval().to(torch.bfloat16)
+    x = torch.randn(1, 4, 32, dtype=torch.bfloat16)
+    opt = ipex.optimize(model, concat_linear=True, sample_input=x)
+    assert opt.ipex_concat_linear_0.kernel == "brgemm"
+    with torch.no_grad():
+        close(opt(x), model(x), BF16_TOL)
 
 
 def test_dtype_rules_and_inputs(zoo):

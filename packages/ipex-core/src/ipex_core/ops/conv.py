@@ -56,7 +56,8 @@ def _bf16x3_blocks(w: torch.Tensor) -> torch.Tensor:
     VNNI k pairs."""
     w = torch.nn.functional.pad(w, (0, 0, 0, -w.shape[-2] % 32))
     hi = w.to(torch.bfloat16)
-    lo = (w - hi.float()).to(torch.bfloat16)
+    lo = w - hi.float()
+    lo = torch.where(lo.isnan(), 0.0, lo).to(torch.bfloat16)  # (an infinite weight: hi alone carries it, as the op's input split)
     parts = torch.stack([hi, lo], dim=-3)  # [..., blocks, 2, in_32, 32]
     *lead, in_32, block = parts.shape
     return parts.view(*lead, in_32 // 2, 2, block).transpose(-1, -2).contiguous()

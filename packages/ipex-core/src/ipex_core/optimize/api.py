@@ -100,7 +100,10 @@ and weights of at most 4M elements run ipex's own GEMM, ``ipex::linear`` (the
 kernel of ``ipex.llm``'s linears), on a copy of the weight in its blocked layout
 (the dense weight stays: parameters keep their shapes), ReLU / GELU / SiLU / a
 residual add fused: 1.2-3.9x oneDNN's prepacked kernel there (the rule and its
-measurements: ``_brgemm_linear_pays``).
+measurements: ``_brgemm_linear_pays``). On CPUs with AMX, float32 Linears of 128
+output features or more (a multiple of 32) fed 16 rows or more take that
+kernel too, as ipex's 1x1 GEMM in the bf16x3 form (1.75-2.5x MKL's sgemm at
+BERT-base's shapes; ``IPEX_FP32_BF16X3=0`` keeps float32).
 Other Linears too small for oneDNN's cost per call (16-20 us, against 3-6 us for stock
 F.linear; the rule and its measurements: ``_linear_is_small``) keep the stock
 kernel on their dense (folded, cast) weight, their post-ops after it; without
@@ -121,7 +124,7 @@ from 0.5M; Conv1d and 1x1 layers keep ATen's kernel (``_aten_kernel_beats_onednn
 "Converted" is read per rank from the exact weight strides (Conv2d
 and Conv3d apart: ``.to(memory_format=torch.channels_last)`` converts rank-4
 weights only). For the fastest convolutions convert the model and its inputs
-to channels-last. Under ``graph_mode`` on Intel CPUs, fp32 Linears
+to channels-last. Under ``graph_mode`` on Intel CPUs, other fp32 Linears
 stay dense so that inductor packs them for MKL's sgemm, as
 plain ``torch.compile`` does (faster than oneDNN's fp32 GEMM at BERT shapes
 here, at the cost of the dense copy inductor keeps). ``True`` times, per layer, on
@@ -453,7 +456,8 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
       (ConvTranspose3d fp32 4.5x).
     * a convolution that small in any layout where ATen's kernel wins (_aten_kernel_beats_onednn), and a
       Linear too small for oneDNN's cost per call (_linear_is_small).
-    * an fp32 Linear under graph_mode on an Intel CPU, left dense so that inductor's freezing packs it for
+    * an fp32 Linear under graph_mode on an Intel CPU (one _brgemm_linear_pays does not give the bf16x3 GEMM),
+      left dense so that inductor's freezing packs it for
       MKL's sgemm (faster than oneDNN's fp32 GEMM at BERT shapes on Intel Xeon, as plain torch.compile does).
       Elsewhere MKL runs a slow path: BERT-base fp32 graph mode on AMD EPYC (Zen 4) took 376 ms dense against
       216 ms on oneDNN."""
@@ -1038,7 +1042,8 @@ def _concat_group(model: nn.Module, parent: nn.Module, members: list[str], dtype
         s = shapes[members[0]]
         batch = max(1, int(torch.Size(s).numel() // max(s[-1], 1)))
     # The kernel rule for the merged layer, on the members' input shape.
-    merged = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), device="meta")
+    merged = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), device="meta",
+                       dtype=linears[0].weight.dtype)  # (a model already in bf16, optimized with dtype=None)
     group = ConcatLinear([lin if dtype is None else _cast_copy(lin, dtype) for lin in linears],
                          _default_kernel(merged, dtype, prepack, graph_mode, shape=shapes.get(members[0])), batch)
     index = 0

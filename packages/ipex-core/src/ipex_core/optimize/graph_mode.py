@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import sys
 import threading
 import warnings
 import weakref
@@ -123,7 +124,8 @@ def deployed_step(fn):
     # in the process whose 1x1 layers held weights of other shapes (float32 against bf16x3) got them traced as
     # dynamic, and the C++ wrapper of its graph failed to compile ("'s33' was not declared").
     name = f"_ipex_step_{next(_STEP_NUMBERS)}"
-    _ipex_step.__code__ = _ipex_step.__code__.replace(co_name=name, co_qualname=name)
+    names = {"co_name": name} | ({"co_qualname": name} if sys.version_info >= (3, 11) else {})  # (3.11 added it)
+    _ipex_step.__code__ = _ipex_step.__code__.replace(**names)
     return _ipex_step
 
 

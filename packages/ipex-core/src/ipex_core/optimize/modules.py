@@ -61,7 +61,8 @@ _ipex = torch.ops.ipex
 # 1x1 convolution as one GEMM (fp32 1x1 stride-1 Conv2d, see conv1x1_supported; keeps the dense
 # weight and a column-blocked copy, in float32 or, on AMX, its bf16x3 form; residual add and ReLU fused);
 # for Linear, "brgemm" = ipex's own GEMM (``ipex::linear``, the kernel of ipex.llm's linears; keeps the
-# dense weight and a copy in ipex's blocked layout, ReLU / GELU / SiLU / a residual add or multiply fused).
+# dense weight and a copy in ipex's blocked layout, ReLU / GELU / SiLU / a residual add or multiply fused;
+# a float32 Linear on AMX: ``ipex::conv1x1``'s bf16x3 GEMM over its rows, ReLU / a residual add fused).
 KERNELS = ("onednn", "mkl", "dense", "winograd", "brgemm")
 _REPACK_LOCK = threading.RLock()  # see _PackedModule._repack_for (reentrant: _set_weight may run under it)
 # The bytes all layers' packings beyond their own weight take, process-wide (see _PackedModule._add_packing).
