@@ -1276,6 +1276,14 @@ def test_conv1x1_kernel_rule(monkeypatch):
     for out, kernel in ((48, "brgemm"), (40, "dense")):  # 40 output channels: one unmeasured 40-wide block
         single = nn.Sequential(nn.Conv2d(32, out, 1), nn.ReLU()).eval().to(memory_format=torch.channels_last)
         assert ipex.optimize(single, sample_input=x)[0].kernel == kernel
+    # stride 2 (ResNet's downsampling layers): the GEMM over every 2nd pixel, eager and in graph mode
+    down = nn.Sequential(nn.Conv2d(32, 128, 1, stride=2), nn.ReLU()).eval().to(memory_format=torch.channels_last)
+    odd = torch.randn(1, 32, 15, 13).to(memory_format=torch.channels_last)
+    for graph_mode in (False, True):
+        torch._dynamo.reset()
+        strided = ipex.optimize(down, sample_input=odd, graph_mode=graph_mode)
+        assert strided[0].kernel == "brgemm"
+        close(run(strided, (odd,)), run(down, (odd,)), 2e-5)  # (bf16x3 on AMX: 128 outputs)
     # graph mode plans the residual adds into these layers (inductor cannot fuse into them), in place too
     torch._dynamo.reset()
     graph = ipex.optimize(model, sample_input=x, graph_mode=True)
@@ -1344,8 +1352,9 @@ def test_conv1x1_layer_protocols():
     bn = M.randomize_bn(nn.BatchNorm2d(40)).eval()
     folded = PackedConv2d(conv, kernel="brgemm", bn=FoldedBatchNorm(bn)).eval()
     close(run(folded, (x,)), run(nn.Sequential(conv, bn).eval(), (x,)), 1e-5)
-    for bad in (nn.Conv2d(24, 8, 1, stride=2), nn.Conv2d(24, 8, 3), nn.Conv2d(24, 8, 1, padding=1),
-                nn.Conv2d(24, 24, 1, groups=2)):
+    strided = nn.Conv2d(24, 40, 1, stride=(2, 3))  # every 2nd row and 3rd column of 7x5: 4x2 outputs
+    close(run(PackedConv2d(strided, kernel="brgemm"), (x,)), run(strided, (x,)), 1e-5)
+    for bad in (nn.Conv2d(24, 8, 3), nn.Conv2d(24, 8, 1, padding=1), nn.Conv2d(24, 24, 1, groups=2)):
         with pytest.raises(ValueError, match="brgemm kernel runs float32 1x1 Conv2d"):
             PackedConv2d(bad, kernel="brgemm")
     with pytest.raises(ValueError, match="brgemm kernel runs float32 1x1 Conv2d"):

@@ -591,12 +591,13 @@ _CONV1X1_MAX_ROWS = 4096
 
 
 def _conv1x1_pays(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None, post_op: PostOp | None) -> bool:
-    """ipex's 1x1 GEMM kernel (``ipex::conv1x1``) instead of oneDNN's convolution: for a float32 1x1 stride-1
-    ungrouped Conv2d with channels-last input whose shape sample_input showed, at most 4096 rows
-    (N*H*W: batch 1 up to 64x64 pixels), at least 16 channels in and out, and no post-op but ReLU and a
-    residual add (the ones the kernel fuses). ResNet-50 at batch 1: 33 of its 53 convolutions."""
+    """ipex's 1x1 GEMM kernel (``ipex::conv1x1``) instead of oneDNN's convolution: for a float32 1x1
+    ungrouped Conv2d without padding (any stride, see conv1x1_supported) with channels-last input whose shape
+    sample_input showed, at most 4096 output rows (N*H*W: batch 1 up to 64x64 pixels), at least 16 channels
+    in and out, and no post-op but ReLU and a residual add (the ones the kernel fuses). ResNet-50 at batch 1:
+    36 of its 53 convolutions (its 3 stride-2 downsampling layers included)."""
     return (_ipex_conv_applies(conv, dtype, shape, post_op, conv1x1_supported, conv1x1_fuses)
-            and shape[0] * shape[2] * shape[3] <= _CONV1X1_MAX_ROWS)
+            and shape[0] * -(-shape[2] // conv.stride[0]) * -(-shape[3] // conv.stride[1]) <= _CONV1X1_MAX_ROWS)
 
 
 def _ipex_conv_applies(conv: nn.Module, dtype: torch.dtype, shape: list[int] | None, post_op: PostOp | None,
