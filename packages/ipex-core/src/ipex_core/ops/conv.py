@@ -16,9 +16,9 @@ import torch
 
 from ipex_core import env, isa
 
-__all__ = ["BF16X3_COLUMNS", "BF16X3_MIN_OUT_CHANNELS", "WINOGRAD_F43_AT", "WINOGRAD_F43_BT", "WINOGRAD_F43_G", "column_block", "conv1x1",
-           "conv1x1_add_", "bf16x3_default", "conv1x1_weight", "conv1x1_weight_matrix", "conv3x3_winograd",
-           "winograd_weight", "winograd_weight_matrices"]
+__all__ = ["BF16X3_COLUMNS", "BF16X3_MIN_OUT_CHANNELS", "WINOGRAD_F43_AT", "WINOGRAD_F43_BT", "WINOGRAD_F43_G",
+           "bf16x3_default", "column_block", "conv1x1", "conv1x1_add_", "conv1x1_weight", "conv1x1_weight_matrix",
+           "conv3x3_winograd", "winograd_weight", "winograd_weight_matrices"]
 
 BF16X3_COLUMNS = 32  # output channels per column block of the bf16x3 weight (a pair of AMX B tiles)
 

@@ -516,11 +516,11 @@ def _brgemm_linear_pays(linear: nn.Linear, dtype: torch.dtype, shape: list[int] 
     weight = linear.in_features * linear.out_features
     if not shape or weight > _BRGEMM_LINEAR_MAX_WEIGHT:
         return False
+    rows = math.prod(shape[:-1])
     if dtype == torch.float32:  # on AMX, ipex::conv1x1's bf16x3 GEMM (PackedLinear._brgemm_weight_of)
-        return bf16x3_default(linear.out_features) and math.prod(shape[:-1]) >= _BF16X3_LINEAR_MIN_ROWS
+        return bf16x3_default(linear.out_features) and rows >= _BF16X3_LINEAR_MIN_ROWS
     if dtype not in _BRGEMM_LINEAR_ROWS:
         return False
-    rows = math.prod(shape[:-1])
     if rows <= _BRGEMM_LINEAR_ROWS[dtype]:
         return True
     return rows <= _BRGEMM_LINEAR_SMALL_ROWS and weight <= _BRGEMM_LINEAR_SMALL_WEIGHT
