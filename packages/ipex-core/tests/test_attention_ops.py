@@ -312,6 +312,9 @@ IAKV_CASES = [
     (3, 6, 4, 2, 64, 0),  # prompt
     (2, 5, 4, 4, 64, 7),  # several new tokens after a prefix
     (1, 1, 2, 2, 80, 0),  # first token alone
+    # Rows of several beams and new tokens read in step (run_decode's rows_per_task): 12 rows of 3
+    # partitions each, tasks of 8 rows whose last partitions differ in length (causal).
+    (4, 3, 8, 2, 128, 700),
 ]
 
 
@@ -327,7 +330,7 @@ def test_iakv_matches_reference(dtype, causal, case):
 
 
 @pytest.mark.parametrize("dtype", level_dtypes([torch.float32, torch.bfloat16]), indirect=True)
-@pytest.mark.parametrize("off, S", [(0, 5), (6, 1), (6, 3)])
+@pytest.mark.parametrize("off, S", [(0, 5), (6, 1), (6, 3), (600, 2)])
 def test_iakv_bias(dtype, off, S):
     B, H, Hkv, D = 3, 4, 2, 64
     q, kc, vc, hist = _iakv_inputs(dtype, B, S, H, Hkv, D, off, seed=9)

@@ -154,10 +154,12 @@ struct DecodeRow {
 };
 
 // `offsets(row, t_begin, n, k_off, v_off)` fills the element offsets of tokens
-// t_begin..t_begin+n-1 of `row` from the cache bases.
+// t_begin..t_begin+n-1 of `row` from the cache bases. `rows_per_task`: up to this many
+// consecutive rows share a task (the same token range of each, read in step by the kernel;
+// see attn_decode_partial), for caches whose rows of one position lie side by side.
 template <typename OffsetsFn>
 void run_decode(const K::DecodeArgs& args, const std::vector<DecodeRow>& rows, const float* alibi_slopes,
-                const OffsetsFn& offsets) {
+                const OffsetsFn& offsets, int64_t rows_per_task = 1) {
   const int64_t H = args.num_heads, D = args.head_dim;
   const int64_t n_rows = static_cast<int64_t>(rows.size());
   int64_t total = 0;
@@ -167,18 +169,47 @@ void run_decode(const K::DecodeArgs& args, const std::vector<DecodeRow>& rows, c
   const int64_t threads = at::get_num_threads();
   const int64_t part_len = round_up(std::max<int64_t>(256, ceil_div(total, 8 * threads)), 16);
 
-  struct Task { int64_t row, t_begin, n, slot; };
-  std::vector<Task> tasks;
+  // A part: one row's tokens [t_begin, t_begin + n), with its own slot of partial results.
+  struct Part { int64_t row, t_begin, n, slot; };
+  std::vector<Part> parts_of;
   std::vector<int64_t> row_first_slot(n_rows + 1, 0);
   int64_t slots = 0;
   for (int64_t r = 0; r < n_rows; ++r) {
     row_first_slot[r] = slots;
     for (int64_t t = rows[r].first; t < rows[r].last; t += part_len) {
-      tasks.push_back({r, t, std::min(part_len, rows[r].last - t), slots++});
+      parts_of.push_back({r, t, std::min(part_len, rows[r].last - t), slots++});
     }
   }
   row_first_slot[n_rows] = slots;
-  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.n > b.n; });
+  // A task: the parts at one t_begin of up to rows_per_task consecutive rows (of one row group).
+  struct Task { int64_t first_part, count, work; };
+  std::vector<Task> tasks;
+  {
+    std::vector<int64_t> order(parts_of.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    // Rows share tasks only while there are at least two tasks per thread.
+    const int64_t rpt = std::clamp<int64_t>(static_cast<int64_t>(parts_of.size()) / (2 * threads), 1,
+                                            std::max<int64_t>(rows_per_task, 1));
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+      const Part& a = parts_of[x];
+      const Part& b = parts_of[y];
+      return std::make_pair(a.row / rpt, a.t_begin) < std::make_pair(b.row / rpt, b.t_begin);
+    });
+    std::vector<Part> sorted;
+    sorted.reserve(order.size());
+    for (int64_t i : order) sorted.push_back(parts_of[i]);
+    parts_of.swap(sorted);
+    for (int64_t i = 0; i < static_cast<int64_t>(parts_of.size());) {
+      int64_t j = i, work = 0;
+      while (j < static_cast<int64_t>(parts_of.size()) && parts_of[j].row / rpt == parts_of[i].row / rpt &&
+             parts_of[j].t_begin == parts_of[i].t_begin) {
+        work += parts_of[j++].n;
+      }
+      tasks.push_back({i, j - i, work});
+      i = j;
+    }
+  }
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.work > b.work; });
 
   const int64_t part_stride = H * (D + 2);
   std::unique_ptr<float[]> parts(new float[std::max<int64_t>(slots, 1) * part_stride]);
@@ -206,27 +237,39 @@ void run_decode(const K::DecodeArgs& args, const std::vector<DecodeRow>& rows, c
   }
   run_dynamic(static_cast<int64_t>(tasks.size()), [&](int64_t i) {
     const Task& task = tasks[i];
-    const DecodeRow& row = rows[task.row];
     thread_local std::vector<int64_t> offs;
-    offs.resize(2 * task.n);
-    offsets(task.row, task.t_begin, task.n, offs.data(), offs.data() + task.n);
-    float* part = parts.get() + task.slot * part_stride;
-    K::DecodeTask dt{};
-    dt.q = row.q;
-    dt.q_head_stride = row.q_head_stride;
-    dt.k_off = offs.data();
-    dt.v_off = offs.data() + task.n;
-    dt.n = task.n;
-    dt.alibi_slopes = alibi_slopes;
-    dt.alibi_offset = static_cast<float>(task.t_begin) + row.alibi_offset;
-    dt.bias = row.bias ? row.bias + task.t_begin * row.bias_tok_stride : nullptr;
-    dt.bias_head_stride = row.bias_head_stride;
-    dt.bias_tok_stride = row.bias_tok_stride;
-    dt.m = part;
-    dt.l = part + H;
-    dt.acc = part + 2 * H;
-    partial(args, dt);
-    if (pending[task.row].fetch_sub(1, std::memory_order_acq_rel) == 1) merge_row(task.row);
+    thread_local std::vector<K::DecodeTask> dts;
+    int64_t n_offs = 0;
+    for (int64_t x = 0; x < task.count; ++x) n_offs += 2 * parts_of[task.first_part + x].n;
+    offs.resize(n_offs);
+    dts.assign(task.count, K::DecodeTask{});
+    int64_t* o = offs.data();
+    for (int64_t x = 0; x < task.count; ++x) {
+      const Part& pt = parts_of[task.first_part + x];
+      const DecodeRow& row = rows[pt.row];
+      offsets(pt.row, pt.t_begin, pt.n, o, o + pt.n);
+      float* part = parts.get() + pt.slot * part_stride;
+      K::DecodeTask& dt = dts[x];
+      dt.q = row.q;
+      dt.q_head_stride = row.q_head_stride;
+      dt.k_off = o;
+      dt.v_off = o + pt.n;
+      dt.n = pt.n;
+      dt.alibi_slopes = alibi_slopes;
+      dt.alibi_offset = static_cast<float>(pt.t_begin) + row.alibi_offset;
+      dt.bias = row.bias ? row.bias + pt.t_begin * row.bias_tok_stride : nullptr;
+      dt.bias_head_stride = row.bias_head_stride;
+      dt.bias_tok_stride = row.bias_tok_stride;
+      dt.m = part;
+      dt.l = part + H;
+      dt.acc = part + 2 * H;
+      o += 2 * pt.n;
+    }
+    partial(args, dts.data(), task.count);
+    for (int64_t x = 0; x < task.count; ++x) {
+      const int64_t r = parts_of[task.first_part + x].row;
+      if (pending[r].fetch_sub(1, std::memory_order_acq_rel) == 1) merge_row(r);
+    }
   }, args.amx);
 }
 
@@ -688,6 +731,10 @@ std::array<int64_t, 4> bias_strides(const char* op, const at::Tensor& bias, int6
   return st;
 }
 
+// Beam rows an IAKV decode task reads in step (see run_decode): the beams' cache rows of one
+// position are adjacent, so 8 of them make 8 * kv_heads * head_dim contiguous elements.
+constexpr int64_t kIakvRowsPerTask = 8;
+
 at::Tensor iakv_attention_cpu(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
                               const at::Tensor& beam_idx, int64_t offset, double scale,
                               const std::optional<at::Tensor>& attn_bias, bool is_causal) {
@@ -788,7 +835,7 @@ at::Tensor iakv_attention_cpu(const at::Tensor& query, const at::Tensor& key_cac
       k_off[i] = t * ks0 + beam * ks1;
       v_off[i] = t * vs0 + beam * vs1;
     }
-  });
+  }, kIakvRowsPerTask);
   return out;
 }
 

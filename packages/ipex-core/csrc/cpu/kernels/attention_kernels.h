@@ -151,7 +151,9 @@ struct FlashFinalize {
 
 }  // namespace ipex::core::kernels
 
-IPEX_DECLARE_ISA_KERNEL(void, attn_decode_partial, const DecodeArgs&, const DecodeTask&)
+// Partial decode of `count` query rows (tasks[0..count)), each over its own tokens; the AVX512-BF16
+// loop reads the rows chunk by chunk in step, the others one row after another.
+IPEX_DECLARE_ISA_KERNEL(void, attn_decode_partial, const DecodeArgs&, const DecodeTask*, int64_t)
 IPEX_DECLARE_ISA_KERNEL(void, attn_decode_combine, const DecodeCombine&)
 IPEX_DECLARE_ISA_KERNEL(void, attn_gemm_f32, const GemmF32&)
 IPEX_DECLARE_ISA_KERNEL(void, attn_pack, const PackArgs&)
