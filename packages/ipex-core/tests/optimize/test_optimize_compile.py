@@ -347,3 +347,29 @@ def test_graph_mode_conv_transpose_after_a_channels_first_conv():
     assert opt.up1.kernel == "onednn" and opt.stem.kernel == "dense"
     for got, want in zip(opt(*x), ref, strict=True):
         close(got, want, 1e-4)
+
+
+class ConvTransposeBN(nn.Module):
+    def __init__(self, groups):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(8, 8, 4, 2, 1, groups=groups)  # in == out channels: the wrong fold broadcasts
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.up(x)) * 1.5)
+
+
+@pytest.mark.parametrize("groups, prepack", [(1, False), (2, True), (2, False)])
+def test_graph_mode_keeps_batchnorm_off_transposed_convolution_weights(groups, prepack):
+    """Inductor's freezing folds a per-channel multiply after a convolution into its weight's dim 0, the input
+    channels of a transposed convolution (torch 2.13): stock torch.compile with freezing and, before
+    graph_mode's guard pass, ipex's graph mode of a ConvTranspose2d(8, 8) + BatchNorm that ipex itself did not
+    fold came out 0.24 off. The guard keeps the BatchNorm a pointwise op there."""
+    torch.manual_seed(groups)
+    model = M.randomize_bn(ConvTransposeBN(groups)).eval()
+    x = torch.randn(1, 8, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        torch._dynamo.reset()
+        got = ipex.optimize(model, graph_mode=True, weights_prepack=prepack, conv_bn_folding=False)(x)
+    close(got, ref, 1e-5)

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from optimize_models import randomize_bn
 from test_optimize_models import _CrossAttention, assert_close, run
 from torch import nn
 
@@ -123,16 +124,34 @@ def test_functional_dropout_kept_when_training_is_true():
         assert not torch.equal(opt(x), opt(x))
 
 
-def test_grouped_conv_transpose_stays_stock():
-    """Its packed weight reads back scrambled: state_dict 0.245 off, .to() and output_size= 1.41 off."""
+def test_grouped_conv_transpose_packs_and_reads_back_its_weight():
+    """oneDNN's packed grouped weight reads back scrambled (state_dict 0.245 off, .to() and output_size= 1.41 off
+    when that was unpacked): the layer keeps its dense weight beside the packed one. A BatchNorm after it folds
+    into each group's output channels."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.ConvTranspose2d(8, 12, 3, stride=2, groups=2), nn.ConvTranspose2d(12, 4, 3)).eval()
     x = torch.randn(2, 8, 7, 9)
     opt = ipex.optimize(model)
-    assert type(opt[0]) is nn.ConvTranspose2d and isinstance(opt[1], PackedConvTranspose2d)
+    assert isinstance(opt[0], PackedConvTranspose2d) and opt[0].kernel == "onednn" and opt[0].groups == 2
     for key, value in model.state_dict().items():
         assert torch.equal(opt.state_dict()[key], value), key
     assert_close(run(opt, x), run(model, x))
+    with torch.no_grad():  # output_size= asks for another output_padding than the one packed for
+        assert_close(opt[0](x, output_size=[16, 20]), model[0](x, output_size=[16, 20]))
+    opt16 = copy.deepcopy(opt).to(torch.bfloat16)
+    assert_close(run(opt16, x.bfloat16()), run(model, x), torch.bfloat16)
+    other = nn.Sequential(nn.ConvTranspose2d(8, 12, 3, stride=2, groups=2), nn.ConvTranspose2d(12, 4, 3)).eval()
+    opt.load_state_dict(other.state_dict())
+    assert_close(run(opt, x), run(other, x))
+    # Grouped, 3 groups of 2 -> 4 channels, + BatchNorm folded (in != out per group, output_padding).
+    folded = randomize_bn(nn.Sequential(nn.ConvTranspose2d(6, 12, 3, 2, 1, output_padding=1, groups=3),
+                                        nn.BatchNorm2d(12))).eval()
+    x6 = torch.randn(1, 6, 5, 7)
+    for prepack in (True, False):
+        fopt = ipex.optimize(folded, weights_prepack=prepack)
+        assert isinstance(fopt[1], FoldedBatchNorm)
+        assert_close(run(fopt, x6), run(folded, x6))
+        assert_close(fopt.state_dict()["0.weight"], folded.state_dict()["0.weight"])
 
 
 def test_unbatched_convolution_inputs():

@@ -133,8 +133,9 @@ def test_conv_transpose_decoder():
     opt = ipex.optimize(model)
     assert_close(run(opt, x, v), ref)
     assert isinstance(opt.up1, PackedConvTranspose2d) and isinstance(opt.up3d, PackedConvTranspose3d)
-    assert isinstance(opt.bn1, FoldedBatchNorm) is False  # BatchNorm after a transposed conv is not folded
-    assert type(opt.up2) is nn.ConvTranspose2d  # grouped: stays stock (see test_grouped_conv_transpose_stays_stock)
+    # The BatchNorm after a transposed conv folds into its weight's dim 1 (output channels); ReLU fuses after it.
+    assert isinstance(opt.bn1, FoldedBatchNorm) and repr(opt.up1.post_op) == "relu"
+    assert isinstance(opt.up2, PackedConvTranspose2d) and repr(opt.up2.post_op) == "swish"  # grouped, output_padding
     assert repr(opt.up3d.post_op) == "tanh"
     assert repr(opt.out.post_op) == "sigmoid"
     out = run(opt, x, v)
@@ -142,6 +143,27 @@ def test_conv_transpose_decoder():
     opt16 = ipex.optimize(model, dtype=torch.bfloat16)
     assert opt16.up1.weight.dtype == torch.bfloat16 and opt16.up3d.weight.dtype == torch.float32  # API cast list
     assert_close(run(opt16, x, v), ref, torch.bfloat16)
+
+
+@pytest.mark.parametrize("prepack", [True, False])
+def test_conv_transpose_batchnorm_folds_into_output_channels(prepack):
+    """ConvTranspose2d/3d + BatchNorm fold with in != out channels and in == out (where folding into the wrong
+    weight dim would still broadcast); torch.compile over the optimized model gives the same result (inductor's
+    freezing would fold a BatchNorm left in the graph into a transposed conv's input channels)."""
+    torch.manual_seed(0)
+    for up, bn, x in ((nn.ConvTranspose2d(6, 6, 4, 2, 1), nn.BatchNorm2d(6), torch.randn(2, 6, 8, 8)),
+                      (nn.ConvTranspose2d(6, 4, 3, 2, 1, output_padding=1), nn.BatchNorm2d(4), torch.randn(1, 6, 7, 5)),
+                      (nn.ConvTranspose3d(3, 3, 3, 2, 1), nn.BatchNorm3d(3), torch.randn(1, 3, 4, 5, 6))):
+        model = M.randomize_bn(nn.Sequential(up, bn)).eval()
+        ref = run(model, x)
+        opt = ipex.optimize(model, weights_prepack=prepack)
+        assert isinstance(opt[1], FoldedBatchNorm) and opt[0].kernel == ("onednn" if prepack else "dense")
+        assert_close(run(opt, x), ref)
+        assert list(opt.state_dict()) == list(model.state_dict())
+        assert_close(opt.state_dict()["0.weight"], model.state_dict()["0.weight"])  # divided back by the scale
+        torch._dynamo.reset()
+        with torch._inductor.config.patch(freezing=True):
+            assert_close(run(torch.compile(opt), x), ref)
 
 
 def test_conv1d_conv3d():

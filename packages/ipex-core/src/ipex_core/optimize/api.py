@@ -712,8 +712,6 @@ def _build(module: nn.Module, kernel: str, plan: fx_passes.Plan | None, bn: Fold
     if cls is PackedLinear:
         batch = None if shape is None else max(1, int(torch.Size(shape).numel() // max(shape[-1], 1)))
         return cls(module, kernel=kernel, post_op=post_op, batch_size=batch, dtype=dtype, bn=bn)
-    if issubclass(cls, _PackedConvTransposeNd):
-        return cls(module, kernel=kernel, post_op=post_op, input_size=shape, dtype=dtype)
     return cls(module, kernel=kernel, post_op=post_op, input_size=shape, dtype=dtype, bn=bn)
 
 

@@ -25,7 +25,11 @@ from ipex_core.optimize.modules import PostOp, run_fused
 
 __all__ = ["Plan", "Region", "trace_regions"]
 
-_CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+# ConvTranspose2d/3d too (groups 1, where they are swappable): their swapped modules scale the weight's dim 1, the
+# output channels of a transposed convolution. (Inductor's freezing folds into dim 0 there, wrongly: see
+# graph_mode._KeepBinaryOpsOffTransposedConvs; folded here, torch.compile over the optimized model is right too.)
+_CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d,
+            nn.ConvTranspose2d: nn.BatchNorm2d, nn.ConvTranspose3d: nn.BatchNorm3d}
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _DROPOUT_FNS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
                 torch.dropout, torch.nn.functional.dropout}

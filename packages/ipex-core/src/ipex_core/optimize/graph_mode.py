@@ -129,6 +129,43 @@ def deployed_step(fn):
     return _ipex_step
 
 
+class _KeepBinaryOpsOffTransposedConvs:
+    """An inductor joint-graph pass (``joint_custom_post_pass``) against a wrong fold of inductor's freezing.
+
+    Freezing's binary folding (torch/_inductor/fx_passes/binary_folding.py, torch 2.13) folds a per-channel
+    multiply or add after a convolution into its weight along dim 0, the output channels of a convolution. A
+    transposed convolution's weight is [in, out / groups, k...]: dim 0 is its input channels. Where the two
+    counts are equal the shapes broadcast and the fold goes through, scaling the wrong channels: a
+    ConvTranspose2d(8, 8) + BatchNorm2d compiled with freezing came out 0.31 off (relative to the output's
+    largest value); ipex's graph mode of a grouped one, or of any with weights_prepack=False, 0.24 off.
+
+    The fold matches ``binary(convolution(...), constant)`` with the convolution's output read directly. This
+    pass, run before freezing, puts a clone between each transposed convolution and its readers: freezing's
+    folding passes then see no match (its constant folding cannot fold the clone away: its input is not a
+    constant), and inductor's post-grad passes drop the clone as a no-op before they lower the graph (no cost
+    per call; the convolution's own oneDNN fusions come after that). The BatchNorm or multiply stays a pointwise
+    op, fused with its neighbours. (Reading the weight through a clone instead did not help: freezing's constant
+    folding runs before each round of binary folding and turned it back into a frozen constant.)"""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        aten = torch.ops.aten
+        for node in list(graph.find_nodes(op="call_function", target=aten.convolution.default)):
+            if len(node.args) > 6 and node.args[6]:
+                with graph.inserting_after(node):
+                    read = graph.call_function(aten.clone.default, (node,))
+                read.meta.update(node.meta)
+                node.replace_all_uses_with(read, delete_user_cb=lambda user, read=read: user is not read)
+
+    def uuid(self) -> str:  # inductor's FX graph cache keys custom passes by this
+        return "ipex-keep-binary-ops-off-transposed-convs-1"
+
+
+def _custom_pass_type():
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    return type("KeepBinaryOpsOffTransposedConvs", (_KeepBinaryOpsOffTransposedConvs, CustomGraphPass), {})
+
+
 def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, concat_linear: bool = False,
                               generated: list | None = None):
     """A ``torch.compile`` backend: inductor with freezing, ipex's settings scoped to this compilation. The Python
@@ -138,7 +175,7 @@ def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, conca
     from torch._inductor.compile_fx import compile_fx
 
     patches = {"freezing": True, "cpp.enable_concat_linear": concat_linear, "cpp_wrapper": cpp_wrapper(),
-               **GRAPH_MODE_OUTPUT_ASSERTS}
+               "joint_custom_post_pass": _custom_pass_type()(), **GRAPH_MODE_OUTPUT_ASSERTS}
     loaded = getattr(PyCodeCache, "modules", None)  # (inductor's internals: absent elsewhere, nothing is recorded)
     # The modules loaded before, held (so that no new module can take the id of one freed meanwhile). Compared by
     # identity, not by position: a finalizer of another collected graph-mode model may drop its own modules from

@@ -533,7 +533,7 @@ class _PackedModule(nn.Module):
         if bn._raw_weight_copy is not None:
             return bn._raw_weight_copy.float()
         scale, _ = bn.scale_shift()
-        return w / scale.view(self._channel_view(w))
+        return self._scale_out_channels(w, scale, divide=True)
 
     def _refold(self, raw_w: torch.Tensor, raw_b: torch.Tensor | None, dtype: torch.dtype | None = None) -> None:
         dtype = dtype or self.dtype
@@ -542,13 +542,15 @@ class _PackedModule(nn.Module):
         # A zero scale (gamma == 0) makes the folded rows zero and the raw
         # weight unrecoverable from them: keep a copy for state_dict then.
         bn._raw_weight_copy = raw_w.to(dtype).clone() if bool((scale == 0).any()) else None
-        w = raw_w * scale.view(self._channel_view(raw_w))
+        w = self._scale_out_channels(raw_w, scale)
         b = shift if raw_b is None else raw_b * scale + shift
         self._set_weight(w.to(dtype))
         self._bias_folded = b.to(dtype)
 
-    def _channel_view(self, w: torch.Tensor) -> tuple[int, ...]:
-        return (-1,) + (1,) * (w.dim() - 1)
+    def _scale_out_channels(self, w: torch.Tensor, scale: torch.Tensor, divide: bool = False) -> torch.Tensor:
+        """``w`` (plain layout) with each output channel's weights multiplied (divided) by its ``scale``."""
+        s = scale.view((-1,) + (1,) * (w.dim() - 1))  # output channels are dim 0
+        return w / s if divide else w * s
 
     def _check_folded_inference(self) -> None:
         """A folded BatchNorm computes eval mode only: refuse a call after model.train() (it used to return
@@ -1122,7 +1124,8 @@ class _PackedConvTransposeNd(_PackedModule):
     _nd = 2
 
     def __init__(self, conv: nn.modules.conv._ConvTransposeNd, kernel: str = "onednn",
-                 post_op: PostOp | None = None, input_size: list[int] | None = None, dtype: torch.dtype | None = None):
+                 post_op: PostOp | None = None, input_size: list[int] | None = None, dtype: torch.dtype | None = None,
+                 bn: FoldedBatchNorm | None = None):
         super().__init__()
         if post_op is not None and post_op.binary is not None:
             raise ValueError("transposed convolutions fuse unary post-ops only")
@@ -1136,31 +1139,39 @@ class _PackedConvTransposeNd(_PackedModule):
         self._input_size = input_size
         self.__dict__["_packed_for"] = None if input_size is None else tuple(input_size)  # see _repack_for
         self._init_common(kernel, post_op)
-        self._init_weight(conv.weight, conv.bias, dtype, None)
+        self._init_weight(conv.weight, conv.bias, dtype, bn)
 
     @staticmethod
     def supports(conv: nn.modules.conv._ConvTransposeNd) -> bool:
-        """oneDNN's limits (as inductor's): output_padding below stride or dilation; and no groups. A grouped
-        weight packs and runs, but its ``to_dense()`` comes back scrambled (a [in, out/g, k] weight of 2 groups
-        reads back as [out, in/g, k] holding the first group's values only), so ``state_dict()``, ``.to()`` and
-        the ``output_size=`` path were wrong; grouped transposed convolutions stay stock."""
-        if conv.padding_mode != "zeros" or conv.groups != 1:
+        """oneDNN's limits (as inductor's): output_padding below stride or dilation."""
+        if conv.padding_mode != "zeros":
             return False
         return all(op < max(s, d) for op, s, d in zip(conv.output_padding, conv.stride, conv.dilation))
 
     def _pack(self, dense, input_size: list[int] | None = None):
-        """As _PackedConvNd._pack."""
+        """As _PackedConvNd._pack. A grouped layer keeps its dense weight beside the packed one (see _unpack)."""
+        if self.groups != 1:
+            self.__dict__["_grouped_dense"] = dense.detach().contiguous()
         return _mkldnn._reorder_convolution_transpose_weight(dense.contiguous(), self._padding, self._output_padding,
                                                              self._stride, self._dilation, self.groups,
                                                              input_size or self._input_size)
 
     def _unpack(self, stored):
-        # oneDNN stores [out, in, k...]; nn.ConvTranspose keeps [in, out, k...] (groups == 1, see supports).
+        # oneDNN stores [out, in, k...]; nn.ConvTranspose keeps [in, out, k...]. A grouped weight packs and runs,
+        # but its to_dense() comes back scrambled (a [in, out/g, k] weight of 2 groups reads back as [out, in/g,
+        # k] holding the first group's values only): state_dict(), .to() and output_size= were wrong from it, so
+        # a grouped layer reads the dense copy _pack kept (its weight's memory twice).
+        if self.groups != 1:
+            return self.__dict__["_grouped_dense"].clone()
         return stored.to_dense().transpose(0, 1).contiguous()
 
-    def _channel_view(self, w):
-        # Output channels are dim 1 of [in, out/g, k...] (per group).
-        return (1, -1) + (1,) * (w.dim() - 2)
+    def _scale_out_channels(self, w: torch.Tensor, scale: torch.Tensor, divide: bool = False) -> torch.Tensor:
+        # The weight is [in, out / groups, k...]: output channel g * (out / groups) + j is column j of group g's
+        # rows, so view it as [groups, in / groups, out / groups, k...].
+        g = self.groups
+        wg = w.reshape(g, w.shape[0] // g, *w.shape[1:])
+        s = scale.view(g, 1, -1, *(1,) * (w.dim() - 2))
+        return (wg / s if divide else wg * s).reshape(w.shape)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -1192,7 +1203,7 @@ class _PackedConvTransposeNd(_PackedModule):
         w = self._weight_for(input)
         if input.dtype != w.dtype and input.is_floating_point():
             input = input.to(w.dtype)
-        b = self.bias
+        b = self._kernel_bias()
         output_padding = self._output_padding
         if output_size is not None:
             output_padding = nn.modules.conv._ConvTransposeNd._output_padding(
