@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ipex
+from ipex_core.isa import active_isa
 from ipex_core.ops.conv import bf16x3_default
 from ipex_core.optimize import FoldedBatchNorm, PackedConv2d, PackedLinear, PackedLSTM, api
 from ipex_core.optimize.modules import onednn_runs
@@ -307,6 +308,16 @@ def test_small_linears_keep_the_stock_kernel():
         big16 = ipex.optimize(big, dtype=torch.bfloat16, sample_input=torch.randn(64, 1024))
         assert big16[0].kernel == "onednn"  # 64 rows of a 1024 x 1024 weight: oneDNN's GEMM is as fast
         assert ipex.optimize(big, dtype=torch.bfloat16, sample_input=torch.randn(2, 1024))[0].kernel == "brgemm"
+        # bf16 on AMX, many rows: narrow outputs (at most 768 features, no more than the inputs) take ipex::linear's
+        # AMX tiles up to 1024 rows, where oneDNN's GEMM was slower (BERT's attention output and FFN-down)
+        down = nn.Sequential(nn.Linear(3072, 768)).eval()
+        for rows, want_kernel in ((128, "brgemm"), (1024, "brgemm"), (2048, "onednn")):
+            got = ipex.optimize(down, dtype=torch.bfloat16, sample_input=torch.randn(rows, 3072))[0].kernel
+            assert got == (want_kernel if active_isa() == "amx" else "onednn"), (rows, got)
+        up = nn.Sequential(nn.Linear(768, 3072)).eval()  # a wide output stays on oneDNN
+        assert ipex.optimize(up, dtype=torch.bfloat16, sample_input=torch.randn(128, 768))[0].kernel == "onednn"
+        rows = torch.randn(300, 3072)
+        close(ipex.optimize(down, dtype=torch.bfloat16, sample_input=rows)(rows), down(rows), BF16_TOL)
         # Graph mode settles no Linear at a first eager call: that call would run every such model twice
         # (side effects too), and inductor's freezing repacks a dense Linear for its own GEMM anyway.
         graph = ipex.optimize(model, graph_mode=True)
