@@ -299,6 +299,13 @@ def test_small_linears_keep_the_stock_kernel():
         close(plain_big(batch), big(batch))
         assert plain_big[0].kernel == big_kernel and "_settle_kernel" not in plain_big[0].__dict__
         assert ipex.optimize(big, sample_input=batch[:8])[0].kernel == "onednn"  # too few rows for bf16x3
+        # one row: stock's kernel, on the dense weight (oneDNN's call costs more there)
+        one = ipex.optimize(big, sample_input=batch[:1])
+        assert one[0].kernel == "dense"
+        close(one(batch[:1]), big(batch[:1]))
+        settled = ipex.optimize(big)
+        close(settled(batch[:1]), big(batch[:1]))
+        assert settled[0].kernel == "dense"  # settled at its first call, one row
         # bf16: ipex::linear (brgemm) for few rows or small weights; stock's own bf16 linear calls oneDNN from 2
         # rows on (17-22 us a call), ipex::linear takes 4-6 us at these sizes
         for rows in (1, 8, 256):

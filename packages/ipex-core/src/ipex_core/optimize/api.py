@@ -460,7 +460,9 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
       left dense so that inductor's freezing packs it for
       MKL's sgemm (faster than oneDNN's fp32 GEMM at BERT shapes on Intel Xeon, as plain torch.compile does).
       Elsewhere MKL runs a slow path: BERT-base fp32 graph mode on AMD EPYC (Zen 4) took 376 ms dense against
-      216 ms on oneDNN."""
+      216 ms on oneDNN.
+    * an fp32 Linear called on one row, in eager mode: stock's kernel on the dense weight
+      (_fp32_linear_few_rows_kernel)."""
     if not prepack or _single_input_channel(module):
         return "dense"
     if _winograd_pays(module, cast or module.weight.dtype, shape, post_op):
@@ -480,7 +482,24 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
     if (graph_mode and type(module) is nn.Linear and (cast or module.weight.dtype) == torch.float32
             and _mkl_is_fast()):
         return "dense"
+    if not graph_mode and type(module) is nn.Linear and (cast or module.weight.dtype) == torch.float32:
+        few_rows = _fp32_linear_few_rows_kernel(shape)
+        if few_rows is not None:
+            return few_rows
     return "onednn"
+
+
+def _fp32_linear_few_rows_kernel(shape: list[int] | None) -> str | None:
+    """The eager kernel of a float32 Linear called on one row, or None (no shape, or more rows): oneDNN's
+    prepacked GEMM costs more per call than stock's kernel there. Per layer, ms (Intel Xeon with AMX, 2 threads,
+    in cache), stock / oneDNN / MKL packed / stock's kernel on the dense weight: 1 row 768 -> 768 0.030 / 0.054 /
+    0.031 / 0.028, 3072 -> 768 0.190 / 0.319 / 0.238 / 0.200, 2048 -> 1000 0.164 / 0.218 / 0.196 / 0.170. From 4
+    rows oneDNN is ahead of stock (3072 -> 768: 4 rows 0.369 / 0.248, 8 rows 0.542 / 0.308), and MKL's packed
+    sgemm further (0.232, 0.253), but a layer on it cannot go through torch.compile without freezing (inductor's
+    lowering of mkl._mkl_linear wants its packed weight as a graph constant), so oneDNN stays there."""
+    if shape and math.prod(shape[:-1]) == 1:
+        return "dense"
+    return None
 
 
 # Input rows up to which ipex::linear beats oneDNN's prepacked GEMM at every weight size measured, per dtype; and
@@ -658,6 +677,8 @@ def _settled_linear_kernel(layer: nn.Module, shape: list[int]) -> str:
     oneDNN still."""
     if _brgemm_linear_pays(layer, layer.dtype, shape):
         return "brgemm"
+    if layer.dtype == torch.float32 and _fp32_linear_few_rows_kernel(shape) is not None:
+        return "dense"
     return "dense" if _linear_is_small(layer, layer.dtype, shape) else layer.kernel
 
 
