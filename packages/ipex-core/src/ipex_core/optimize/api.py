@@ -507,8 +507,9 @@ def _fp32_linear_few_rows_kernel(shape: list[int] | None) -> str | None:
 _BRGEMM_LINEAR_ROWS = {torch.bfloat16: 16, torch.float16: 1}
 _BRGEMM_LINEAR_SMALL_ROWS = 256
 _BRGEMM_LINEAR_SMALL_WEIGHT = 256 * 256
-# bf16 on AMX: narrow outputs (at most this many features, no more than the inputs) up to this many rows
-# (_brgemm_linear_pays).
+# bf16 on AMX: every weight up to _BRGEMM_LINEAR_AMX_ROWS rows, and narrow outputs (at most this many features,
+# no more than the inputs) up to _BRGEMM_LINEAR_NARROW_ROWS (_brgemm_linear_pays).
+_BRGEMM_LINEAR_AMX_ROWS = 64
 _BRGEMM_LINEAR_NARROW_OUT = 768
 _BRGEMM_LINEAR_NARROW_ROWS = 1024
 # float32 Linears run ipex::conv1x1's bf16x3 GEMM (on AMX) from this many input rows: below it the weight's read
@@ -533,12 +534,14 @@ def _brgemm_linear_pays(linear: nn.Linear, dtype: torch.dtype, shape: list[int] 
     float32 Linear is ipex::conv1x1's bf16x3 GEMM (three bf16 GEMMs on AMX, within a few 1e-6 of the output's
     scale): against MKL's packed sgemm at BERT-base's shapes, 128 and 1024 rows, 768 -> 768 / 2304 / 3072 and
     3072 -> 768, 1.95-2.48x; 16 rows 1.75x; 1-8 rows 0.77-1.30x. bf16 with many rows on AMX: ipex::linear's
-    AMX tiles against oneDNN's GEMM, [rows] K -> N (interleaved, in cache): [64] 768 -> 768 1.25x, 3072 -> 768
+    AMX tiles against oneDNN's GEMM, [rows] K -> N (interleaved, in cache): [32] 768 -> 2304 1.15x, 768 ->
+    3072 1.14x, 1024 -> 1024 1.34x, 1024 -> 4096 1.20x, 4096 -> 1024 1.01x; [64] the same 1.01-1.22x, and 768
+    -> 768 1.25x, 3072 -> 768
     1.40x, 2048 -> 768 1.44x, 1024 -> 512 1.28x, 1024 -> 1024 1.25x, 4096 -> 1024 1.18x; [128] 768 -> 768 0.98x,
     3072 -> 768 1.34x; [256] 0.85x, 1.05x, 0.95x, 1.60x, 0.85x, 0.78x; [512] 1.42x, 2.01x, 1.82x, 1.66x, 0.86x,
     0.82x; [1024] 768 -> 768 1.53x, 3072 -> 768 1.94x; [2048] 0.71-0.96x; wide outputs (768 -> 2304 / 3072)
-    0.76-0.88x at 128-1024 rows. So outputs of at most _BRGEMM_LINEAR_NARROW_OUT features, no more than the
-    inputs, take it up to _BRGEMM_LINEAR_NARROW_ROWS rows: BERT-base bf16 graph mode (its attention output and
+    0.76-0.88x at 128-1024 rows. So every bf16 weight takes it up to _BRGEMM_LINEAR_AMX_ROWS rows, and outputs of
+    at most _BRGEMM_LINEAR_NARROW_OUT features, no more than the inputs, up to _BRGEMM_LINEAR_NARROW_ROWS rows: BERT-base bf16 graph mode (its attention output and
     FFN-down Linears) 21.4 -> 20.1 ms at batch 1, 165.7 -> 130.1 ms at batch 8 (what auto_kernel_selection
     picked there, interleaved against the rule without it). Weights over
     _BRGEMM_LINEAR_MAX_WEIGHT elements stay on oneDNN (the kernel's copy would double them; LLMs have
@@ -554,8 +557,9 @@ def _brgemm_linear_pays(linear: nn.Linear, dtype: torch.dtype, shape: list[int] 
         return False
     if rows <= _BRGEMM_LINEAR_ROWS[dtype]:
         return True
-    if (dtype == torch.bfloat16 and active_isa() == "amx" and rows <= _BRGEMM_LINEAR_NARROW_ROWS
-            and linear.out_features <= min(_BRGEMM_LINEAR_NARROW_OUT, linear.in_features)):
+    if dtype == torch.bfloat16 and active_isa() == "amx" and (
+            rows <= _BRGEMM_LINEAR_AMX_ROWS or (rows <= _BRGEMM_LINEAR_NARROW_ROWS and linear.out_features
+                                                <= min(_BRGEMM_LINEAR_NARROW_OUT, linear.in_features))):
         return True
     return rows <= _BRGEMM_LINEAR_SMALL_ROWS and weight <= _BRGEMM_LINEAR_SMALL_WEIGHT
 
