@@ -312,10 +312,22 @@ IAKV_CASES = [
     (3, 6, 4, 2, 64, 0),  # prompt
     (2, 5, 4, 4, 64, 7),  # several new tokens after a prefix
     (1, 1, 2, 2, 80, 0),  # first token alone
-    # Rows of several beams and new tokens read in step (run_decode's rows_per_task): 12 rows of 3
-    # partitions each, tasks of 8 rows whose last partitions differ in length (causal).
-    (4, 3, 8, 2, 128, 700),
 ]
+
+# Rows of several beams and new tokens read in step (run_decode's rows_per_task, AVX512-BF16 loop): 12 rows
+# whose last partitions differ in length (causal), sharing tasks (6 rows a task at 1 thread, 6 at 2).
+IAKV_STEP_CASE = (4, 3, 8, 2, 128, 700)
+
+
+@pytest.mark.parametrize("dtype", level_dtypes([torch.float32, torch.bfloat16]), indirect=True)
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("causal", [True, False])
+def test_iakv_rows_in_step(dtype, threads, causal):
+    B, S, H, Hkv, D, off = IAKV_STEP_CASE
+    q, kc, vc, hist = _iakv_inputs(dtype, B, S, H, Hkv, D, off, seed=5)
+    out = torch.ops.ipex.iakv_attention(q, kc, vc, hist, off, D**-0.5, None, causal)
+    ref = R.iakv_attention(q, kc, vc, hist, off, D**-0.5, None, causal)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", level_dtypes(), indirect=True)
@@ -330,8 +342,9 @@ def test_iakv_matches_reference(dtype, causal, case):
 
 
 @pytest.mark.parametrize("dtype", level_dtypes([torch.float32, torch.bfloat16]), indirect=True)
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("off, S", [(0, 5), (6, 1), (6, 3), (600, 2)])
-def test_iakv_bias(dtype, off, S):
+def test_iakv_bias(dtype, threads, off, S):
     B, H, Hkv, D = 3, 4, 2, 64
     q, kc, vc, hist = _iakv_inputs(dtype, B, S, H, Hkv, D, off, seed=9)
     L = off + S

@@ -731,8 +731,11 @@ std::array<int64_t, 4> bias_strides(const char* op, const at::Tensor& bias, int6
   return st;
 }
 
-// Beam rows an IAKV decode task reads in step (see run_decode): the beams' cache rows of one
-// position are adjacent, so 8 of them make 8 * kv_heads * head_dim contiguous elements.
+// Query rows an IAKV decode task reads in step (see run_decode), on the AVX512-BF16 loop (the other
+// decode kernels take rows one after another, so for them a task is one row): with one new token per
+// beam these are beams, whose cache rows of one position are adjacent (8 of them: 8 * kv_heads *
+// head_dim contiguous elements); with several new tokens, consecutive rows are one beam's query
+// positions, which read the same cache rows.
 constexpr int64_t kIakvRowsPerTask = 8;
 
 at::Tensor iakv_attention_cpu(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
@@ -835,7 +838,7 @@ at::Tensor iakv_attention_cpu(const at::Tensor& query, const at::Tensor& key_cac
       k_off[i] = t * ks0 + beam * ks1;
       v_off[i] = t * vs0 + beam * vs1;
     }
-  }, kIakvRowsPerTask);
+  }, args.bf16_dot && !args.amx ? kIakvRowsPerTask : 1);
   return out;
 }
 

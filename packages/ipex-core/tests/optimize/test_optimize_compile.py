@@ -350,24 +350,26 @@ def test_graph_mode_conv_transpose_after_a_channels_first_conv():
 
 
 class ConvTransposeBN(nn.Module):
-    def __init__(self, groups):
+    def __init__(self, dims, groups):
         super().__init__()
-        self.up = nn.ConvTranspose2d(8, 8, 4, 2, 1, groups=groups)  # in == out channels: the wrong fold broadcasts
-        self.bn = nn.BatchNorm2d(8)
+        # in == out channels: the wrong fold broadcasts
+        self.up = (nn.ConvTranspose1d, nn.ConvTranspose2d)[dims - 1](8, 8, 4, 2, 1, groups=groups)
+        self.bn = (nn.BatchNorm1d, nn.BatchNorm2d)[dims - 1](8)
 
     def forward(self, x):
         return torch.relu(self.bn(self.up(x)) * 1.5)
 
 
-@pytest.mark.parametrize("groups, prepack", [(1, False), (2, True), (2, False)])
-def test_graph_mode_keeps_batchnorm_off_transposed_convolution_weights(groups, prepack):
+@pytest.mark.parametrize("dims, groups, prepack", [(2, 1, False), (2, 2, False), (1, 1, True)])
+def test_graph_mode_keeps_batchnorm_off_transposed_convolution_weights(dims, groups, prepack):
     """Inductor's freezing folds a per-channel multiply after a convolution into its weight's dim 0, the input
     channels of a transposed convolution (torch 2.13): stock torch.compile with freezing and, before
     graph_mode's guard pass, ipex's graph mode of a ConvTranspose2d(8, 8) + BatchNorm that ipex itself did not
-    fold came out 0.24 off. The guard keeps the BatchNorm a pointwise op there."""
+    fold came out 0.24 off. The guard keeps the BatchNorm a pointwise op there: transposed convolutions on the
+    stock kernel (weights_prepack=False, or ConvTranspose1d, which ipex leaves stock), with folding off."""
     torch.manual_seed(groups)
-    model = M.randomize_bn(ConvTransposeBN(groups)).eval()
-    x = torch.randn(1, 8, 16, 16)
+    model = M.randomize_bn(ConvTransposeBN(dims, groups)).eval()
+    x = torch.randn(1, 8, 16) if dims == 1 else torch.randn(1, 8, 16, 16)
     with torch.no_grad():
         ref = model(x)
         torch._dynamo.reset()

@@ -143,6 +143,10 @@ def test_grouped_conv_transpose_packs_and_reads_back_its_weight():
     other = nn.Sequential(nn.ConvTranspose2d(8, 12, 3, stride=2, groups=2), nn.ConvTranspose2d(12, 4, 3)).eval()
     opt.load_state_dict(other.state_dict())
     assert_close(run(opt, x), run(other, x))
+    with torch.no_grad():
+        loaded = other[0].weight.clone()
+        other[0].weight.mul_(2)  # the dense copy is the layer's own, not the loaded tensor's memory
+    assert torch.equal(opt.state_dict()["0.weight"], loaded)
     # Grouped, 3 groups of 2 -> 4 channels, + BatchNorm folded (in != out per group, output_padding).
     folded = randomize_bn(nn.Sequential(nn.ConvTranspose2d(6, 12, 3, 2, 1, output_padding=1, groups=3),
                                         nn.BatchNorm2d(12))).eval()

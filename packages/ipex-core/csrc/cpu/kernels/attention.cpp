@@ -277,6 +277,7 @@ constexpr int64_t kChunk = 32;  // tokens per online-softmax step; a multiple of
 // IAKV 4 beams h32/8 d128 ctx1024 1.058 -> 0.955 ms, paged b8 h32/8 d128 ctx2048 4.04 -> 3.87 ms
 // (64 tokens: IAKV 1.21 ms).
 constexpr int64_t kBf16Chunk = 16;
+static_assert(kBf16Chunk % 16 == 0, "softmax_chunk and the P conversion go 16 lanes at a time");
 
 // The AMX decode loop's prefetch: the first line of every `step`-th row of the
 // next chunk, where a new block may start. On Intel Xeon, prefetching whole rows

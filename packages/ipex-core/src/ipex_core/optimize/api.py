@@ -95,7 +95,9 @@ multiple of 32) as three bf16 GEMMs on AMX tiles over each value's two bf16
 parts (bf16x3: within a few 1e-6 of the output's scale, 1.3-1.9x the float32
 GEMM; ``IPEX_FP32_BF16X3=0`` keeps float32; ``ipex_core.ops.conv.conv1x1_weight``).
 bf16 / fp16 Linears with few input rows (bf16: up to 16, fp16: 1; up to 256 for
-weights of at most 256x256, as ``sample_input`` or the first eager call shows)
+weights of at most 256x256; on CPUs with AMX, bf16 up to 64 rows, and up to 1024
+for outputs of at most 768 features and no more than the inputs; as
+``sample_input`` or the first eager call shows)
 and weights of at most 4M elements run ipex's own GEMM, ``ipex::linear`` (the
 kernel of ``ipex.llm``'s linears), on a copy of the weight in its blocked layout
 (the dense weight stays: parameters keep their shapes), ReLU / GELU / SiLU / a
@@ -496,7 +498,9 @@ def _fp32_linear_few_rows_kernel(shape: list[int] | None) -> str | None:
     0.031 / 0.028, 3072 -> 768 0.190 / 0.319 / 0.238 / 0.200, 2048 -> 1000 0.164 / 0.218 / 0.196 / 0.170. From 4
     rows oneDNN is ahead of stock (3072 -> 768: 4 rows 0.369 / 0.248, 8 rows 0.542 / 0.308), and MKL's packed
     sgemm further (0.232, 0.253), but a layer on it cannot go through torch.compile without freezing (inductor's
-    lowering of mkl._mkl_linear wants its packed weight as a graph constant), so oneDNN stays there."""
+    lowering of mkl._mkl_linear wants its packed weight as a graph constant), so oneDNN stays there. As with
+    every rule here, the kernel follows the rows optimize sees (sample_input, or the first eager call): a layer
+    optimized at one row keeps stock's kernel (stock's speed) at later, larger batches too."""
     if shape and math.prod(shape[:-1]) == 1:
         return "dense"
     return None
@@ -524,29 +528,33 @@ def _brgemm_linear_pays(linear: nn.Linear, dtype: torch.dtype, shape: list[int] 
     """Whether a bf16 / fp16 Linear called on inputs of ``shape`` runs faster on ipex::linear (the brgemm kernel:
     its decode kernel up to 16 rows, AMX tiles of its own above, one call with no primitive lookup) than on
     oneDNN's prepacked kernel, which costs 17-22 us a call whatever the size. oneDNN / ipex time, ReLU fused
-    (Intel Xeon with AMX, 2 threads, weights in cache), [rows, K -> N]: bf16 at 1-16 rows 1.24-1.28x (768 ->
-    3072), 1.35-1.51x (3072 -> 768), 1.46-1.48x (2048 -> 1000), 1.9-2.6x (768 -> 768), 3.2-3.9x (up to 256 ->
-    256); at 32-256 rows 0.70-1.24x for the larger weights (so they stay on oneDNN), 1.39-3.3x for 256 x 256
-    and smaller. fp16 (no AMX-FP16 here: both run AVX512-FP16) at 1 row 2.9-3.1x, at 16 rows 0.86-0.92x (768
-    -> 768, 2048 -> 1000) but 2.8x (64 x 64), up to 256 rows 1.5-2.9x (64 x 64). float32: ipex::linear is no
-    faster than MKL's packed sgemm or stock's (0.5-1.0x at up to 8 rows); but on CPUs with AMX, for 128 output
-    features or more (a multiple of 32) and at least _BF16X3_LINEAR_MIN_ROWS rows, the brgemm kernel of a
-    float32 Linear is ipex::conv1x1's bf16x3 GEMM (three bf16 GEMMs on AMX, within a few 1e-6 of the output's
-    scale): against MKL's packed sgemm at BERT-base's shapes, 128 and 1024 rows, 768 -> 768 / 2304 / 3072 and
-    3072 -> 768, 1.95-2.48x; 16 rows 1.75x; 1-8 rows 0.77-1.30x. bf16 with many rows on AMX: ipex::linear's
-    AMX tiles against oneDNN's GEMM, [rows] K -> N (interleaved, in cache): [32] 768 -> 2304 1.15x, 768 ->
-    3072 1.14x, 1024 -> 1024 1.34x, 1024 -> 4096 1.20x, 4096 -> 1024 1.01x; [64] the same 1.01-1.22x, and 768
-    -> 768 1.25x, 3072 -> 768
-    1.40x, 2048 -> 768 1.44x, 1024 -> 512 1.28x, 1024 -> 1024 1.25x, 4096 -> 1024 1.18x; [128] 768 -> 768 0.98x,
-    3072 -> 768 1.34x; [256] 0.85x, 1.05x, 0.95x, 1.60x, 0.85x, 0.78x; [512] 1.42x, 2.01x, 1.82x, 1.66x, 0.86x,
-    0.82x; [1024] 768 -> 768 1.53x, 3072 -> 768 1.94x; [2048] 0.71-0.96x; wide outputs (768 -> 2304 / 3072)
-    0.76-0.88x at 128-1024 rows. So every bf16 weight takes it up to _BRGEMM_LINEAR_AMX_ROWS rows, and outputs of
-    at most _BRGEMM_LINEAR_NARROW_OUT features, no more than the inputs, up to _BRGEMM_LINEAR_NARROW_ROWS rows: BERT-base bf16 graph mode (its attention output and
-    FFN-down Linears) 21.4 -> 20.1 ms at batch 1, 165.7 -> 130.1 ms at batch 8 (what auto_kernel_selection
-    picked there, interleaved against the rule without it). Weights over
-    _BRGEMM_LINEAR_MAX_WEIGHT elements stay on oneDNN (the kernel's copy would double them; LLMs have
-    ipex.llm.optimize, which runs ipex::linear on its packed weights alone). Unknown shape: no (oneDNN, or the
-    first eager call's rule)."""
+    (Intel Xeon with AMX, 2 threads, weights in cache), [rows, K -> N]:
+
+    * bf16 at 1-16 rows: 1.24-1.28x (768 -> 3072), 1.35-1.51x (3072 -> 768), 1.46-1.48x (2048 -> 1000), 1.9-2.6x
+      (768 -> 768), 3.2-3.9x (up to 256 -> 256); 1.39-3.3x up to 256 rows for 256 x 256 and smaller.
+    * bf16 with more rows, on AMX (interleaved, in cache; ipex's large-M AMX loop): [32] 768 -> 2304 1.15x,
+      768 -> 3072 1.14x, 1024 -> 1024 1.34x, 1024 -> 4096 1.20x, 4096 -> 1024 1.01x; [64] the same 1.01-1.22x,
+      768 -> 768 1.25x, 3072 -> 768 1.40x, 2048 -> 768 1.44x, 1024 -> 512 1.28x; [128] 768 -> 768 0.98x, 3072 ->
+      768 1.34x; [256] 768 -> 768 0.85x, 3072 -> 768 1.05x, 2048 -> 768 0.95x, 1024 -> 512 1.60x, 1024 -> 1024
+      0.85x, 4096 -> 1024 0.78x; [512] the same six 1.42x, 2.01x, 1.82x, 1.66x, 0.86x, 0.82x; [1024] 768 -> 768
+      1.53x, 3072 -> 768 1.94x; [2048] 0.71-0.96x; wide outputs (768 -> 2304 / 3072) 0.76-0.88x at 128-1024
+      rows. So on AMX every bf16 weight takes it up to _BRGEMM_LINEAR_AMX_ROWS rows, and outputs of at most
+      _BRGEMM_LINEAR_NARROW_OUT features, no more than the inputs, up to _BRGEMM_LINEAR_NARROW_ROWS rows. BERT-base
+      bf16 graph mode (its attention output and FFN-down Linears take it): 21.4 -> 20.1 ms at batch 1, 165.7 ->
+      125.4 ms at batch 8 (interleaved against the rules without it; auto_kernel_selection picked the same
+      kernels, 130.1 ms).
+    * fp16 (no AMX-FP16 here: both run AVX512-FP16): 1 row 2.9-3.1x, 16 rows 0.86-0.92x (768 -> 768, 2048 ->
+      1000) but 2.8x (64 x 64), up to 256 rows 1.5-2.9x (64 x 64).
+    * float32: ipex::linear is no faster than MKL's packed sgemm or stock's (0.5-1.0x at up to 8 rows); but on
+      CPUs with AMX, for 128 output features or more (a multiple of 32) and at least _BF16X3_LINEAR_MIN_ROWS rows,
+      the brgemm kernel of a float32 Linear is ipex::conv1x1's bf16x3 GEMM (three bf16 GEMMs on AMX, within a few
+      1e-6 of the output's scale): against MKL's packed sgemm at BERT-base's shapes, 128 and 1024 rows, 768 ->
+      768 / 2304 / 3072 and 3072 -> 768, 1.95-2.48x; 16 rows 1.75x; 1-8 rows 0.77-1.30x.
+
+    Weights over _BRGEMM_LINEAR_MAX_WEIGHT elements stay on oneDNN (the kernel's copy would double them; LLMs
+    have ipex.llm.optimize, which runs ipex::linear on its packed weights alone). Unknown shape: no (oneDNN, or
+    the first eager call's rule). benchmarks/bench_packed_linear.py measures the chosen kernel against the
+    other and stock, per layer."""
     weight = linear.in_features * linear.out_features
     if not shape or weight > _BRGEMM_LINEAR_MAX_WEIGHT:
         return False

@@ -25,8 +25,8 @@ from ipex_core.optimize.modules import PostOp, run_fused
 
 __all__ = ["Plan", "Region", "trace_regions"]
 
-# ConvTranspose2d/3d too (groups 1, where they are swappable): their swapped modules scale the weight's dim 1, the
-# output channels of a transposed convolution. (Inductor's freezing folds into dim 0 there, wrongly: see
+# ConvTranspose2d/3d too (where they are swappable): their swapped modules scale the weight's dim 1, each group's
+# output channels of a transposed convolution ([in, out / groups, k...]). (Inductor's freezing folds into dim 0 there, wrongly: see
 # graph_mode._KeepBinaryOpsOffTransposedConvs; folded here, torch.compile over the optimized model is right too.)
 _CONV_BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d,
             nn.ConvTranspose2d: nn.BatchNorm2d, nn.ConvTranspose3d: nn.BatchNorm3d}

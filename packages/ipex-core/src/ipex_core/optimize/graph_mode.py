@@ -137,7 +137,8 @@ class _KeepBinaryOpsOffTransposedConvs:
     transposed convolution's weight is [in, out / groups, k...]: dim 0 is its input channels. Where the two
     counts are equal the shapes broadcast and the fold goes through, scaling the wrong channels: a
     ConvTranspose2d(8, 8) + BatchNorm2d compiled with freezing came out 0.31 off (relative to the output's
-    largest value); ipex's graph mode of a grouped one, or of any with weights_prepack=False, 0.24 off.
+    largest value). In ipex's graph mode that reaches the transposed convolutions left on the stock kernel
+    (weights_prepack=False, ConvTranspose1d, conv_bn_folding=False with a multiply after): 0.24 off.
 
     The fold matches ``binary(convolution(...), constant)`` with the convolution's output read directly. This
     pass, run before freezing, puts a clone between each transposed convolution and its readers: freezing's
@@ -149,8 +150,9 @@ class _KeepBinaryOpsOffTransposedConvs:
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         aten = torch.ops.aten
+        binary = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor}  # what the fold matches
         for node in list(graph.find_nodes(op="call_function", target=aten.convolution.default)):
-            if len(node.args) > 6 and node.args[6]:
+            if len(node.args) > 6 and node.args[6] and any(user.target in binary for user in node.users):
                 with graph.inserting_after(node):
                     read = graph.call_function(aten.clone.default, (node,))
                 read.meta.update(node.meta)
@@ -174,8 +176,12 @@ def inductor_freezing_backend(gm: torch.fx.GraphModule, example_inputs, *, conca
     from torch._inductor.codecache import PyCodeCache
     from torch._inductor.compile_fx import compile_fx
 
+    # (A joint_custom_post_pass the user set runs too, before ours.)
+    user_passes = config.joint_custom_post_pass
+    user_passes = () if user_passes is None else tuple(user_passes) if isinstance(user_passes, (list, tuple)) \
+        else (user_passes,)
     patches = {"freezing": True, "cpp.enable_concat_linear": concat_linear, "cpp_wrapper": cpp_wrapper(),
-               "joint_custom_post_pass": _custom_pass_type()(), **GRAPH_MODE_OUTPUT_ASSERTS}
+               "joint_custom_post_pass": [*user_passes, _custom_pass_type()()], **GRAPH_MODE_OUTPUT_ASSERTS}
     loaded = getattr(PyCodeCache, "modules", None)  # (inductor's internals: absent elsewhere, nothing is recorded)
     # The modules loaded before, held (so that no new module can take the id of one freed meanwhile). Compared by
     # identity, not by position: a finalizer of another collected graph-mode model may drop its own modules from

@@ -266,6 +266,7 @@ class _PackedModule(nn.Module):
         dense = dense.detach()
         self.__dict__.pop("_autocast_copy", None)  # made from the old weights (see _autocast_twin)
         self._drop_packings()  # likewise
+        self.__dict__.pop("_grouped_dense", None)  # likewise (_PackedConvTransposeNd._pack makes it again)
         stored = self._pack(dense) if kernel == "onednn" else _dense_layout(self._in_weight_layout(dense))
         self.__dict__["_packed"] = kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
@@ -622,7 +623,7 @@ class _PackedModule(nn.Module):
             self.kernel = "dense"
             self.__dict__.pop("_settle_kernel", None)  # the rule would pick a kernel this dtype cannot run
             self.__dict__["_packed"] = False
-            for name in _KERNEL_WEIGHTS.values():
+            for name in (*_KERNEL_WEIGHTS.values(), "_grouped_dense"):
                 self.__dict__.pop(name, None)
             return self
         if packed or self.kernel in _KERNEL_WEIGHTS:
@@ -1150,8 +1151,8 @@ class _PackedConvTransposeNd(_PackedModule):
 
     def _pack(self, dense, input_size: list[int] | None = None):
         """As _PackedConvNd._pack. A grouped layer keeps its dense weight beside the packed one (see _unpack)."""
-        if self.groups != 1:
-            self.__dict__["_grouped_dense"] = dense.detach().contiguous()
+        if self.groups != 1:  # a copy: `dense` may be another tensor's memory (load_state_dict, inplace=True)
+            self.__dict__["_grouped_dense"] = dense.detach().clone(memory_format=torch.contiguous_format)
         return _mkldnn._reorder_convolution_transpose_weight(dense.contiguous(), self._padding, self._output_padding,
                                                              self._stride, self._dilation, self.groups,
                                                              input_size or self._input_size)
