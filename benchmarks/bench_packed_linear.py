@@ -5,7 +5,7 @@ of input rows, optimized as ``ipex.optimize(nn.Sequential(linear), dtype=..., sa
 kernel column says which PackedLinear kernel the rules chose (``brgemm``: ipex::linear's AMX tiles for bf16,
 ipex::conv1x1's bf16x3 GEMM for float32 on AMX; ``onednn``: oneDNN's prepacked GEMM; ``mkl``: MKL's packed
 sgemm; ``dense``: stock's kernel on the dense weight). "alt ms" is the other candidate the rules weighed
-(``onednn`` where ``brgemm`` or ``dense`` was chosen, ``brgemm`` elsewhere), so a rule that picks the slower kernel shows.
+(``onednn`` where another kernel was chosen, ``brgemm`` where ``onednn`` was), so a rule that picks the slower kernel shows.
 Stock: the same ``nn.Linear`` in the same dtype (float32: MKL's sgemm inside ATen; bf16: oneDNN's matmul).
 Compute-bound at these row counts: the figures are GFLOP/s (2 * rows * K * N). Weights and inputs stay in
 cache (one layer reused), as a per-layer benchmark measures.
@@ -35,7 +35,7 @@ def run_case(dtype: torch.dtype, rows: int, k: int, n: int, rounds: int) -> Row:
     linear = nn.Linear(k, n).eval().to(dtype)
     x = torch.randn(rows, k, dtype=dtype)
     opt = ipex.optimize(nn.Sequential(linear).eval(), dtype=None, sample_input=x)[0]
-    alt_kernel = "onednn" if opt.kernel in ("brgemm", "dense") else "brgemm"
+    alt_kernel = "onednn" if opt.kernel in ("brgemm", "dense", "mkl") else "brgemm"
     alt = PackedLinear(linear, kernel=alt_kernel, batch_size=rows).eval()
     with torch.no_grad():
         want = linear(x)
@@ -59,7 +59,7 @@ def run_case(dtype: torch.dtype, rows: int, k: int, n: int, rounds: int) -> Row:
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 16, 128, 1024])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 128, 1024])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     cases = [(getattr(torch, d), r, k, n) for d in args.dtypes for r in args.rows for k, n in SHAPES]

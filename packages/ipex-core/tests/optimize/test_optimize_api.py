@@ -298,8 +298,20 @@ def test_small_linears_keep_the_stock_kernel():
         plain_big = ipex.optimize(big)
         close(plain_big(batch), big(batch))
         assert plain_big[0].kernel == big_kernel and "_settle_kernel" not in plain_big[0].__dict__
-        assert ipex.optimize(big, sample_input=batch[:8])[0].kernel == "onednn"  # too few rows for bf16x3
-        # one row: stock's kernel, on the dense weight (oneDNN's call costs more there)
+        # too few rows for bf16x3: MKL's packed sgemm where MKL is fast (Intel), else oneDNN; one row: stock's
+        # kernel on the dense weight (oneDNN's call costs more there)
+        # (with a post-op fused, oneDNN's call that fuses it stays: MKL's sgemm fuses none)
+        assert ipex.optimize(big, sample_input=batch[:8])[0].kernel == "onednn"
+        bare = nn.Sequential(nn.Linear(1024, 1024)).eval()
+        few = ipex.optimize(bare, sample_input=batch[:8])
+        assert few[0].kernel == ("mkl" if api._mkl_is_fast() else "onednn")
+        close(few(batch[:8]), bare(batch[:8]))
+        settled_few = ipex.optimize(bare)
+        close(settled_few(batch[:5]), bare(batch[:5]))
+        assert settled_few[0].kernel == few[0].kernel
+        assert few[0].kernel != "mkl" or settled_few[0]._mkl_batch == 5  # packed for its first call's rows
+        torch._dynamo.reset()  # and plain torch.compile over it (no freezing) traces the dense weight instead
+        close(torch.compile(few)(batch[:8]), bare(batch[:8]))
         one = ipex.optimize(big, sample_input=batch[:1])
         assert one[0].kernel == "dense"
         close(one(batch[:1]), big(batch[:1]))

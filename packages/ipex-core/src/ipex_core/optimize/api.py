@@ -205,6 +205,7 @@ from ipex_core.optimize.concat_linear import ConcatLinear, ConcatLinearMember
 from ipex_core.optimize.lstm import PackedLSTM
 from ipex_core.optimize.modules import (
     BRGEMM_LINEAR_DTYPES,
+    NO_POST_OP,
     FoldedBatchNorm,
     PackedConv1d,
     PackedConv2d,
@@ -463,8 +464,8 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
       MKL's sgemm (faster than oneDNN's fp32 GEMM at BERT shapes on Intel Xeon, as plain torch.compile does).
       Elsewhere MKL runs a slow path: BERT-base fp32 graph mode on AMD EPYC (Zen 4) took 376 ms dense against
       216 ms on oneDNN.
-    * an fp32 Linear called on one row, in eager mode: stock's kernel on the dense weight
-      (_fp32_linear_few_rows_kernel)."""
+    * an fp32 Linear called on fewer than 16 rows, in eager mode: stock's kernel on the dense weight for one row,
+      MKL's packed sgemm for 2-15 on Intel (_fp32_linear_few_rows_kernel)."""
     if not prepack or _single_input_channel(module):
         return "dense"
     if _winograd_pays(module, cast or module.weight.dtype, shape, post_op):
@@ -485,24 +486,31 @@ def _default_kernel(module: nn.Module, cast, prepack: bool, graph_mode: bool, ch
             and _mkl_is_fast()):
         return "dense"
     if not graph_mode and type(module) is nn.Linear and (cast or module.weight.dtype) == torch.float32:
-        few_rows = _fp32_linear_few_rows_kernel(shape)
+        few_rows = _fp32_linear_few_rows_kernel(shape, post_op)
         if few_rows is not None:
             return few_rows
     return "onednn"
 
 
-def _fp32_linear_few_rows_kernel(shape: list[int] | None) -> str | None:
-    """The eager kernel of a float32 Linear called on one row, or None (no shape, or more rows): oneDNN's
-    prepacked GEMM costs more per call than stock's kernel there. Per layer, ms (Intel Xeon with AMX, 2 threads,
-    in cache), stock / oneDNN / MKL packed / stock's kernel on the dense weight: 1 row 768 -> 768 0.030 / 0.054 /
-    0.031 / 0.028, 3072 -> 768 0.190 / 0.319 / 0.238 / 0.200, 2048 -> 1000 0.164 / 0.218 / 0.196 / 0.170. From 4
-    rows oneDNN is ahead of stock (3072 -> 768: 4 rows 0.369 / 0.248, 8 rows 0.542 / 0.308), and MKL's packed
-    sgemm further (0.232, 0.253), but a layer on it cannot go through torch.compile without freezing (inductor's
-    lowering of mkl._mkl_linear wants its packed weight as a graph constant), so oneDNN stays there. As with
-    every rule here, the kernel follows the rows optimize sees (sample_input, or the first eager call): a layer
-    optimized at one row keeps stock's kernel (stock's speed) at later, larger batches too."""
-    if shape and math.prod(shape[:-1]) == 1:
+def _fp32_linear_few_rows_kernel(shape: list[int] | None, post_op: PostOp | None) -> str | None:
+    """The eager kernel of a float32 Linear called on fewer than _BF16X3_LINEAR_MIN_ROWS rows, or None (no shape,
+    or more rows): oneDNN's prepacked GEMM costs more per call than MKL there. Per layer, ms (Intel Xeon with AMX,
+    2 threads, in cache), stock / oneDNN / MKL packed / stock's kernel on the dense weight: 1 row 768 -> 768 0.030
+    / 0.054 / 0.031 / 0.028, 3072 -> 768 0.190 / 0.319 / 0.238 / 0.200, 2048 -> 1000 0.164 / 0.218 / 0.196 /
+    0.170; 4 rows 768 -> 768 0.037 / 0.053 / 0.038, 3072 -> 768 0.369 / 0.248 / 0.232, 2048 -> 1000 0.319 /
+    0.222 / 0.203; 8 rows 0.058 / 0.071 / 0.049, 0.542 / 0.308 / 0.253, 0.476 / 0.280 / 0.214. So one row keeps
+    stock's kernel (as fast as stock wherever it runs), and 2-15 rows take MKL's packed sgemm where MKL is fast
+    (Intel; elsewhere oneDNN stays), unless a post-op is fused into the layer (MKL's sgemm fuses none: oneDNN's
+    call with it stays). As with every rule here, the kernel follows the rows optimize sees
+    (sample_input, or the first eager call): a layer optimized at one row keeps stock's kernel at later, larger
+    batches too."""
+    if not shape:
+        return None
+    rows = math.prod(shape[:-1])
+    if rows == 1:
         return "dense"
+    if 1 < rows < _BF16X3_LINEAR_MIN_ROWS and _mkl_is_fast() and (post_op is None or post_op == NO_POST_OP):
+        return "mkl"
     return None
 
 
@@ -689,8 +697,9 @@ def _settled_linear_kernel(layer: nn.Module, shape: list[int]) -> str:
     oneDNN still."""
     if _brgemm_linear_pays(layer, layer.dtype, shape):
         return "brgemm"
-    if layer.dtype == torch.float32 and _fp32_linear_few_rows_kernel(shape) is not None:
-        return "dense"
+    few_rows = _fp32_linear_few_rows_kernel(shape, layer.post_op) if layer.dtype == torch.float32 else None
+    if few_rows is not None:
+        return few_rows
     return "dense" if _linear_is_small(layer, layer.dtype, shape) else layer.kernel
 
 

@@ -782,6 +782,8 @@ class PackedLinear(_PackedModule):
             if rule is None:
                 return
             kernel = rule(self, list(input.shape))
+            if kernel == "mkl":  # MKL packs for a row count: this call's
+                self._mkl_batch = max(1, input.numel() // max(self.in_features, 1))
             if kernel != self.kernel:
                 self._switch_kernel(self._plain_weight(), kernel)
             self.__dict__.pop("_settle_kernel", None)  # last: until now a concurrent call waits on the lock
@@ -795,7 +797,10 @@ class PackedLinear(_PackedModule):
             return self._conv1x1_rows(input, b, "none", None)
         if self.kernel == "brgemm":
             return _ipex.linear(input, self._brgemm_weight, b, self.out_features, "none", None, None)
-        if self.kernel == "mkl":
+        if self.kernel == "mkl" and not traced(input):
+            # (Traced, the dense weight goes in instead: inductor cannot lower mkl._mkl_linear unless its packed
+            # weight is a frozen constant, so plain torch.compile over such a layer failed; with freezing on,
+            # inductor packs the dense F.linear for MKL's sgemm itself.)
             rows = input.numel() // max(self.in_features, 1)
             return torch.ops.mkl._mkl_linear(input.reshape(rows, self.in_features), self._mkl_weight, w, b,
                                              self._mkl_batch).view(*input.shape[:-1], self.out_features)
