@@ -137,7 +137,8 @@ def run_case(name: str, batch: int, dtype: torch.dtype, rounds: int) -> Row:
         outs = [graph(*args) for args in calls]
         graph_s = time.perf_counter() - t0
         # Each against stock eager (a fast wrong model must not pass for a speedup). torch.compile is checked
-        # too: with freezing it was 1.3e-2 off on the ConvTranspose decoder in fp32, where ipex was 1.7e-7.
+        # too: with freezing it was 1.3e-2 off on the ConvTranspose decoder in fp32, where ipex was 1.7e-7 (inductor's
+        # freezing folds the BatchNorm into the transposed conv's input channels: graph_mode's guard pass says more).
         err = err_eager = err_compile = 0.0
         for args, out, ref in zip(calls, outs, refs, strict=True):
             want = stock(*args)

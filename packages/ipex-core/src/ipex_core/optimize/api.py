@@ -38,7 +38,8 @@ with it, batch 8 unchanged, while in eager mode it was neutral or slower):
    of the optimized model reads the packings too: an eager call that adds
    or drops one in between recompiles it.
 3. ``torch.fx`` traces the model region by region (fx_passes.py) to find
-   BatchNorms to fold, activations / residual adds to fuse and Linears sharing
+   BatchNorms to fold (into the Conv1d/2d/3d, ConvTranspose2d/3d or Linear
+   before them), activations / residual adds to fuse and Linears sharing
    an input; a region FX cannot trace is optimized module by module and named
    in one warning. A traced region's ``forward`` becomes its traced graph, so
    Python branches on plain attributes (``if self.use_relu:``) are fixed at
