@@ -185,20 +185,12 @@ void run_decode(const K::DecodeArgs& args, const std::vector<DecodeRow>& rows, c
   struct Task { int64_t first_part, count, work; };
   std::vector<Task> tasks;
   {
-    std::vector<int64_t> order(parts_of.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
     // Rows share tasks only while there are at least two tasks per thread.
     const int64_t rpt = std::clamp<int64_t>(static_cast<int64_t>(parts_of.size()) / (2 * threads), 1,
                                             std::max<int64_t>(rows_per_task, 1));
-    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
-      const Part& a = parts_of[x];
-      const Part& b = parts_of[y];
+    std::stable_sort(parts_of.begin(), parts_of.end(), [rpt](const Part& a, const Part& b) {
       return std::make_pair(a.row / rpt, a.t_begin) < std::make_pair(b.row / rpt, b.t_begin);
     });
-    std::vector<Part> sorted;
-    sorted.reserve(order.size());
-    for (int64_t i : order) sorted.push_back(parts_of[i]);
-    parts_of.swap(sorted);
     for (int64_t i = 0; i < static_cast<int64_t>(parts_of.size());) {
       int64_t j = i, work = 0;
       while (j < static_cast<int64_t>(parts_of.size()) && parts_of[j].row / rpt == parts_of[i].row / rpt &&

@@ -551,9 +551,9 @@ IPEX_BF16_INSN_FN void decode_chunk_bf16(const DecodeArgs& a, const DecodeTask& 
 // Several query rows, chunk by chunk in step: chunk c of every row, then chunk c + 1. IAKV's beams
 // at one position lie side by side in the cache ([max_seq, beam, kv_heads, head_dim]), so a row
 // alone reads 2 KB pieces 8 KB apart (4 beams, 8 kv heads, d128, bf16), too short for the L2
-// streamer: the loop waited on its software prefetches, which on Intel hold a line fill buffer
-// each (16 per core, about 8 GB/s per core at this latency). In step, the rows' reads of a chunk
-// cover whole pages. Intel Xeon with AMX, IAKV 4 beams h32/8 d128 bf16, cold: one row at a time
+// streamer: the loop waited on its software prefetches (on Intel each probably holds one of the
+// core's 16 line fill buffers, which would cap a core near the 8 GB/s seen; not checked with
+// counters). In step, the rows' reads of a chunk cover whole pages. Intel Xeon with AMX, IAKV 4 beams h32/8 d128 bf16, cold: one row at a time
 // 16.1 GB/s at ctx1024, the same cache stored beam-major (long runs) 18.3 GB/s; 4 rows in step
 // against one at a time, interleaved in one process (32-token steps): ctx1024 1.08 -> 1.01 ms,
 // ctx2048 2.26 -> 1.99 ms.

@@ -162,6 +162,7 @@ class _KeepBinaryOpsOffTransposedConvs:
         return "ipex-keep-binary-ops-off-transposed-convs-1"
 
 
+@functools.cache
 def _custom_pass_type():
     from torch._inductor.custom_graph_pass import CustomGraphPass
 

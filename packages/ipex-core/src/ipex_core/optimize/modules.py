@@ -266,7 +266,6 @@ class _PackedModule(nn.Module):
         dense = dense.detach()
         self.__dict__.pop("_autocast_copy", None)  # made from the old weights (see _autocast_twin)
         self._drop_packings()  # likewise
-        self.__dict__.pop("_grouped_dense", None)  # likewise (_PackedConvTransposeNd._pack makes it again)
         stored = self._pack(dense) if kernel == "onednn" else _dense_layout(self._in_weight_layout(dense))
         self.__dict__["_packed"] = kernel == "onednn"
         self.__dict__.pop("_raw_dense", None)  # new weights: the raw dense copy (if any) is stale
@@ -1154,10 +1153,18 @@ class _PackedConvTransposeNd(_PackedModule):
             return False
         return all(op < max(s, d) for op, s, d in zip(conv.output_padding, conv.stride, conv.dilation))
 
-    def _pack(self, dense, input_size: list[int] | None = None):
-        """As _PackedConvNd._pack. A grouped layer keeps its dense weight beside the packed one (see _unpack)."""
-        if self.groups != 1:  # a copy: `dense` may be another tensor's memory (load_state_dict, inplace=True)
+    def _set_weight(self, dense: torch.Tensor, kernel: str | None = None) -> None:
+        super()._set_weight(dense, kernel)
+        # A grouped layer packed for oneDNN keeps its dense weight beside the packed one (see _unpack): a copy,
+        # `dense` may be another tensor's memory (load_state_dict, inplace=True). Packings for other input
+        # shapes (_add_packing) read it and leave it alone.
+        if self.groups != 1 and self._weight_is_packed():
             self.__dict__["_grouped_dense"] = dense.detach().clone(memory_format=torch.contiguous_format)
+        else:
+            self.__dict__.pop("_grouped_dense", None)
+
+    def _pack(self, dense, input_size: list[int] | None = None):
+        """As _PackedConvNd._pack."""
         return _mkldnn._reorder_convolution_transpose_weight(dense.contiguous(), self._padding, self._output_padding,
                                                              self._stride, self._dilation, self.groups,
                                                              input_size or self._input_size)
@@ -1166,7 +1173,7 @@ class _PackedConvTransposeNd(_PackedModule):
         # oneDNN stores [out, in, k...]; nn.ConvTranspose keeps [in, out, k...]. A grouped weight packs and runs,
         # but its to_dense() comes back scrambled (a [in, out/g, k] weight of 2 groups reads back as [out, in/g,
         # k] holding the first group's values only): state_dict(), .to() and output_size= were wrong from it, so
-        # a grouped layer reads the dense copy _pack kept (its weight's memory twice).
+        # a grouped layer reads the dense copy _set_weight kept (its weight's memory twice).
         if self.groups != 1:
             return self.__dict__["_grouped_dense"].clone()
         return stored.to_dense().transpose(0, 1).contiguous()
